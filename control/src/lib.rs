@@ -1,0 +1,7 @@
+//! ferry-control: the control plane.
+//!
+//! Owns the replicated store (openraft + redb), the API server that is its only user, the raft
+//! network between members and, later, the scheduler and controllers (API clients, never store
+//! users).
+
+pub mod store;

@@ -1,0 +1,476 @@
+//! The replicated state machine on redb: an MVCC-style key-value store with a global revision.
+//!
+//! Owns the key space (`kv`), the change history that watches replay (`history`), and the applied
+//! raft state (`meta`), all in `state.redb`, plus the current snapshot file. Every apply is
+//! deterministic: the same log gives every member the same revisions and the same history.
+//!
+//! Durability: applies commit without fsync (the raft log already holds every entry durably and
+//! openraft re-applies from `last_applied` after a crash); a durable commit is forced every
+//! [`DURABLE_EVERY`] applies, on membership changes and before a snapshot is built, so that the log
+//! is only ever purged below a durably applied index.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::types::*;
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const KEY_LAST_APPLIED: &str = "last_applied";
+const KEY_MEMBERSHIP: &str = "membership";
+const KEY_REVISION: &str = "revision";
+const KEY_COMPACTED: &str = "compacted";
+
+/// Force an fsync of the state machine after this many non-durable applies.
+const DURABLE_EVERY: u64 = 2048;
+
+const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// Why a history read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("revision {requested} has been compacted (oldest available is {oldest}); relist and watch again")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error("state machine read failed: {0}")]
+    Storage(String),
+}
+
+fn sm_read(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn sm_write(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+}
+
+fn rd(e: impl std::fmt::Display) -> ReadError {
+    ReadError::Storage(e.to_string())
+}
+
+/// On-disk form of a snapshot: its raft metadata and the whole key space at one revision.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    revision: u64,
+    kvs: Vec<KeyValue>,
+}
+
+struct Inner {
+    db: Database,
+    dir: PathBuf,
+    /// Latest applied revision; watches wait on it.
+    revision_tx: watch::Sender<u64>,
+    /// How many revisions of history to keep for watches.
+    history_retention: u64,
+    /// Non-durable applies since the last fsync (guarded by openraft's exclusive access).
+    unsynced: std::sync::atomic::AtomicU64,
+}
+
+/// The state machine. Clones share the same database; openraft drives one, the API server reads
+/// through others.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Inner>,
+}
+
+/// A consistent read of part of the key space.
+#[derive(Debug, Clone)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    pub revision: u64,
+}
+
+impl StateMachine {
+    /// Opens (or creates) the state machine in `dir`.
+    pub fn open(dir: &Path, history_retention: u64) -> Result<Self, redb::Error> {
+        let db = Database::create(dir.join("state.redb"))?;
+        let tx = db.begin_write()?;
+        tx.open_table(KV)?;
+        tx.open_table(HISTORY)?;
+        tx.open_table(META)?;
+        tx.commit()?;
+        let revision = {
+            let tx = db.begin_read()?;
+            let meta = tx.open_table(META)?;
+            read_u64(&meta, KEY_REVISION)?
+        };
+        let (revision_tx, _) = watch::channel(revision);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                dir: dir.to_path_buf(),
+                revision_tx,
+                history_retention: history_retention.max(1),
+                unsynced: Default::default(),
+            }),
+        })
+    }
+
+    /// The latest applied revision.
+    pub fn revision(&self) -> u64 {
+        *self.inner.revision_tx.borrow()
+    }
+
+    /// A receiver that changes whenever the revision advances.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.revision_tx.subscribe()
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &str) -> Result<(Option<KeyValue>, u64), ReadError> {
+        let tx = self.inner.db.begin_read().map_err(rd)?;
+        let kv = tx.open_table(KV).map_err(rd)?;
+        let meta = tx.open_table(META).map_err(rd)?;
+        let rev = read_u64(&meta, KEY_REVISION).map_err(rd)?;
+        let value = match kv.get(key).map_err(rd)? {
+            Some(v) => decode_record(key, v.value()),
+            None => None,
+        };
+        Ok((value, rev))
+    }
+
+    /// Reads every key that starts with `prefix`, at one revision.
+    pub fn range(&self, prefix: &str) -> Result<RangeResult, ReadError> {
+        let tx = self.inner.db.begin_read().map_err(rd)?;
+        let kv = tx.open_table(KV).map_err(rd)?;
+        let meta = tx.open_table(META).map_err(rd)?;
+        let revision = read_u64(&meta, KEY_REVISION).map_err(rd)?;
+        let mut kvs = Vec::new();
+        for item in kv.range::<&str>(prefix..).map_err(rd)? {
+            let (k, v) = item.map_err(rd)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if let Some(rec) = decode_record(key, v.value()) {
+                kvs.push(rec);
+            }
+        }
+        Ok(RangeResult { kvs, revision })
+    }
+
+    /// History events with revision in `(after, ..]`, at most `limit` of them.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, ReadError> {
+        let tx = self.inner.db.begin_read().map_err(rd)?;
+        let meta = tx.open_table(META).map_err(rd)?;
+        let compacted = read_u64(&meta, KEY_COMPACTED).map_err(rd)?;
+        if after < compacted {
+            return Err(ReadError::Compacted { requested: after, oldest: compacted });
+        }
+        let history = tx.open_table(HISTORY).map_err(rd)?;
+        let mut out = Vec::new();
+        for item in history.range((after + 1)..).map_err(rd)? {
+            let (_, v) = item.map_err(rd)?;
+            out.push(serde_json::from_slice(v.value()).map_err(rd)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The oldest revision a watch can start after.
+    pub fn compacted_revision(&self) -> Result<u64, ReadError> {
+        let tx = self.inner.db.begin_read().map_err(rd)?;
+        let meta = tx.open_table(META).map_err(rd)?;
+        read_u64(&meta, KEY_COMPACTED).map_err(rd)
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.inner.dir.join(SNAPSHOT_FILE)
+    }
+
+    fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
+        let inner = &self.inner;
+        let mut results = Vec::with_capacity(entries.len());
+        let mut tx = inner.db.begin_write().map_err(sm_write)?;
+        let mut durable = false;
+        let new_revision;
+        {
+            let mut kv = tx.open_table(KV).map_err(sm_write)?;
+            let mut history = tx.open_table(HISTORY).map_err(sm_write)?;
+            let mut meta = tx.open_table(META).map_err(sm_write)?;
+            let mut revision = read_u64(&meta, KEY_REVISION).map_err(sm_write)?;
+            let mut last_applied = None;
+            for entry in entries {
+                last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => results.push(CommandResult::Nothing),
+                    EntryPayload::Membership(m) => {
+                        let stored = StoredMembership::new(Some(entry.log_id), m);
+                        let bytes = serde_json::to_vec(&stored).map_err(sm_write)?;
+                        meta.insert(KEY_MEMBERSHIP, bytes.as_slice()).map_err(sm_write)?;
+                        durable = true;
+                        results.push(CommandResult::Nothing);
+                    }
+                    EntryPayload::Normal(cmd) => {
+                        let r = apply_command(&mut kv, &mut history, &mut revision, cmd)?;
+                        results.push(r);
+                    }
+                }
+            }
+            if let Some(id) = last_applied {
+                let bytes = serde_json::to_vec(&id).map_err(sm_write)?;
+                meta.insert(KEY_LAST_APPLIED, bytes.as_slice()).map_err(sm_write)?;
+            }
+            meta.insert(KEY_REVISION, revision.to_le_bytes().as_slice()).map_err(sm_write)?;
+            let compacted = read_u64(&meta, KEY_COMPACTED).map_err(sm_write)?;
+            if revision.saturating_sub(compacted) > inner.history_retention + inner.history_retention / 4 {
+                // Compact in steps of a quarter of the retention so deletes are batched.
+                let new_compacted = revision - inner.history_retention;
+                history.retain_in(..=new_compacted, |_, _| false).map_err(sm_write)?;
+                meta.insert(KEY_COMPACTED, new_compacted.to_le_bytes().as_slice()).map_err(sm_write)?;
+            }
+            new_revision = revision;
+        }
+        let n = inner.unsynced.fetch_add(results.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if durable || n + results.len() as u64 >= DURABLE_EVERY {
+            inner.unsynced.store(0, std::sync::atomic::Ordering::Relaxed);
+            tx.set_durability(Durability::Immediate).map_err(sm_write)?;
+        } else {
+            tx.set_durability(Durability::None).map_err(sm_write)?;
+        }
+        tx.commit().map_err(sm_write)?;
+        inner.revision_tx.send_if_modified(|r| {
+            let changed = *r != new_revision;
+            *r = new_revision;
+            changed
+        });
+        Ok(results)
+    }
+
+    fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let tx = self.inner.db.begin_read().map_err(sm_read)?;
+        let meta = tx.open_table(META).map_err(sm_read)?;
+        let last_applied = match meta.get(KEY_LAST_APPLIED).map_err(sm_read)? {
+            Some(v) => Some(serde_json::from_slice(v.value()).map_err(sm_read)?),
+            None => None,
+        };
+        let membership = match meta.get(KEY_MEMBERSHIP).map_err(sm_read)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(sm_read)?,
+            None => StoredMembership::default(),
+        };
+        Ok((last_applied, membership))
+    }
+
+    fn build(&self) -> Result<Snapshot, StorageError> {
+        // Make every applied entry durable first: the log may be purged up to this snapshot.
+        let mut tx = self.inner.db.begin_write().map_err(sm_write)?;
+        tx.set_durability(Durability::Immediate).map_err(sm_write)?;
+        tx.commit().map_err(sm_write)?;
+        self.inner.unsynced.store(0, std::sync::atomic::Ordering::Relaxed);
+
+        let tx = self.inner.db.begin_read().map_err(sm_read)?;
+        let kv = tx.open_table(KV).map_err(sm_read)?;
+        let meta = tx.open_table(META).map_err(sm_read)?;
+        let revision = read_u64(&meta, KEY_REVISION).map_err(sm_read)?;
+        let mut kvs = Vec::with_capacity(kv.len().map_err(sm_read)? as usize);
+        for item in kv.iter().map_err(sm_read)? {
+            let (k, v) = item.map_err(sm_read)?;
+            if let Some(rec) = decode_record(k.value(), v.value()) {
+                kvs.push(rec);
+            }
+        }
+        drop((kv, meta, tx));
+        let (last_applied, membership) = self.read_applied()?;
+        let data = serde_json::to_vec(&SnapshotData { revision, kvs }).map_err(sm_write)?;
+        let snapshot_id = match &last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, revision),
+            None => format!("0-0-{revision}"),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        self.save_snapshot_file(&meta, &data)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+
+    fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let sig = Some(meta.signature());
+        let werr = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(sig.clone(), AnyError::new(&e)).into()
+        };
+        let file = SnapshotFile { meta: meta.clone(), data: data.to_vec() };
+        let bytes = serde_json::to_vec(&file).map_err(|e| werr(std::io::Error::other(e)))?;
+        let tmp = self.inner.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+            f.write_all(&bytes).map_err(werr)?;
+            f.sync_all().map_err(werr)?;
+        }
+        std::fs::rename(&tmp, self.snapshot_path()).map_err(werr)?;
+        if let Ok(d) = std::fs::File::open(&self.inner.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn load_snapshot_file(&self) -> Result<Option<Snapshot>, StorageError> {
+        let path = self.snapshot_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageIOError::read_snapshot(None, AnyError::new(&e)).into()),
+        };
+        let file: SnapshotFile = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
+        Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(file.data)) }))
+    }
+
+    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+        let sig = Some(meta.signature());
+        let snap: SnapshotData = serde_json::from_slice(&data)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(sig.clone(), AnyError::new(&e))))?;
+        let mut tx = self.inner.db.begin_write().map_err(sm_write)?;
+        tx.set_durability(Durability::Immediate).map_err(sm_write)?;
+        tx.delete_table(KV).map_err(sm_write)?;
+        tx.delete_table(HISTORY).map_err(sm_write)?;
+        {
+            let mut kv = tx.open_table(KV).map_err(sm_write)?;
+            tx.open_table(HISTORY).map_err(sm_write)?;
+            for rec in &snap.kvs {
+                kv.insert(rec.key.as_str(), encode_record(rec.create_revision, rec.mod_revision, &rec.value).as_slice())
+                    .map_err(sm_write)?;
+            }
+            let mut m = tx.open_table(META).map_err(sm_write)?;
+            let last = serde_json::to_vec(&meta.last_log_id).map_err(sm_write)?;
+            m.insert(KEY_LAST_APPLIED, last.as_slice()).map_err(sm_write)?;
+            let mem = serde_json::to_vec(&meta.last_membership).map_err(sm_write)?;
+            m.insert(KEY_MEMBERSHIP, mem.as_slice()).map_err(sm_write)?;
+            m.insert(KEY_REVISION, snap.revision.to_le_bytes().as_slice()).map_err(sm_write)?;
+            // History before the snapshot is gone: watches from older revisions must relist.
+            m.insert(KEY_COMPACTED, snap.revision.to_le_bytes().as_slice()).map_err(sm_write)?;
+        }
+        tx.commit().map_err(sm_write)?;
+        self.save_snapshot_file(meta, &data)?;
+        self.inner.revision_tx.send_replace(snap.revision);
+        Ok(())
+    }
+}
+
+fn read_u64(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<u64, redb::StorageError> {
+    Ok(match table.get(key)? {
+        Some(v) => {
+            let b = v.value();
+            let mut a = [0u8; 8];
+            if b.len() == 8 {
+                a.copy_from_slice(b);
+            }
+            u64::from_le_bytes(a)
+        }
+        None => 0,
+    })
+}
+
+fn apply_command(
+    kv: &mut redb::Table<&'static str, &'static [u8]>,
+    history: &mut redb::Table<u64, &'static [u8]>,
+    revision: &mut u64,
+    cmd: Command,
+) -> Result<CommandResult, StorageError> {
+    let (key, precondition) = match &cmd {
+        Command::Put { key, precondition, .. } | Command::Delete { key, precondition } => (key.clone(), *precondition),
+    };
+    let current = match kv.get(key.as_str()).map_err(sm_read)? {
+        Some(v) => decode_record(&key, v.value()),
+        None => None,
+    };
+    let ok = match precondition {
+        Precondition::None => true,
+        Precondition::Absent => current.is_none(),
+        Precondition::Exists => current.is_some(),
+        Precondition::ModRevision(r) => current.as_ref().is_some_and(|c| c.mod_revision == r),
+    };
+    if !ok {
+        return Ok(CommandResult::PreconditionFailed { current });
+    }
+    match cmd {
+        Command::Put { key, value, .. } => {
+            *revision += 1;
+            let create_revision = current.as_ref().map_or(*revision, |c| c.create_revision);
+            kv.insert(key.as_str(), encode_record(create_revision, *revision, &value).as_slice())
+                .map_err(sm_write)?;
+            let new = KeyValue { key, value, create_revision, mod_revision: *revision };
+            let event = Event { revision: *revision, kind: EventKind::Put, kv: new.clone(), prev: current.clone() };
+            let bytes = serde_json::to_vec(&event).map_err(sm_write)?;
+            history.insert(*revision, bytes.as_slice()).map_err(sm_write)?;
+            Ok(CommandResult::Applied { revision: *revision, kv: new, prev: current })
+        }
+        Command::Delete { key, .. } => {
+            let Some(prev) = current else {
+                // Deleting an absent key with no precondition is a no-op that still reports.
+                return Ok(CommandResult::PreconditionFailed { current: None });
+            };
+            *revision += 1;
+            kv.remove(key.as_str()).map_err(sm_write)?;
+            let gone = KeyValue { mod_revision: *revision, ..prev.clone() };
+            let event = Event { revision: *revision, kind: EventKind::Delete, kv: gone.clone(), prev: Some(prev.clone()) };
+            let bytes = serde_json::to_vec(&event).map_err(sm_write)?;
+            history.insert(*revision, bytes.as_slice()).map_err(sm_write)?;
+            Ok(CommandResult::Applied { revision: *revision, kv: gone, prev: Some(prev) })
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.build()).await.map_err(sm_write)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_applied()).await.map_err(sm_read)?
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.apply_batch(entries)).await.map_err(sm_write)?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let this = self.clone();
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        tokio::task::spawn_blocking(move || this.install(&meta, data)).await.map_err(sm_write)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.load_snapshot_file()).await.map_err(sm_read)?
+    }
+}
