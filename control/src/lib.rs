@@ -4,4 +4,8 @@
 //! network between members and, later, the scheduler and controllers (API clients, never store
 //! users).
 
+pub mod apiserver;
+pub mod node;
+pub mod raft_net;
+pub mod server;
 pub mod store;

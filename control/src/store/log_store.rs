@@ -61,7 +61,10 @@ impl LogStore {
             .map_err(|e| StorageError::from(StorageIOError::write_logs(AnyError::new(&e))))?
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StorageError> {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        db: &Database,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
         let tx = db.begin_read().map_err(io_read)?;
         let table = tx.open_table(META).map_err(io_read)?;
         match table.get(key).map_err(io_read)? {
@@ -79,11 +82,18 @@ impl LogStore {
         let bytes = serde_json::to_vec(value).map_err(io_write)?;
         let mut tx = db.begin_write().map_err(io_write)?;
         tx.set_durability(durability).map_err(io_write)?;
-        tx.open_table(META).map_err(io_write)?.insert(key, bytes.as_slice()).map_err(io_write)?;
+        tx.open_table(META)
+            .map_err(io_write)?
+            .insert(key, bytes.as_slice())
+            .map_err(io_write)?;
         tx.commit().map_err(io_write)
     }
 
-    fn read_range(db: &Database, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, StorageError> {
+    fn read_range(
+        db: &Database,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
         let tx = db.begin_read().map_err(io_read)?;
         let table = tx.open_table(LOGS).map_err(io_read)?;
         let mut out = Vec::new();
@@ -102,7 +112,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
-        self.blocking(move |db| Self::read_range(db, start, end)).await
+        self.blocking(move |db| Self::read_range(db, start, end))
+            .await
     }
 }
 
@@ -115,10 +126,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let tx = db.begin_read().map_err(io_read)?;
             let table = tx.open_table(LOGS).map_err(io_read)?;
             let last = match table.last().map_err(io_read)? {
-                Some((_, v)) => Some(serde_json::from_slice::<Entry>(v.value()).map_err(io_read)?.log_id),
+                Some((_, v)) => Some(
+                    serde_json::from_slice::<Entry>(v.value())
+                        .map_err(io_read)?
+                        .log_id,
+                ),
                 None => None,
             };
-            Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last.or(last_purged),
+            })
         })
         .await
     }
@@ -130,8 +148,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let vote = *vote;
         self.blocking(move |db| {
-            Self::write_meta(db, KEY_VOTE, &vote, Durability::Immediate)
-                .map_err(|_| StorageIOError::write_vote(AnyError::error("failed to persist vote")).into())
+            Self::write_meta(db, KEY_VOTE, &vote, Durability::Immediate).map_err(|_| {
+                StorageIOError::write_vote(AnyError::error("failed to persist vote")).into()
+            })
         })
         .await
     }
@@ -142,14 +161,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Only an optimisation for restart (re-apply without waiting for a leader): no fsync.
-        self.blocking(move |db| Self::write_meta(db, KEY_COMMITTED, &committed, Durability::None)).await
+        self.blocking(move |db| Self::write_meta(db, KEY_COMMITTED, &committed, Durability::None))
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.blocking(|db| Ok(Self::read_meta::<Option<LogId>>(db, KEY_COMMITTED)?.flatten())).await
+        self.blocking(|db| Ok(Self::read_meta::<Option<LogId>>(db, KEY_COMMITTED)?.flatten()))
+            .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -185,7 +210,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(io_write)?;
-            tx.open_table(LOGS).map_err(io_write)?.retain_in(log_id.index.., |_, _| false).map_err(io_write)?;
+            tx.open_table(LOGS)
+                .map_err(io_write)?
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(io_write)?;
             tx.commit().map_err(io_write)
         })
         .await
@@ -198,8 +226,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // Purged entries are already covered by a durable snapshot; losing this commit in a
             // crash only means purging again.
             tx.set_durability(Durability::None).map_err(io_write)?;
-            tx.open_table(META).map_err(io_write)?.insert(KEY_LAST_PURGED, bytes.as_slice()).map_err(io_write)?;
-            tx.open_table(LOGS).map_err(io_write)?.retain_in(..=log_id.index, |_, _| false).map_err(io_write)?;
+            tx.open_table(META)
+                .map_err(io_write)?
+                .insert(KEY_LAST_PURGED, bytes.as_slice())
+                .map_err(io_write)?;
+            tx.open_table(LOGS)
+                .map_err(io_write)?
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(io_write)?;
             tx.commit().map_err(io_write)
         })
         .await

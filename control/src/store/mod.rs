@@ -3,6 +3,10 @@
 //! Only the API server (through [`crate::node::Node`]) reads or writes the store; controllers,
 //! the scheduler, agents and the CLI go through the API.
 
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes); boxing it locally
+// would only add conversions at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
 pub mod state_machine;
 pub mod types;
@@ -43,11 +47,18 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, cmd: Command) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(cmd) }
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
     }
 
     fn put(key: &str, value: &str, precondition: Precondition) -> Command {
-        Command::Put { key: key.into(), value: value.into(), precondition }
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+            precondition,
+        }
     }
 
     #[tokio::test]
@@ -65,32 +76,55 @@ mod tests {
             .await
             .expect("apply");
         assert!(matches!(r[0], CommandResult::Applied { revision: 1, .. }));
-        assert!(matches!(&r[1], CommandResult::PreconditionFailed { current: Some(kv) } if kv.value == "1"));
+        assert!(
+            matches!(&r[1], CommandResult::PreconditionFailed { current: Some(kv) } if kv.value == "1")
+        );
         assert!(matches!(r[2], CommandResult::Applied { revision: 2, .. }));
-        assert!(matches!(r[3], CommandResult::PreconditionFailed { .. }), "stale revision must fail");
+        assert!(
+            matches!(r[3], CommandResult::PreconditionFailed { .. }),
+            "stale revision must fail"
+        );
         assert!(matches!(r[4], CommandResult::Applied { revision: 3, .. }));
         let (kv, rev) = sm.get("/pods/a/x").expect("get");
         let kv = kv.expect("present");
-        assert_eq!((kv.value.as_str(), kv.create_revision, kv.mod_revision, rev), ("3", 1, 2, 3));
+        assert_eq!(
+            (kv.value.as_str(), kv.create_revision, kv.mod_revision, rev),
+            ("3", 1, 2, 3)
+        );
         let all = sm.range("/pods/").expect("range");
         assert_eq!(all.kvs.len(), 2);
         assert_eq!(sm.range("/pods/a/").expect("range").kvs.len(), 1);
-        let ev = sm.events_after(1, 100).expect("history");
-        assert_eq!(ev.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![2, 3]);
+        let (ev, seen) = sm.events_after(1, 100).expect("history");
+        assert_eq!(seen, 3);
+        assert_eq!(
+            ev.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(ev[0].prev.as_ref().map(|p| p.value.as_str()), Some("1"));
 
         let r = sm
-            .apply(vec![entry(6, Command::Delete { key: "/pods/a/x".into(), precondition: Precondition::None })])
+            .apply(vec![entry(
+                6,
+                Command::Delete {
+                    key: "/pods/a/x".into(),
+                    precondition: Precondition::None,
+                },
+            )])
             .await
             .expect("apply");
         assert!(matches!(r[0], CommandResult::Applied { revision: 4, .. }));
         assert!(sm.get("/pods/a/x").expect("get").0.is_none());
         // Enough writes to compact history (retention 4).
-        let writes: Vec<_> = (0..8).map(|i| entry(7 + i, put("/cm/k", &i.to_string(), Precondition::None))).collect();
+        let writes: Vec<_> = (0..8)
+            .map(|i| entry(7 + i, put("/cm/k", &i.to_string(), Precondition::None)))
+            .collect();
         sm.apply(writes).await.expect("apply");
         assert_eq!(sm.revision(), 12);
-        assert!(matches!(sm.events_after(1, 10), Err(ReadError::Compacted { .. })));
-        assert_eq!(sm.events_after(11, 10).expect("recent").len(), 1);
+        assert!(matches!(
+            sm.events_after(1, 10),
+            Err(ReadError::Compacted { .. })
+        ));
+        assert_eq!(sm.events_after(11, 10).expect("recent").0.len(), 1);
     }
 
     #[tokio::test]
@@ -98,10 +132,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let mut sm = StateMachine::open(dir.path(), 100).expect("open");
-            sm.apply(vec![entry(1, put("/ns/default", "{}", Precondition::Absent))]).await.expect("apply");
+            sm.apply(vec![entry(
+                1,
+                put("/ns/default", "{}", Precondition::Absent),
+            )])
+            .await
+            .expect("apply");
             // Force durability the way a snapshot does.
             let mut b = sm.get_snapshot_builder().await;
-            openraft::RaftSnapshotBuilder::build_snapshot(&mut b).await.expect("snapshot");
+            openraft::RaftSnapshotBuilder::build_snapshot(&mut b)
+                .await
+                .expect("snapshot");
         }
         let mut sm = StateMachine::open(dir.path(), 100).expect("reopen");
         assert_eq!(sm.revision(), 1);

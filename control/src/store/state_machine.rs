@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -38,7 +40,9 @@ const SNAPSHOT_FILE: &str = "snapshot.json";
 /// Why a history read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("revision {requested} has been compacted (oldest available is {oldest}); relist and watch again")]
+    #[error(
+        "revision {requested} has been compacted (oldest available is {oldest}); relist and watch again"
+    )]
     Compacted { requested: u64, oldest: u64 },
     #[error("state machine read failed: {0}")]
     Storage(String),
@@ -163,13 +167,18 @@ impl StateMachine {
         Ok(RangeResult { kvs, revision })
     }
 
-    /// History events with revision in `(after, ..]`, at most `limit` of them.
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, ReadError> {
+    /// History events with revision in `(after, ..]`, at most `limit` of them, and the revision
+    /// the read saw (when fewer than `limit` events came back, every event up to it was returned).
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<(Vec<Event>, u64), ReadError> {
         let tx = self.inner.db.begin_read().map_err(rd)?;
         let meta = tx.open_table(META).map_err(rd)?;
         let compacted = read_u64(&meta, KEY_COMPACTED).map_err(rd)?;
+        let revision = read_u64(&meta, KEY_REVISION).map_err(rd)?;
         if after < compacted {
-            return Err(ReadError::Compacted { requested: after, oldest: compacted });
+            return Err(ReadError::Compacted {
+                requested: after,
+                oldest: compacted,
+            });
         }
         let history = tx.open_table(HISTORY).map_err(rd)?;
         let mut out = Vec::new();
@@ -180,7 +189,7 @@ impl StateMachine {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, revision))
     }
 
     /// The oldest revision a watch can start after.
@@ -213,7 +222,8 @@ impl StateMachine {
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id), m);
                         let bytes = serde_json::to_vec(&stored).map_err(sm_write)?;
-                        meta.insert(KEY_MEMBERSHIP, bytes.as_slice()).map_err(sm_write)?;
+                        meta.insert(KEY_MEMBERSHIP, bytes.as_slice())
+                            .map_err(sm_write)?;
                         durable = true;
                         results.push(CommandResult::Nothing);
                     }
@@ -225,21 +235,32 @@ impl StateMachine {
             }
             if let Some(id) = last_applied {
                 let bytes = serde_json::to_vec(&id).map_err(sm_write)?;
-                meta.insert(KEY_LAST_APPLIED, bytes.as_slice()).map_err(sm_write)?;
+                meta.insert(KEY_LAST_APPLIED, bytes.as_slice())
+                    .map_err(sm_write)?;
             }
-            meta.insert(KEY_REVISION, revision.to_le_bytes().as_slice()).map_err(sm_write)?;
+            meta.insert(KEY_REVISION, revision.to_le_bytes().as_slice())
+                .map_err(sm_write)?;
             let compacted = read_u64(&meta, KEY_COMPACTED).map_err(sm_write)?;
-            if revision.saturating_sub(compacted) > inner.history_retention + inner.history_retention / 4 {
+            if revision.saturating_sub(compacted)
+                > inner.history_retention + inner.history_retention / 4
+            {
                 // Compact in steps of a quarter of the retention so deletes are batched.
                 let new_compacted = revision - inner.history_retention;
-                history.retain_in(..=new_compacted, |_, _| false).map_err(sm_write)?;
-                meta.insert(KEY_COMPACTED, new_compacted.to_le_bytes().as_slice()).map_err(sm_write)?;
+                history
+                    .retain_in(..=new_compacted, |_, _| false)
+                    .map_err(sm_write)?;
+                meta.insert(KEY_COMPACTED, new_compacted.to_le_bytes().as_slice())
+                    .map_err(sm_write)?;
             }
             new_revision = revision;
         }
-        let n = inner.unsynced.fetch_add(results.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let n = inner
+            .unsynced
+            .fetch_add(results.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if durable || n + results.len() as u64 >= DURABLE_EVERY {
-            inner.unsynced.store(0, std::sync::atomic::Ordering::Relaxed);
+            inner
+                .unsynced
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             tx.set_durability(Durability::Immediate).map_err(sm_write)?;
         } else {
             tx.set_durability(Durability::None).map_err(sm_write)?;
@@ -272,7 +293,9 @@ impl StateMachine {
         let mut tx = self.inner.db.begin_write().map_err(sm_write)?;
         tx.set_durability(Durability::Immediate).map_err(sm_write)?;
         tx.commit().map_err(sm_write)?;
-        self.inner.unsynced.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .unsynced
+            .store(0, std::sync::atomic::Ordering::Relaxed);
 
         let tx = self.inner.db.begin_read().map_err(sm_read)?;
         let kv = tx.open_table(KV).map_err(sm_read)?;
@@ -292,9 +315,16 @@ impl StateMachine {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, revision),
             None => format!("0-0-{revision}"),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
         self.save_snapshot_file(&meta, &data)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 
     fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
@@ -302,7 +332,10 @@ impl StateMachine {
         let werr = |e: std::io::Error| -> StorageError {
             StorageIOError::write_snapshot(sig.clone(), AnyError::new(&e)).into()
         };
-        let file = SnapshotFile { meta: meta.clone(), data: data.to_vec() };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: data.to_vec(),
+        };
         let bytes = serde_json::to_vec(&file).map_err(|e| werr(std::io::Error::other(e)))?;
         let tmp = self.inner.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         {
@@ -325,15 +358,23 @@ impl StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageIOError::read_snapshot(None, AnyError::new(&e)).into()),
         };
-        let file: SnapshotFile = serde_json::from_slice(&bytes)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
-        Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(file.data)) }))
+        let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
+        })?;
+        Ok(Some(Snapshot {
+            meta: file.meta,
+            snapshot: Box::new(Cursor::new(file.data)),
+        }))
     }
 
     fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
         let sig = Some(meta.signature());
-        let snap: SnapshotData = serde_json::from_slice(&data)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(sig.clone(), AnyError::new(&e))))?;
+        let snap: SnapshotData = serde_json::from_slice(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                sig.clone(),
+                AnyError::new(&e),
+            ))
+        })?;
         let mut tx = self.inner.db.begin_write().map_err(sm_write)?;
         tx.set_durability(Durability::Immediate).map_err(sm_write)?;
         tx.delete_table(KV).map_err(sm_write)?;
@@ -342,17 +383,23 @@ impl StateMachine {
             let mut kv = tx.open_table(KV).map_err(sm_write)?;
             tx.open_table(HISTORY).map_err(sm_write)?;
             for rec in &snap.kvs {
-                kv.insert(rec.key.as_str(), encode_record(rec.create_revision, rec.mod_revision, &rec.value).as_slice())
-                    .map_err(sm_write)?;
+                kv.insert(
+                    rec.key.as_str(),
+                    encode_record(rec.create_revision, rec.mod_revision, &rec.value).as_slice(),
+                )
+                .map_err(sm_write)?;
             }
             let mut m = tx.open_table(META).map_err(sm_write)?;
             let last = serde_json::to_vec(&meta.last_log_id).map_err(sm_write)?;
-            m.insert(KEY_LAST_APPLIED, last.as_slice()).map_err(sm_write)?;
+            m.insert(KEY_LAST_APPLIED, last.as_slice())
+                .map_err(sm_write)?;
             let mem = serde_json::to_vec(&meta.last_membership).map_err(sm_write)?;
             m.insert(KEY_MEMBERSHIP, mem.as_slice()).map_err(sm_write)?;
-            m.insert(KEY_REVISION, snap.revision.to_le_bytes().as_slice()).map_err(sm_write)?;
+            m.insert(KEY_REVISION, snap.revision.to_le_bytes().as_slice())
+                .map_err(sm_write)?;
             // History before the snapshot is gone: watches from older revisions must relist.
-            m.insert(KEY_COMPACTED, snap.revision.to_le_bytes().as_slice()).map_err(sm_write)?;
+            m.insert(KEY_COMPACTED, snap.revision.to_le_bytes().as_slice())
+                .map_err(sm_write)?;
         }
         tx.commit().map_err(sm_write)?;
         self.save_snapshot_file(meta, &data)?;
@@ -361,7 +408,10 @@ impl StateMachine {
     }
 }
 
-fn read_u64(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<u64, redb::StorageError> {
+fn read_u64(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, redb::StorageError> {
     Ok(match table.get(key)? {
         Some(v) => {
             let b = v.value();
@@ -382,7 +432,10 @@ fn apply_command(
     cmd: Command,
 ) -> Result<CommandResult, StorageError> {
     let (key, precondition) = match &cmd {
-        Command::Put { key, precondition, .. } | Command::Delete { key, precondition } => (key.clone(), *precondition),
+        Command::Put {
+            key, precondition, ..
+        }
+        | Command::Delete { key, precondition } => (key.clone(), *precondition),
     };
     let current = match kv.get(key.as_str()).map_err(sm_read)? {
         Some(v) => decode_record(&key, v.value()),
@@ -401,13 +454,32 @@ fn apply_command(
         Command::Put { key, value, .. } => {
             *revision += 1;
             let create_revision = current.as_ref().map_or(*revision, |c| c.create_revision);
-            kv.insert(key.as_str(), encode_record(create_revision, *revision, &value).as_slice())
-                .map_err(sm_write)?;
-            let new = KeyValue { key, value, create_revision, mod_revision: *revision };
-            let event = Event { revision: *revision, kind: EventKind::Put, kv: new.clone(), prev: current.clone() };
+            kv.insert(
+                key.as_str(),
+                encode_record(create_revision, *revision, &value).as_slice(),
+            )
+            .map_err(sm_write)?;
+            let new = KeyValue {
+                key,
+                value,
+                create_revision,
+                mod_revision: *revision,
+            };
+            let event = Event {
+                revision: *revision,
+                kind: EventKind::Put,
+                kv: new.clone(),
+                prev: current.clone(),
+            };
             let bytes = serde_json::to_vec(&event).map_err(sm_write)?;
-            history.insert(*revision, bytes.as_slice()).map_err(sm_write)?;
-            Ok(CommandResult::Applied { revision: *revision, kv: new, prev: current })
+            history
+                .insert(*revision, bytes.as_slice())
+                .map_err(sm_write)?;
+            Ok(CommandResult::Applied {
+                revision: *revision,
+                kv: new,
+                prev: current,
+            })
         }
         Command::Delete { key, .. } => {
             let Some(prev) = current else {
@@ -416,11 +488,25 @@ fn apply_command(
             };
             *revision += 1;
             kv.remove(key.as_str()).map_err(sm_write)?;
-            let gone = KeyValue { mod_revision: *revision, ..prev.clone() };
-            let event = Event { revision: *revision, kind: EventKind::Delete, kv: gone.clone(), prev: Some(prev.clone()) };
+            let gone = KeyValue {
+                mod_revision: *revision,
+                ..prev.clone()
+            };
+            let event = Event {
+                revision: *revision,
+                kind: EventKind::Delete,
+                kv: gone.clone(),
+                prev: Some(prev.clone()),
+            };
             let bytes = serde_json::to_vec(&event).map_err(sm_write)?;
-            history.insert(*revision, bytes.as_slice()).map_err(sm_write)?;
-            Ok(CommandResult::Applied { revision: *revision, kv: gone, prev: Some(prev) })
+            history
+                .insert(*revision, bytes.as_slice())
+                .map_err(sm_write)?;
+            Ok(CommandResult::Applied {
+                revision: *revision,
+                kv: gone,
+                prev: Some(prev),
+            })
         }
     }
 }
@@ -428,7 +514,9 @@ fn apply_command(
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.build()).await.map_err(sm_write)?
+        tokio::task::spawn_blocking(move || this.build())
+            .await
+            .map_err(sm_write)?
     }
 }
 
@@ -437,7 +525,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_applied()).await.map_err(sm_read)?
+        tokio::task::spawn_blocking(move || this.read_applied())
+            .await
+            .map_err(sm_read)?
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
@@ -447,7 +537,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.apply_batch(entries)).await.map_err(sm_write)?
+        tokio::task::spawn_blocking(move || this.apply_batch(entries))
+            .await
+            .map_err(sm_write)?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -466,11 +558,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
-        tokio::task::spawn_blocking(move || this.install(&meta, data)).await.map_err(sm_write)?
+        tokio::task::spawn_blocking(move || this.install(&meta, data))
+            .await
+            .map_err(sm_write)?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.load_snapshot_file()).await.map_err(sm_read)?
+        tokio::task::spawn_blocking(move || this.load_snapshot_file())
+            .await
+            .map_err(sm_read)?
     }
 }

@@ -41,8 +41,15 @@ pub enum Precondition {
 /// One replicated mutation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: String, value: String, precondition: Precondition },
-    Delete { key: String, precondition: Precondition },
+    Put {
+        key: String,
+        value: String,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
 }
 
 /// A stored value with its revisions (etcd's create_revision / mod_revision).
@@ -58,7 +65,11 @@ pub struct KeyValue {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum CommandResult {
     /// Applied. `kv` is the new value (put) or the deleted value (delete).
-    Applied { revision: u64, kv: KeyValue, prev: Option<KeyValue> },
+    Applied {
+        revision: u64,
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// The precondition failed; `current` is what the key holds now.
     PreconditionFailed { current: Option<KeyValue> },
     /// Blank and membership entries produce no result of interest.
@@ -99,7 +110,12 @@ pub(crate) fn decode_record(key: &str, bytes: &[u8]) -> Option<KeyValue> {
     let create_revision = u64::from_le_bytes(bytes[0..8].try_into().ok()?);
     let mod_revision = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
     let value = std::str::from_utf8(&bytes[16..]).ok()?.to_string();
-    Some(KeyValue { key: key.to_string(), value, create_revision, mod_revision })
+    Some(KeyValue {
+        key: key.to_string(),
+        value,
+        create_revision,
+        mod_revision,
+    })
 }
 
 #[cfg(test)]

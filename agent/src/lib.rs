@@ -1,0 +1,4 @@
+//! Ferry node agent: node registration, pod sync, container runtime, pod network, the eBPF
+//! datapath loader, probes and DNS. Talks to the control plane only through the API client.
+
+pub mod datapath;

@@ -1,0 +1,405 @@
+//! A typed client for the Ferry API, used by the CLI, agents, controllers and tests.
+//!
+//! Takes one or more member addresses; when a member cannot be reached at all the call moves on
+//! to the next one (nothing was sent, so that is safe for writes too). Errors keep the gRPC code
+//! and the server's message, which already names the object and what to do.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto;
+use crate::proto::cluster_client::ClusterClient;
+use crate::proto::resources_client::ResourcesClient;
+
+/// Largest response the client accepts (a big list).
+const MAX_RESPONSE_BYTES: usize = 512 << 20;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ClientError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl ClientError {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        self.code == Code::NotFound
+    }
+    pub fn is_already_exists(&self) -> bool {
+        self.code == Code::AlreadyExists
+    }
+    pub fn is_conflict(&self) -> bool {
+        self.code == Code::Aborted
+    }
+    /// The watch's start revision was compacted: relist, then watch from the list's revision.
+    pub fn is_gone(&self) -> bool {
+        self.code == Code::OutOfRange
+    }
+    pub fn is_unavailable(&self) -> bool {
+        self.code == Code::Unavailable
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        let message = if s.message().is_empty() {
+            format!("{:?}", s.code())
+        } else {
+            s.message().to_string()
+        };
+        Self {
+            code: s.code(),
+            message,
+        }
+    }
+}
+
+/// True when the member could not be reached, so the request never arrived.
+fn unreachable(s: &tonic::Status) -> bool {
+    if s.code() != Code::Unavailable {
+        return false;
+    }
+    let text = format!("{s:?}").to_ascii_lowercase();
+    [
+        "transport error",
+        "connection refused",
+        "tcp connect",
+        "connection reset",
+        "broken pipe",
+        "dns error",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
+}
+
+/// One event of a watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchEvent {
+    /// ADDED, MODIFIED, DELETED or BOOKMARK.
+    pub kind: String,
+    pub object: Value,
+}
+
+impl WatchEvent {
+    pub fn resource_version(&self) -> &str {
+        self.object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+}
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
+
+/// Options of a list or watch.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// None: all namespaces.
+    pub namespace: Option<String>,
+    pub label_selector: String,
+    pub field_selector: String,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    endpoints: Arc<Vec<(String, Channel)>>,
+    current: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field(
+                "endpoints",
+                &self.endpoints.iter().map(|e| &e.0).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+fn to_vec(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse(bytes: &[u8]) -> Result<Value, ClientError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::new(Code::Internal, format!("server sent invalid JSON: {e}")))
+}
+
+impl Client {
+    /// A client for the members at `servers` (comma-separated `host:port` or `http://host:port`).
+    /// Connections are made lazily.
+    pub fn new(servers: &str) -> Result<Self, ClientError> {
+        let mut endpoints = Vec::new();
+        for s in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let url = if s.contains("://") {
+                s.to_string()
+            } else {
+                format!("http://{s}")
+            };
+            let ch = Endpoint::from_shared(url.clone())
+                .map_err(|e| {
+                    ClientError::new(Code::InvalidArgument, format!("server address {s:?}: {e}"))
+                })?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .connect_lazy();
+            endpoints.push((s.to_string(), ch));
+        }
+        if endpoints.is_empty() {
+            return Err(ClientError::new(
+                Code::InvalidArgument,
+                "no server address: pass --server HOST:PORT, set FERRY_SERVER, or write ~/.ferry/config",
+            ));
+        }
+        Ok(Self {
+            endpoints: Arc::new(endpoints),
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.iter().map(|e| e.0.clone()).collect()
+    }
+
+    /// Runs `f` against the current member, moving to the next when a member is unreachable.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            match f(self.endpoints[idx].1.clone()).await {
+                Ok(v) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(s) if unreachable(&s) => {
+                    let name = &self.endpoints[idx].0;
+                    last = Some(ClientError::new(
+                        s.code(),
+                        format!("cannot reach the Ferry API at {name}: {}", s.message()),
+                    ));
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::new(Code::Unavailable, "no server reachable")))
+    }
+
+    fn resources(ch: Channel) -> ResourcesClient<Channel> {
+        ResourcesClient::new(ch)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .max_encoding_message_size(8 << 20)
+    }
+
+    pub async fn create(
+        &self,
+        kind: &str,
+        namespace: &str,
+        obj: &Value,
+    ) -> Result<Value, ClientError> {
+        let req = proto::CreateRequest {
+            kind: kind.into(),
+            object: to_vec(obj),
+            namespace: namespace.into(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::resources(ch).create(req).await }
+            })
+            .await?;
+        parse(&r.into_inner().object)
+    }
+
+    pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        let req = proto::GetRequest {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::resources(ch).get(req).await }
+            })
+            .await?;
+        parse(&r.into_inner().object)
+    }
+
+    /// A `List` object: `{"kind": "<Kind>List", "metadata": {"resourceVersion"}, "items": [...]}`.
+    pub async fn list(&self, kind: &str, opts: &ListOptions) -> Result<Value, ClientError> {
+        let req = proto::ListRequest {
+            kind: kind.into(),
+            namespace: opts.namespace.clone().unwrap_or_default(),
+            label_selector: opts.label_selector.clone(),
+            field_selector: opts.field_selector.clone(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::resources(ch).list(req).await }
+            })
+            .await?;
+        parse(&r.into_inner().list)
+    }
+
+    /// Events after `resource_version` ("" for from now).
+    pub async fn watch(
+        &self,
+        kind: &str,
+        opts: &ListOptions,
+        resource_version: &str,
+        bookmarks: bool,
+    ) -> Result<WatchStream, ClientError> {
+        let req = proto::WatchRequest {
+            kind: kind.into(),
+            namespace: opts.namespace.clone().unwrap_or_default(),
+            label_selector: opts.label_selector.clone(),
+            field_selector: opts.field_selector.clone(),
+            resource_version: resource_version.into(),
+            allow_bookmarks: bookmarks,
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::resources(ch).watch(req).await }
+            })
+            .await?;
+        let stream = r.into_inner().map(|item| match item {
+            Ok(ev) => Ok(WatchEvent {
+                kind: ev.r#type,
+                object: parse(&ev.object)?,
+            }),
+            Err(s) => Err(ClientError::from(s)),
+        });
+        Ok(Box::pin(stream))
+    }
+
+    pub async fn update(&self, kind: &str, obj: &Value) -> Result<Value, ClientError> {
+        self.update_sub(kind, obj, "").await
+    }
+
+    pub async fn update_status(&self, kind: &str, obj: &Value) -> Result<Value, ClientError> {
+        self.update_sub(kind, obj, "status").await
+    }
+
+    async fn update_sub(&self, kind: &str, obj: &Value, sub: &str) -> Result<Value, ClientError> {
+        let req = proto::UpdateRequest {
+            kind: kind.into(),
+            object: to_vec(obj),
+            subresource: sub.into(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::resources(ch).update(req).await }
+            })
+            .await?;
+        parse(&r.into_inner().object)
+    }
+
+    /// JSON merge patch (RFC 7386).
+    pub async fn patch(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, ClientError> {
+        let req = proto::PatchRequest {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            patch: to_vec(patch),
+            subresource: String::new(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::resources(ch).patch(req).await }
+            })
+            .await?;
+        parse(&r.into_inner().object)
+    }
+
+    pub async fn delete(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        propagation: &str,
+    ) -> Result<Value, ClientError> {
+        let req = proto::DeleteRequest {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            propagation_policy: propagation.into(),
+            resource_version: String::new(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::resources(ch).delete(req).await }
+            })
+            .await?;
+        parse(&r.into_inner().object)
+    }
+
+    pub async fn members(&self) -> Result<proto::MembersResponse, ClientError> {
+        let r = self
+            .call(|ch| async move {
+                ClusterClient::new(ch)
+                    .members(proto::MembersRequest {})
+                    .await
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: &str,
+    ) -> Result<proto::MembersResponse, ClientError> {
+        let req = proto::AddMemberRequest {
+            id,
+            addr: addr.into(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { ClusterClient::new(ch).add_member(req).await }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<proto::MembersResponse, ClientError> {
+        let req = proto::RemoveMemberRequest { id };
+        let r = self
+            .call(|ch| async move { ClusterClient::new(ch).remove_member(req).await })
+            .await?;
+        Ok(r.into_inner())
+    }
+}

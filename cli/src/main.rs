@@ -1,0 +1,433 @@
+//! `ferry`: one binary for the control plane (`ferry server`), and the kubectl-like verbs.
+
+mod apply;
+mod config;
+mod output;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_api::client::{Client, ListOptions};
+use ferry_api::kinds;
+use futures::StreamExt;
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: a container orchestrator with an eBPF datapath"
+)]
+struct Cli {
+    /// API server address(es), comma-separated host:port. Default: $FERRY_SERVER, then
+    /// ~/.ferry/config, then 127.0.0.1:7420.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control-plane member (the first one bootstraps a cluster).
+    Server(ServerArgs),
+    /// Create or update objects from manifests (YAML or JSON, multi-document).
+    Apply(ApplyArgs),
+    /// List objects or show one.
+    Get(GetArgs),
+    /// Show an object in detail, with its events.
+    Describe(DescribeArgs),
+    /// Delete objects by name or from manifests.
+    Delete(DeleteArgs),
+    /// Control-plane membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Where this member keeps its raft log, state and snapshots.
+    #[arg(long, default_value = "/var/lib/ferry/server")]
+    data_dir: PathBuf,
+    /// Address to serve the API, raft traffic and /metrics on.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+    /// Address other members and clients reach this member at (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// An existing member to join through; without it the first start bootstraps a new cluster.
+    #[arg(long)]
+    join: Option<String>,
+    /// Take a snapshot (and compact the raft log) every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Revisions of history kept for watches to resume from.
+    #[arg(long, default_value_t = 50_000)]
+    history: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// File, directory or - for stdin (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<String>,
+    /// Namespace for objects that name none.
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutputFormat {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
+#[derive(Args)]
+struct GetArgs {
+    /// Kind, plural or short name (po, deploy, svc, ...).
+    kind: String,
+    name: Option<String>,
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// All namespaces.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Label selector (`app=web,tier in (a,b)`).
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+    /// Field selector (`spec.nodeName=n1`).
+    #[arg(long)]
+    field_selector: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    /// After listing, watch for changes.
+    #[arg(short = 'w', long)]
+    watch: bool,
+}
+
+#[derive(Args)]
+struct DescribeArgs {
+    kind: String,
+    name: String,
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+#[derive(Args)]
+struct DeleteArgs {
+    kind: Option<String>,
+    names: Vec<String>,
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<String>,
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// background, foreground or orphan.
+    #[arg(long, default_value = "background")]
+    cascade: String,
+    /// Succeed when the object is already gone.
+    #[arg(long)]
+    ignore_not_found: bool,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List members, their roles and the leader.
+    Members,
+    /// Add a running member at ADDR as a voter.
+    Add {
+        addr: String,
+        /// Member id (default: the next unused one).
+        #[arg(long, default_value_t = 0)]
+        id: u64,
+    },
+    /// Remove member ID.
+    Remove { id: u64 },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    if let Command::Server(a) = &cli.command {
+        init_logging(a.log_format);
+        let mut opts = ferry_control::server::ServerOptions::new(a.data_dir.clone(), a.listen);
+        opts.advertise = a.advertise.clone();
+        opts.join = a.join.clone();
+        opts.snapshot_logs = a.snapshot_every.max(10);
+        opts.history_retention = a.history.max(100);
+        ferry_control::server::run(opts).await?;
+        return Ok(());
+    }
+    let client = Client::new(&config::server_address(cli.server.as_deref())?)?;
+    match cli.command {
+        Command::Server(_) => unreachable!("handled above"),
+        Command::Apply(a) => apply::apply(&client, &a.files, a.namespace.as_deref()).await,
+        Command::Get(a) => get(&client, a).await,
+        Command::Describe(a) => describe(&client, a).await,
+        Command::Delete(a) => delete(&client, a).await,
+        Command::Cluster { command } => cluster(&client, command).await,
+    }
+}
+
+fn kind_arg(name: &str) -> Result<&'static kinds::KindInfo> {
+    kinds::lookup(name).with_context(|| {
+        format!(
+            "the server doesn't have a resource type \"{name}\"; known types: {}",
+            kinds::all()
+                .iter()
+                .map(|k| k.plural)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+async fn get(client: &Client, a: GetArgs) -> Result<()> {
+    let info = kind_arg(&a.kind)?;
+    let ns = a.namespace.clone().unwrap_or_else(|| "default".into());
+    let mut out = std::io::stdout().lock();
+    if let Some(name) = &a.name {
+        let obj = client.get(info.kind, &ns, name).await?;
+        match a.output {
+            OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&obj)?)?,
+            OutputFormat::Yaml => write!(out, "{}", output::yaml(&obj)?)?,
+            OutputFormat::Name => writeln!(out, "{}", output::name_of(info, &obj))?,
+            f => write!(
+                out,
+                "{}",
+                output::table(info, &[obj], false, f == OutputFormat::Wide)
+            )?,
+        }
+        return Ok(());
+    }
+    let opts = ListOptions {
+        namespace: if a.all_namespaces || !info.namespaced {
+            None
+        } else {
+            Some(ns)
+        },
+        label_selector: a.selector.clone().unwrap_or_default(),
+        field_selector: a.field_selector.clone().unwrap_or_default(),
+    };
+    let list = client.list(info.kind, &opts).await?;
+    let items = list
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let show_ns = a.all_namespaces && info.namespaced;
+    match a.output {
+        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?,
+        OutputFormat::Yaml => write!(out, "{}", output::yaml(&list)?)?,
+        OutputFormat::Name => {
+            for o in &items {
+                writeln!(out, "{}", output::name_of(info, o))?;
+            }
+        }
+        f => {
+            if items.is_empty() && !a.watch {
+                match &opts.namespace {
+                    Some(ns) => eprintln!("No resources found in {ns} namespace."),
+                    None => eprintln!("No resources found"),
+                }
+            } else {
+                write!(
+                    out,
+                    "{}",
+                    output::table(info, &items, show_ns, f == OutputFormat::Wide)
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    drop(out);
+    if a.watch {
+        let rv = list
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let mut stream = client.watch(info.kind, &opts, &rv, false).await?;
+        while let Some(ev) = stream.next().await {
+            let ev = ev?;
+            let mut out = std::io::stdout().lock();
+            match a.output {
+                OutputFormat::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"type": ev.kind, "object": ev.object})
+                )?,
+                OutputFormat::Yaml => write!(
+                    out,
+                    "---\n{}",
+                    output::yaml(&serde_json::json!({"type": ev.kind, "object": ev.object}))?
+                )?,
+                OutputFormat::Name => writeln!(out, "{}", output::name_of(info, &ev.object))?,
+                f => write!(
+                    out,
+                    "{}",
+                    output::rows_only(info, &[ev.object], show_ns, f == OutputFormat::Wide)
+                )?,
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+async fn describe(client: &Client, a: DescribeArgs) -> Result<()> {
+    let info = kind_arg(&a.kind)?;
+    let ns = a.namespace.unwrap_or_else(|| "default".into());
+    let obj = client.get(info.kind, &ns, &a.name).await?;
+    let events = client
+        .list(
+            "Event",
+            &ListOptions {
+                namespace: if info.namespaced {
+                    Some(ns.clone())
+                } else {
+                    None
+                },
+                label_selector: String::new(),
+                field_selector: format!(
+                    "involvedObject.kind={},involvedObject.name={}",
+                    info.kind, a.name
+                ),
+            },
+        )
+        .await
+        .ok()
+        .and_then(|l| l.get("items").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    print!("{}", output::describe(info, &obj, &events)?);
+    Ok(())
+}
+
+async fn delete(client: &Client, a: DeleteArgs) -> Result<()> {
+    let policy = match a.cascade.to_ascii_lowercase().as_str() {
+        "background" | "true" => "Background",
+        "foreground" => "Foreground",
+        "orphan" | "false" => "Orphan",
+        other => {
+            bail!("--cascade: unsupported value {other:?}: use background, foreground or orphan")
+        }
+    };
+    let mut targets: Vec<(&'static kinds::KindInfo, String, String)> = Vec::new();
+    let default_ns = a.namespace.clone().unwrap_or_else(|| "default".into());
+    if !a.files.is_empty() {
+        for doc in apply::load_documents(&a.files)? {
+            let (info, _) = ferry_api::strict::decode(&doc.object)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", doc.source))?;
+            let name = doc
+                .object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let ns = doc
+                .object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(String::from);
+            targets.push((info, ns.unwrap_or_else(|| default_ns.clone()), name));
+        }
+    } else {
+        let Some(kind) = &a.kind else {
+            bail!("give KIND NAME... or -f FILE")
+        };
+        let info = kind_arg(kind)?;
+        if a.names.is_empty() {
+            bail!("give at least one name: ferry delete {kind} NAME");
+        }
+        for n in &a.names {
+            targets.push((info, default_ns.clone(), n.clone()));
+        }
+    }
+    let single = targets.len() == 1;
+    let mut failed = 0;
+    for (info, ns, name) in targets {
+        match client.delete(info.kind, &ns, &name, policy).await {
+            Ok(_) => println!("{} \"{name}\" deleted", output::qualified(info)),
+            Err(e) if e.is_not_found() && a.ignore_not_found => {}
+            Err(e) if single => return Err(e.into()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} object(s) could not be deleted");
+    }
+    Ok(())
+}
+
+async fn cluster(client: &Client, c: ClusterCommand) -> Result<()> {
+    let r = match c {
+        ClusterCommand::Members => client.members().await?,
+        ClusterCommand::Add { addr, id } => client.add_member(id, &addr).await?,
+        ClusterCommand::Remove { id } => client.remove_member(id).await?,
+    };
+    println!(
+        "{:<6} {:<24} {:<8} {:<7}",
+        "ID", "ADDRESS", "ROLE", "LEADER"
+    );
+    for m in &r.members {
+        println!(
+            "{:<6} {:<24} {:<8} {:<7}",
+            m.id,
+            m.addr,
+            if m.voter { "voter" } else { "learner" },
+            if m.leader { "*" } else { "" }
+        );
+    }
+    println!("term {}, applied index {}", r.term, r.applied_index);
+    Ok(())
+}

@@ -1,0 +1,806 @@
+//! The API server: the `Resources` and `Cluster` gRPC services, the only user of the store.
+//!
+//! Owns request decoding and limits, strict decoding + defaulting + validation (via ferry-api),
+//! server-owned metadata, optimistic concurrency on resourceVersion, finalizers and
+//! deletionTimestamp, list/watch with selectors, and translating store results into gRPC
+//! statuses with kubectl-like messages. Never panics on input: every malformed request becomes a
+//! clear `Status`.
+
+pub mod metrics;
+pub mod objects;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_api::kinds::{self, KindInfo};
+use ferry_api::proto::cluster_server::Cluster;
+use ferry_api::proto::resources_server::Resources;
+use ferry_api::proto::*;
+use ferry_api::selector::{FieldSelector, LabelSelector};
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use self::metrics::Metrics;
+use self::objects::Subresource;
+use crate::node::{Node, NodeError};
+use crate::store::{Command, CommandResult, KeyValue, Precondition};
+
+/// Namespaces that always exist and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "ferry-system"];
+
+/// How many times a server-side read-modify-write (patch, unconditional update, finalizer
+/// handling) retries on a concurrent change before giving up with a conflict.
+const RMW_RETRIES: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{kind} \"{name}\" is invalid: {errors}")]
+    Invalid {
+        kind: String,
+        name: String,
+        errors: String,
+    },
+    #[error("{plural} \"{name}\" not found")]
+    NotFound { plural: String, name: String },
+    #[error("{plural} \"{name}\" already exists")]
+    AlreadyExists { plural: String, name: String },
+    #[error(
+        "Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+    )]
+    Conflict { plural: String, name: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("object is {size} bytes; the limit is {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    Gone(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(#[from] NodeError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ApiError::BadRequest(_) | ApiError::Invalid { .. } => Status::invalid_argument(msg),
+            ApiError::NotFound { .. } => Status::not_found(msg),
+            ApiError::AlreadyExists { .. } => Status::already_exists(msg),
+            ApiError::Conflict { .. } => Status::aborted(msg),
+            ApiError::Forbidden(_) => Status::permission_denied(msg),
+            ApiError::TooLarge { .. } => Status::resource_exhausted(msg),
+            ApiError::Gone(_) => Status::out_of_range(msg),
+            ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API server. One per member; all members serve every request.
+#[derive(Clone)]
+pub struct ApiServer {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+}
+
+fn kind_info(name: &str) -> ApiResult<&'static KindInfo> {
+    if name.is_empty() {
+        return Err(ApiError::BadRequest("kind: required".into()));
+    }
+    kinds::lookup(name).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "the server doesn't have a resource type \"{name}\" (known: {})",
+            kinds::all()
+                .iter()
+                .map(|k| k.plural)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+fn parse_object(bytes: &[u8]) -> ApiResult<Value> {
+    if bytes.len() > objects::MAX_OBJECT_BYTES {
+        return Err(ApiError::TooLarge {
+            size: bytes.len(),
+            limit: objects::MAX_OBJECT_BYTES,
+        });
+    }
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("object is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest("object must be a JSON object".into()));
+    }
+    Ok(v)
+}
+
+fn decode_stored(kv: &KeyValue) -> ApiResult<Value> {
+    objects::from_store(&kv.value, kv.mod_revision)
+        .map_err(|e| ApiError::Internal(format!("stored object {} is corrupt: {e}", kv.key)))
+}
+
+fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl ApiServer {
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> Self {
+        Self { node, metrics }
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Strict decode against the kind the request names, then defaulting and validation.
+    fn admit(
+        &self,
+        info: &'static KindInfo,
+        obj: &mut Value,
+        name_for_errors: &str,
+    ) -> ApiResult<()> {
+        let obj_map = obj.as_object_mut().expect("checked object");
+        obj_map
+            .entry("apiVersion")
+            .or_insert_with(|| Value::String(info.api_version.into()));
+        obj_map
+            .entry("kind")
+            .or_insert_with(|| Value::String(info.kind.into()));
+        let invalid = |errors: String| ApiError::Invalid {
+            kind: info.kind.to_string(),
+            name: name_for_errors.to_string(),
+            errors,
+        };
+        let (decoded_info, mut canonical) =
+            ferry_api::strict::decode(obj).map_err(|e| invalid(e.to_string()))?;
+        if decoded_info.kind != info.kind {
+            return Err(ApiError::BadRequest(format!(
+                "kind: object is a {} but the request is for {}",
+                decoded_info.kind, info.plural
+            )));
+        }
+        ferry_api::defaults::apply(info, &mut canonical);
+        ferry_api::validation::validate(info, &canonical).map_err(|e| invalid(e.to_string()))?;
+        *obj = canonical;
+        Ok(())
+    }
+
+    async fn ensure_namespace(&self, info: &KindInfo, namespace: &str) -> ApiResult<()> {
+        if !info.namespaced {
+            return Ok(());
+        }
+        let ns_info = kinds::lookup("Namespace").expect("Namespace is a known kind");
+        let (kv, _) = self
+            .node
+            .sm
+            .get(&objects::key(ns_info, "", namespace))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match kv {
+            None => Err(ApiError::NotFound {
+                plural: "namespaces".into(),
+                name: namespace.into(),
+            }),
+            Some(kv) => {
+                let ns = decode_stored(&kv)?;
+                if !objects::meta_str(&ns, "deletionTimestamp").is_empty() {
+                    return Err(ApiError::Forbidden(format!(
+                        "unable to create new content in namespace {namespace} because it is being terminated"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn write(&self, cmd: Command) -> ApiResult<CommandResult> {
+        Ok(self.node.write(cmd).await?)
+    }
+
+    async fn get_kv(&self, key: &str) -> ApiResult<Option<KeyValue>> {
+        self.node.read_barrier().await?;
+        Ok(self
+            .node
+            .sm
+            .get(key)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .0)
+    }
+
+    /// Creates an object. Public so that in-process clients (bootstrap, controllers) share the path.
+    pub async fn create(&self, kind: &str, namespace: &str, bytes: &[u8]) -> ApiResult<Value> {
+        let info = kind_info(kind)?;
+        let mut obj = parse_object(bytes)?;
+        let req_name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let generate = obj
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if req_name.is_empty() && !generate.is_empty() {
+            objects::metadata_mut(&mut obj).insert(
+                "name".into(),
+                Value::String(objects::generated_name(&generate)),
+            );
+        }
+        if info.namespaced {
+            let ns = match objects::meta_str(&obj, "namespace") {
+                "" if namespace.is_empty() => "default".to_string(),
+                "" => namespace.to_string(),
+                ns if !namespace.is_empty() && ns != namespace => {
+                    return Err(ApiError::BadRequest(format!(
+                        "metadata.namespace: the namespace of the object ({ns}) does not match the namespace of the request ({namespace})"
+                    )));
+                }
+                ns => ns.to_string(),
+            };
+            objects::metadata_mut(&mut obj).insert("namespace".into(), Value::String(ns));
+        }
+        let name_for_errors = objects::meta_str(&obj, "name").to_string();
+        self.admit(info, &mut obj, &name_for_errors)?;
+        objects::prepare_create(info, &mut obj);
+        let namespace = objects::meta_str(&obj, "namespace").to_string();
+        self.ensure_namespace(info, &namespace).await?;
+        for attempt in 0..3 {
+            let name = objects::meta_str(&obj, "name").to_string();
+            let value = objects::to_store(&obj);
+            if value.len() > objects::MAX_OBJECT_BYTES {
+                return Err(ApiError::TooLarge {
+                    size: value.len(),
+                    limit: objects::MAX_OBJECT_BYTES,
+                });
+            }
+            let key = objects::key(info, &namespace, &name);
+            match self
+                .write(Command::Put {
+                    key,
+                    value,
+                    precondition: Precondition::Absent,
+                })
+                .await?
+            {
+                CommandResult::Applied { kv, .. } => return decode_stored(&kv),
+                CommandResult::PreconditionFailed { .. } if req_name.is_empty() && attempt < 2 => {
+                    // generateName collided: pick another suffix.
+                    objects::metadata_mut(&mut obj).insert(
+                        "name".into(),
+                        Value::String(objects::generated_name(&generate)),
+                    );
+                }
+                CommandResult::PreconditionFailed { .. } => {
+                    return Err(ApiError::AlreadyExists {
+                        plural: info.plural.into(),
+                        name,
+                    });
+                }
+                CommandResult::Nothing => {
+                    return Err(ApiError::Internal("store returned no result".into()));
+                }
+            }
+        }
+        Err(ApiError::Internal(
+            "could not generate a unique name".into(),
+        ))
+    }
+
+    pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> ApiResult<Value> {
+        let info = kind_info(kind)?;
+        let ns = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        match self.get_kv(&objects::key(info, ns, name)).await? {
+            Some(kv) => decode_stored(&kv),
+            None => Err(ApiError::NotFound {
+                plural: info.plural.into(),
+                name: name.into(),
+            }),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        kind: &str,
+        namespace: &str,
+        labels: &str,
+        fields: &str,
+    ) -> ApiResult<Value> {
+        let info = kind_info(kind)?;
+        let label_sel = LabelSelector::parse(labels)
+            .map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))?;
+        let field_sel = FieldSelector::parse(fields)
+            .map_err(|e| ApiError::BadRequest(format!("fieldSelector: {e}")))?;
+        self.node.read_barrier().await?;
+        let ns = if namespace.is_empty() {
+            None
+        } else {
+            Some(namespace)
+        };
+        let range = self
+            .node
+            .sm
+            .range(&objects::prefix(info, ns))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut items = Vec::with_capacity(range.kvs.len());
+        for kv in &range.kvs {
+            let obj = decode_stored(kv)?;
+            if label_sel.matches(&objects::labels(&obj)) && field_sel.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        Ok(serde_json::json!({
+            "apiVersion": info.api_version,
+            "kind": info.list_kind(),
+            "metadata": {"resourceVersion": range.revision.to_string()},
+            "items": items,
+        }))
+    }
+
+    /// Writes `obj` over the stored object at `expected` revision, deleting it instead when it
+    /// carries a deletionTimestamp and no finalizers remain.
+    async fn commit_update(
+        &self,
+        info: &KindInfo,
+        key: String,
+        obj: &Value,
+        expected: u64,
+    ) -> ApiResult<Result<Value, Option<KeyValue>>> {
+        let name = objects::meta_str(obj, "name").to_string();
+        let finalize = !objects::meta_str(obj, "deletionTimestamp").is_empty()
+            && objects::finalizers(obj).is_empty();
+        let cmd = if finalize {
+            Command::Delete {
+                key,
+                precondition: Precondition::ModRevision(expected),
+            }
+        } else {
+            let value = objects::to_store(obj);
+            if value.len() > objects::MAX_OBJECT_BYTES {
+                return Err(ApiError::TooLarge {
+                    size: value.len(),
+                    limit: objects::MAX_OBJECT_BYTES,
+                });
+            }
+            Command::Put {
+                key,
+                value,
+                precondition: Precondition::ModRevision(expected),
+            }
+        };
+        match self.write(cmd).await? {
+            CommandResult::Applied { kv, .. } => Ok(Ok(decode_stored(&kv)?)),
+            CommandResult::PreconditionFailed { current: None } => Err(ApiError::NotFound {
+                plural: info.plural.into(),
+                name,
+            }),
+            CommandResult::PreconditionFailed { current } => Ok(Err(current)),
+            CommandResult::Nothing => Err(ApiError::Internal("store returned no result".into())),
+        }
+    }
+
+    pub async fn update(&self, kind: &str, bytes: &[u8], sub: Subresource) -> ApiResult<Value> {
+        let info = kind_info(kind)?;
+        let mut obj = parse_object(bytes)?;
+        let name = objects::meta_str(&obj, "name").to_string();
+        if name.is_empty() {
+            return Err(ApiError::BadRequest("metadata.name: required".into()));
+        }
+        let namespace = match objects::meta_str(&obj, "namespace") {
+            "" if info.namespaced => "default".to_string(),
+            ns => ns.to_string(),
+        };
+        if info.namespaced {
+            objects::metadata_mut(&mut obj)
+                .insert("namespace".into(), Value::String(namespace.clone()));
+        }
+        let client_rv = objects::meta_str(&obj, "resourceVersion").to_string();
+        let client_rv = if client_rv.is_empty() {
+            None
+        } else {
+            Some(client_rv.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "metadata.resourceVersion: invalid value {client_rv:?}: must be a number"
+                ))
+            })?)
+        };
+        self.admit(info, &mut obj, &name)?;
+        let key = objects::key(info, &namespace, &name);
+        for _ in 0..RMW_RETRIES {
+            let Some(current) = self.get_kv(&key).await? else {
+                return Err(ApiError::NotFound {
+                    plural: info.plural.into(),
+                    name,
+                });
+            };
+            if client_rv.is_some_and(|rv| rv != current.mod_revision) {
+                return Err(ApiError::Conflict {
+                    plural: info.plural.into(),
+                    name,
+                });
+            }
+            let old = decode_stored(&current)?;
+            let mut new = obj.clone();
+            objects::prepare_update(&old, &mut new, sub);
+            match self
+                .commit_update(info, key.clone(), &new, current.mod_revision)
+                .await?
+            {
+                Ok(v) => return Ok(v),
+                Err(_) if client_rv.is_none() => continue,
+                Err(_) => {
+                    return Err(ApiError::Conflict {
+                        plural: info.plural.into(),
+                        name,
+                    });
+                }
+            }
+        }
+        Err(ApiError::Conflict {
+            plural: info.plural.into(),
+            name,
+        })
+    }
+
+    pub async fn patch(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        patch: &[u8],
+        sub: Subresource,
+    ) -> ApiResult<Value> {
+        let info = kind_info(kind)?;
+        let patch = parse_object(patch)?;
+        let ns = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        let key = objects::key(info, ns, name);
+        let patch_rv = patch
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
+        for _ in 0..RMW_RETRIES {
+            let Some(current) = self.get_kv(&key).await? else {
+                return Err(ApiError::NotFound {
+                    plural: info.plural.into(),
+                    name: name.into(),
+                });
+            };
+            if patch_rv
+                .as_ref()
+                .is_some_and(|rv| *rv != current.mod_revision.to_string())
+            {
+                return Err(ApiError::Conflict {
+                    plural: info.plural.into(),
+                    name: name.into(),
+                });
+            }
+            let old = decode_stored(&current)?;
+            let mut new = old.clone();
+            objects::merge_patch(&mut new, &patch);
+            if !new.is_object() {
+                return Err(ApiError::BadRequest("patch must leave an object".into()));
+            }
+            if objects::meta_str(&new, "name") != name
+                || (info.namespaced && objects::meta_str(&new, "namespace") != ns)
+            {
+                return Err(ApiError::BadRequest(
+                    "metadata.name and metadata.namespace cannot be patched".into(),
+                ));
+            }
+            self.admit(info, &mut new, name)?;
+            objects::prepare_update(&old, &mut new, sub);
+            match self
+                .commit_update(info, key.clone(), &new, current.mod_revision)
+                .await?
+            {
+                Ok(v) => return Ok(v),
+                Err(_) => continue,
+            }
+        }
+        Err(ApiError::Conflict {
+            plural: info.plural.into(),
+            name: name.into(),
+        })
+    }
+
+    pub async fn delete(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        policy: &str,
+        rv: &str,
+    ) -> ApiResult<Value> {
+        let info = kind_info(kind)?;
+        if !matches!(policy, "" | "Background" | "Foreground" | "Orphan") {
+            return Err(ApiError::BadRequest(format!(
+                "propagationPolicy: Unsupported value: {policy:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
+            )));
+        }
+        if info.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
+        let ns = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        let key = objects::key(info, ns, name);
+        for _ in 0..RMW_RETRIES {
+            let Some(current) = self.get_kv(&key).await? else {
+                return Err(ApiError::NotFound {
+                    plural: info.plural.into(),
+                    name: name.into(),
+                });
+            };
+            if !rv.is_empty() && rv != current.mod_revision.to_string() {
+                return Err(ApiError::Conflict {
+                    plural: info.plural.into(),
+                    name: name.into(),
+                });
+            }
+            let mut obj = decode_stored(&current)?;
+            let result = if objects::finalizers(&obj).is_empty() {
+                let cmd = Command::Delete {
+                    key: key.clone(),
+                    precondition: Precondition::ModRevision(current.mod_revision),
+                };
+                match self.write(cmd).await? {
+                    CommandResult::Applied { kv, .. } => Ok(decode_stored(&kv)?),
+                    CommandResult::PreconditionFailed { current } => Err(current),
+                    CommandResult::Nothing => {
+                        return Err(ApiError::Internal("store returned no result".into()));
+                    }
+                }
+            } else {
+                // Finalizers pending: mark for deletion; the last finalizer removed deletes it.
+                if !objects::meta_str(&obj, "deletionTimestamp").is_empty() {
+                    return Ok(obj);
+                }
+                let m = objects::metadata_mut(&mut obj);
+                m.insert(
+                    "deletionTimestamp".into(),
+                    Value::String(objects::now_rfc3339()),
+                );
+                m.insert("deletionGracePeriodSeconds".into(), Value::from(0));
+                self.commit_update(info, key.clone(), &obj, current.mod_revision)
+                    .await?
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(_) => continue,
+            }
+        }
+        Err(ApiError::Conflict {
+            plural: info.plural.into(),
+            name: name.into(),
+        })
+    }
+
+    fn observe<T>(&self, method: &'static str, start: Instant, r: &ApiResult<T>) {
+        let code = match r {
+            Ok(_) => "OK",
+            Err(e) => match e {
+                ApiError::BadRequest(_) | ApiError::Invalid { .. } => "InvalidArgument",
+                ApiError::NotFound { .. } => "NotFound",
+                ApiError::AlreadyExists { .. } => "AlreadyExists",
+                ApiError::Conflict { .. } => "Aborted",
+                ApiError::Forbidden(_) => "PermissionDenied",
+                ApiError::TooLarge { .. } => "ResourceExhausted",
+                ApiError::Gone(_) => "OutOfRange",
+                ApiError::Unavailable(_) => "Unavailable",
+                ApiError::Internal(_) => "Internal",
+            },
+        };
+        self.metrics.observe_request(method, code, start.elapsed());
+        if let Err(e) = r {
+            tracing::debug!(method, code, error = %e, "request failed");
+        }
+    }
+}
+
+fn subresource(s: &str) -> Result<Subresource, Status> {
+    match s {
+        "" => Ok(Subresource::Main),
+        "status" => Ok(Subresource::Status),
+        other => Err(Status::invalid_argument(format!(
+            "subresource: unsupported value {other:?}: supported: \"status\""
+        ))),
+    }
+}
+
+fn object_response(r: ApiResult<Value>) -> Result<Response<ObjectResponse>, Status> {
+    r.map(|v| {
+        Response::new(ObjectResponse {
+            object: to_bytes(&v),
+        })
+    })
+    .map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl Resources for ApiServer {
+    async fn create(
+        &self,
+        req: Request<CreateRequest>,
+    ) -> Result<Response<ObjectResponse>, Status> {
+        let start = Instant::now();
+        let req = req.into_inner();
+        let r = ApiServer::create(self, &req.kind, &req.namespace, &req.object).await;
+        self.observe("create", start, &r);
+        object_response(r)
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<ObjectResponse>, Status> {
+        let start = Instant::now();
+        let req = req.into_inner();
+        let r = ApiServer::get(self, &req.kind, &req.namespace, &req.name).await;
+        self.observe("get", start, &r);
+        object_response(r)
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let start = Instant::now();
+        let req = req.into_inner();
+        let r = ApiServer::list(
+            self,
+            &req.kind,
+            &req.namespace,
+            &req.label_selector,
+            &req.field_selector,
+        )
+        .await;
+        self.observe("list", start, &r);
+        r.map(|v| Response::new(ListResponse { list: to_bytes(&v) }))
+            .map_err(Status::from)
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let start = Instant::now();
+        let r = watch::start(self.node.clone(), req.into_inner()).await;
+        self.observe("watch", start, &r);
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn update(
+        &self,
+        req: Request<UpdateRequest>,
+    ) -> Result<Response<ObjectResponse>, Status> {
+        let start = Instant::now();
+        let req = req.into_inner();
+        let sub = subresource(&req.subresource)?;
+        let r = ApiServer::update(self, &req.kind, &req.object, sub).await;
+        self.observe("update", start, &r);
+        object_response(r)
+    }
+
+    async fn patch(&self, req: Request<PatchRequest>) -> Result<Response<ObjectResponse>, Status> {
+        let start = Instant::now();
+        let req = req.into_inner();
+        let sub = subresource(&req.subresource)?;
+        let r = ApiServer::patch(self, &req.kind, &req.namespace, &req.name, &req.patch, sub).await;
+        self.observe("patch", start, &r);
+        object_response(r)
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<ObjectResponse>, Status> {
+        let start = Instant::now();
+        let req = req.into_inner();
+        let r = ApiServer::delete(
+            self,
+            &req.kind,
+            &req.namespace,
+            &req.name,
+            &req.propagation_policy,
+            &req.resource_version,
+        )
+        .await;
+        self.observe("delete", start, &r);
+        object_response(r)
+    }
+}
+
+/// The `Cluster` service: membership of the control plane.
+pub struct ClusterService {
+    pub node: Arc<Node>,
+}
+
+impl ClusterService {
+    fn snapshot(&self) -> MembersResponse {
+        let m = self.node.raft.metrics().borrow().clone();
+        let leader = m.current_leader.unwrap_or(0);
+        let members = self
+            .node
+            .members()
+            .into_iter()
+            .map(|mi| Member {
+                id: mi.id,
+                addr: mi.addr,
+                voter: mi.voter,
+                leader: mi.id == leader,
+            })
+            .collect();
+        MembersResponse {
+            members,
+            leader_id: leader,
+            term: m.current_term,
+            commit_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(self.snapshot()))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<AddMemberRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let req = req.into_inner();
+        if req.addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "addr: required (host:port of the new member)",
+            ));
+        }
+        let id = if req.id == 0 {
+            self.node
+                .allocate_member_id()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+        } else {
+            req.id
+        };
+        self.node
+            .add_member(id, req.addr)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(self.snapshot()))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<RemoveMemberRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let id = req.into_inner().id;
+        if !self.node.members().iter().any(|m| m.id == id) {
+            return Err(Status::not_found(format!(
+                "member {id} not found; see `ferry cluster members`"
+            )));
+        }
+        self.node
+            .remove_member(id)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(self.snapshot()))
+    }
+}

@@ -1,0 +1,306 @@
+//! Resource-generic object handling for the API server: storage keys, metadata that the server
+//! owns (uid, resourceVersion, generation, timestamps), status/spec separation and merge patches.
+//! Pure functions over `serde_json::Value`, unit-tested without a store.
+
+use std::collections::BTreeMap;
+
+use ferry_api::kinds::KindInfo;
+use rand::Rng;
+use serde_json::{Map, Value};
+
+/// Largest object the store accepts (etcd's default request limit).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// `/{plural}/{namespace}/{name}` for namespaced kinds, `/{plural}/{name}` otherwise.
+pub fn key(info: &KindInfo, namespace: &str, name: &str) -> String {
+    if info.namespaced {
+        format!("/{}/{}/{}", info.plural, namespace, name)
+    } else {
+        format!("/{}/{}", info.plural, name)
+    }
+}
+
+/// The key prefix holding every object of a kind, optionally in one namespace.
+pub fn prefix(info: &KindInfo, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if info.namespaced => format!("/{}/{}/", info.plural, ns),
+        _ => format!("/{}/", info.plural),
+    }
+}
+
+pub fn metadata(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+/// The metadata map, created if absent.
+pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    let root = obj
+        .as_object_mut()
+        .expect("objects are JSON objects (checked on decode)");
+    let m = root
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !m.is_object() {
+        *m = Value::Object(Map::new());
+    }
+    m.as_object_mut().expect("just made an object")
+}
+
+pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    metadata(obj)
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+pub fn labels(obj: &Value) -> BTreeMap<String, String> {
+    metadata(obj)
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn finalizers(obj: &Value) -> Vec<String> {
+    metadata(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses stored JSON and stamps `metadata.resourceVersion` with the store's mod revision.
+pub fn from_store(value: &str, mod_revision: u64) -> Result<Value, serde_json::Error> {
+    let mut obj: Value = serde_json::from_str(value)?;
+    if obj.is_object() {
+        metadata_mut(&mut obj).insert(
+            "resourceVersion".into(),
+            Value::String(mod_revision.to_string()),
+        );
+    }
+    Ok(obj)
+}
+
+/// The stored form: resourceVersion is implied by the store's revision and never stored.
+pub fn to_store(obj: &Value) -> String {
+    let mut obj = obj.clone();
+    if obj.is_object() {
+        metadata_mut(&mut obj).remove("resourceVersion");
+    }
+    obj.to_string()
+}
+
+/// `generateName` plus five random characters, as Kubernetes does.
+pub fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Everything but metadata and status: what `generation` counts changes of.
+fn spec_part(obj: &Value) -> Map<String, Value> {
+    obj.as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Server-owned metadata for a new object.
+pub fn prepare_create(info: &KindInfo, obj: &mut Value) {
+    let uid = uuid::Uuid::new_v4().to_string();
+    let m = metadata_mut(obj);
+    m.insert("uid".into(), Value::String(uid));
+    m.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+    m.insert("generation".into(), Value::from(1));
+    m.remove("resourceVersion");
+    m.remove("deletionTimestamp");
+    m.remove("deletionGracePeriodSeconds");
+    if !info.namespaced {
+        m.remove("namespace");
+    }
+    // Status is the system's to write; a new object starts with the kind's initial status.
+    let root = obj.as_object_mut().expect("object");
+    root.remove("status");
+    match info.kind {
+        "Namespace" => {
+            root.insert("status".into(), serde_json::json!({"phase": "Active"}));
+        }
+        "Pod" => {
+            root.insert("status".into(), serde_json::json!({"phase": "Pending"}));
+        }
+        _ => {}
+    }
+}
+
+/// Which part of an object an update may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    /// Everything but status.
+    Main,
+    /// Only status.
+    Status,
+}
+
+/// Merges an update onto the stored object following Kubernetes' rules: identity and creation
+/// metadata are kept; the main resource cannot change status and the status subresource cannot
+/// change anything else; generation increments when the spec changes; deletionTimestamp can
+/// only be set by delete.
+pub fn prepare_update(old: &Value, new: &mut Value, sub: Subresource) {
+    if sub == Subresource::Status {
+        let status = new.get("status").cloned();
+        let mut merged = old.clone();
+        let root = merged.as_object_mut().expect("object");
+        match status {
+            Some(s) => root.insert("status".into(), s),
+            None => root.remove("status"),
+        };
+        *new = merged;
+        return;
+    }
+    let old_meta = metadata(old).cloned().unwrap_or_default();
+    let spec_changed = spec_part(old) != spec_part(new);
+    {
+        let m = metadata_mut(new);
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "name",
+            "namespace",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            match old_meta.get(field) {
+                Some(v) => m.insert(field.into(), v.clone()),
+                None => m.remove(field),
+            };
+        }
+        let old_gen = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        m.insert(
+            "generation".into(),
+            Value::from(if spec_changed { old_gen + 1 } else { old_gen }),
+        );
+        m.remove("resourceVersion");
+    }
+    let root = new.as_object_mut().expect("object");
+    match old.get("status") {
+        Some(s) => root.insert("status".into(), s.clone()),
+        None => root.remove("status"),
+    };
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    json_patch::merge(target, patch);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn info(kind: &str) -> &'static KindInfo {
+        ferry_api::kinds::lookup(kind).expect("known kind")
+    }
+
+    #[test]
+    fn keys_and_prefixes() {
+        assert_eq!(key(info("Pod"), "default", "web"), "/pods/default/web");
+        assert_eq!(key(info("Node"), "", "n1"), "/nodes/n1");
+        assert_eq!(prefix(info("Pod"), Some("kube")), "/pods/kube/");
+        assert_eq!(prefix(info("Pod"), None), "/pods/");
+        assert_eq!(prefix(info("Node"), Some("x")), "/nodes/");
+    }
+
+    #[test]
+    fn resource_version_is_never_stored_but_always_served() {
+        let obj = json!({"kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "7"}});
+        let stored = to_store(&obj);
+        assert!(!stored.contains("resourceVersion"));
+        let served = from_store(&stored, 42).expect("parses");
+        assert_eq!(served["metadata"]["resourceVersion"], "42");
+    }
+
+    #[test]
+    fn create_sets_server_metadata_and_initial_status() {
+        let mut pod = json!({"kind": "Pod", "metadata": {"name": "p", "resourceVersion": "9"}, "status": {"phase": "Running"}});
+        prepare_create(info("Pod"), &mut pod);
+        assert_eq!(pod["metadata"]["generation"], 1);
+        assert!(
+            pod["metadata"]["uid"]
+                .as_str()
+                .is_some_and(|u| u.len() == 36)
+        );
+        assert!(pod["metadata"].get("resourceVersion").is_none());
+        assert_eq!(pod["status"]["phase"], "Pending");
+        let mut node = json!({"kind": "Node", "metadata": {"name": "n", "namespace": "x"}});
+        prepare_create(info("Node"), &mut node);
+        assert!(node["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn update_bumps_generation_only_on_spec_change_and_keeps_status() {
+        let old = json!({"metadata": {"name": "d", "uid": "u1", "generation": 3, "creationTimestamp": "t"},
+                         "spec": {"replicas": 1}, "status": {"replicas": 1}});
+        let mut same = json!({"metadata": {"name": "d", "uid": "evil", "labels": {"a": "b"}},
+                              "spec": {"replicas": 1}, "status": {"replicas": 99}});
+        prepare_update(&old, &mut same, Subresource::Main);
+        assert_eq!(same["metadata"]["generation"], 3);
+        assert_eq!(same["metadata"]["uid"], "u1");
+        assert_eq!(same["metadata"]["creationTimestamp"], "t");
+        assert_eq!(
+            same["status"]["replicas"], 1,
+            "main update cannot change status"
+        );
+        assert_eq!(same["metadata"]["labels"]["a"], "b");
+        let mut scaled = json!({"metadata": {"name": "d"}, "spec": {"replicas": 5}});
+        prepare_update(&old, &mut scaled, Subresource::Main);
+        assert_eq!(scaled["metadata"]["generation"], 4);
+        let mut status =
+            json!({"metadata": {"name": "d"}, "spec": {"replicas": 7}, "status": {"replicas": 2}});
+        prepare_update(&old, &mut status, Subresource::Status);
+        assert_eq!(
+            status["spec"]["replicas"], 1,
+            "status update cannot change spec"
+        );
+        assert_eq!(status["status"]["replicas"], 2);
+        assert_eq!(status["metadata"]["generation"], 3);
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]});
+        merge_patch(&mut t, &json!({"a": null, "b": {"c": 5}, "l": [3]}));
+        assert_eq!(t, json!({"b": {"c": 5, "d": 3}, "l": [3]}));
+    }
+
+    #[test]
+    fn generated_names_have_the_prefix_and_five_chars() {
+        let n = generated_name("web-");
+        assert!(n.starts_with("web-") && n.len() == 9);
+    }
+}
