@@ -66,8 +66,8 @@ impl NodeConfig {
             id,
             advertise_addr,
             data_dir,
-            heartbeat_ms: 100,
-            election_timeout_ms: (400, 800),
+            heartbeat_ms: 50,
+            election_timeout_ms: (300, 600),
             snapshot_logs: 10_000,
             history_retention: 50_000,
         }

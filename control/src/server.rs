@@ -46,8 +46,8 @@ impl ServerOptions {
             join: None,
             snapshot_logs: 10_000,
             history_retention: 50_000,
-            heartbeat_ms: 100,
-            election_timeout_ms: (400, 800),
+            heartbeat_ms: 50,
+            election_timeout_ms: (300, 600),
         }
     }
 }

@@ -1,20 +1,29 @@
-//! The durable raft log on redb.
+//! The durable raft log on redb, with group commit.
 //!
-//! Owns the log entries, the vote and the committed log id, in their own redb file (`raft-log.redb`)
-//! so that log fsyncs never wait behind state-machine writes. Invariants openraft relies on:
+//! Owns the log entries, the vote and the committed log id, in their own redb file
+//! (`raft-log.redb`) so that log fsyncs never wait behind state-machine writes.
+//!
+//! Appends return as soon as the entries are in memory (`pending`) and readable; one writer
+//! thread drains every queued append into a single redb transaction and fsync, then fires the
+//! flush callbacks in order. Under concurrent load that turns N fsyncs into one. Invariants
+//! openraft relies on:
+//! - appended entries are readable when `append` returns (readers overlay `pending` on disk);
+//! - the flush callback fires only after the entries are durable;
 //! - the vote is durable before `save_vote` returns;
-//! - appended entries are durable before the flush callback fires (we fsync, then call it);
-//! - `truncate` removes every entry at or after the given index, durably;
-//! - `purge` records the last purged id before deleting, so `get_log_state` never goes backwards.
+//! - operations reach the disk in the order they were issued (one FIFO queue, one writer), so a
+//!   truncate queued after an append always wins over it, and an append after a truncate wins over
+//!   the truncate.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
 
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -25,11 +34,8 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
-/// The raft log. Cheap to clone: clones share the database.
-#[derive(Clone)]
-pub struct LogStore {
-    db: Arc<Database>,
-}
+/// Most queued operations folded into one transaction.
+const MAX_BATCH: usize = 4096;
 
 fn io_read(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(AnyError::new(&e)).into()
@@ -39,15 +45,78 @@ fn io_write(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 
+type Done = oneshot::Sender<Result<(), StorageError>>;
+
+enum Job {
+    /// Flush these (index, log id) entries from `pending`, then call back.
+    Append {
+        ids: Vec<LogId>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Truncate {
+        from: u64,
+        done: Done,
+    },
+    Purge {
+        upto: LogId,
+        done: Done,
+    },
+    Meta {
+        key: &'static str,
+        value: Vec<u8>,
+        durable: bool,
+        done: Done,
+    },
+}
+
+struct Shared {
+    db: Database,
+    /// Appended but not yet durable, readable by log readers.
+    pending: Mutex<BTreeMap<u64, Entry>>,
+}
+
+/// The raft log. Cheap to clone: clones share the database, the pending entries and the writer.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
 impl LogStore {
-    /// Opens (or creates) the log at `path`.
+    /// Opens (or creates) the log at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
         tx.open_table(LOGS)?;
         tx.open_table(META)?;
         tx.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let shared = Arc::new(Shared {
+            db,
+            pending: Mutex::new(BTreeMap::new()),
+        });
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(&writer, rx))
+            .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+        Ok(Self { shared, jobs })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn submit(&self, make: impl FnOnce(Done) -> Job) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(make(tx))
+            .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))?;
+        rx.await
+            .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))?
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
@@ -55,10 +124,10 @@ impl LogStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StorageError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared.db))
             .await
-            .map_err(|e| StorageError::from(StorageIOError::write_logs(AnyError::new(&e))))?
+            .map_err(io_read)?
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -73,36 +142,175 @@ impl LogStore {
         }
     }
 
-    fn write_meta<T: serde::Serialize>(
-        db: &Database,
-        key: &str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(value).map_err(io_write)?;
-        let mut tx = db.begin_write().map_err(io_write)?;
-        tx.set_durability(durability).map_err(io_write)?;
-        tx.open_table(META)
-            .map_err(io_write)?
-            .insert(key, bytes.as_slice())
-            .map_err(io_write)?;
-        tx.commit().map_err(io_write)
-    }
-
     fn read_range(
         db: &Database,
         start: Bound<u64>,
         end: Bound<u64>,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<BTreeMap<u64, Entry>, StorageError> {
         let tx = db.begin_read().map_err(io_read)?;
         let table = tx.open_table(LOGS).map_err(io_read)?;
-        let mut out = Vec::new();
+        let mut out = BTreeMap::new();
         for item in table.range::<u64>((start, end)).map_err(io_read)? {
-            let (_, v) = item.map_err(io_read)?;
-            out.push(serde_json::from_slice(v.value()).map_err(io_read)?);
+            let (k, v) = item.map_err(io_read)?;
+            out.insert(
+                k.value(),
+                serde_json::from_slice(v.value()).map_err(io_read)?,
+            );
         }
         Ok(out)
     }
+
+    async fn write_meta<T: serde::Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        let value = serde_json::to_vec(value).map_err(io_write)?;
+        self.submit(|done| Job::Meta {
+            key,
+            value,
+            durable,
+            done,
+        })
+        .await
+    }
+}
+
+/// Applies queued jobs in order, folding runs of appends into one durable transaction.
+fn writer_loop(shared: &Shared, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut appends: Vec<(Vec<LogId>, LogFlushed<TypeConfig>)> = Vec::new();
+        for job in batch {
+            match job {
+                Job::Append { ids, callback } => appends.push((ids, callback)),
+                other => {
+                    flush_appends(shared, std::mem::take(&mut appends));
+                    run_job(shared, other);
+                }
+            }
+        }
+        flush_appends(shared, appends);
+    }
+}
+
+fn flush_appends(shared: &Shared, appends: Vec<(Vec<LogId>, LogFlushed<TypeConfig>)>) {
+    if appends.is_empty() {
+        return;
+    }
+    let result = (|| -> Result<Vec<LogId>, StorageError> {
+        let mut encoded = Vec::new();
+        {
+            let pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (ids, _) in &appends {
+                for id in ids {
+                    // An entry truncated (and maybe replaced) since it was queued is not ours to write.
+                    if let Some(e) = pending.get(&id.index).filter(|e| e.log_id == *id) {
+                        encoded.push((id.index, serde_json::to_vec(e).map_err(io_write)?));
+                    }
+                }
+            }
+        }
+        let tx = shared.db.begin_write().map_err(io_write)?;
+        {
+            let mut table = tx.open_table(LOGS).map_err(io_write)?;
+            for (index, bytes) in &encoded {
+                table.insert(*index, bytes.as_slice()).map_err(io_write)?;
+            }
+        }
+        tx.commit().map_err(io_write)?;
+        Ok(appends
+            .iter()
+            .flat_map(|(ids, _)| ids.iter().copied())
+            .collect())
+    })();
+    match result {
+        Ok(written) => {
+            let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for id in written {
+                if pending.get(&id.index).is_some_and(|e| e.log_id == id) {
+                    pending.remove(&id.index);
+                }
+            }
+            drop(pending);
+            for (_, cb) in appends {
+                cb.log_io_completed(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::error!("raft log append failed: {e}");
+            for (_, cb) in appends {
+                cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    }
+}
+
+fn run_job(shared: &Shared, job: Job) {
+    let db = &shared.db;
+    let (result, done) = match job {
+        Job::Append { .. } => unreachable!("appends are flushed in batches"),
+        Job::Truncate { from, done } => {
+            let r = (|| {
+                let tx = db.begin_write().map_err(io_write)?;
+                tx.open_table(LOGS)
+                    .map_err(io_write)?
+                    .retain_in(from.., |_, _| false)
+                    .map_err(io_write)?;
+                tx.commit().map_err(io_write)
+            })();
+            (r, done)
+        }
+        Job::Purge { upto, done } => {
+            let r = (|| {
+                let bytes = serde_json::to_vec(&Some(upto)).map_err(io_write)?;
+                let mut tx = db.begin_write().map_err(io_write)?;
+                // Purged entries are covered by a durable snapshot; losing this commit in a
+                // crash only means purging again.
+                tx.set_durability(Durability::None).map_err(io_write)?;
+                tx.open_table(META)
+                    .map_err(io_write)?
+                    .insert(KEY_LAST_PURGED, bytes.as_slice())
+                    .map_err(io_write)?;
+                tx.open_table(LOGS)
+                    .map_err(io_write)?
+                    .retain_in(..=upto.index, |_, _| false)
+                    .map_err(io_write)?;
+                tx.commit().map_err(io_write)
+            })();
+            (r, done)
+        }
+        Job::Meta {
+            key,
+            value,
+            durable,
+            done,
+        } => {
+            let r = (|| {
+                let mut tx = db.begin_write().map_err(io_write)?;
+                tx.set_durability(if durable {
+                    Durability::Immediate
+                } else {
+                    Durability::None
+                })
+                .map_err(io_write)?;
+                tx.open_table(META)
+                    .map_err(io_write)?
+                    .insert(key, value.as_slice())
+                    .map_err(io_write)?;
+                tx.commit().map_err(io_write)
+            })();
+            (r, done)
+        }
+    };
+    let _ = done.send(result);
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -112,8 +320,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
-        self.blocking(move |db| Self::read_range(db, start, end))
-            .await
+        // Snapshot pending first: an entry leaves `pending` only after it is on disk, so anything
+        // missing from this copy is found by the disk read that follows.
+        let overlay: Vec<(u64, Entry)> = self
+            .pending()
+            .range((start, end))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let mut entries = self
+            .blocking(move |db| Self::read_range(db, start, end))
+            .await?;
+        for (k, v) in overlay {
+            entries.insert(k, v);
+        }
+        Ok(entries.into_values().collect())
     }
 }
 
@@ -121,24 +341,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        self.blocking(|db| {
-            let last_purged: Option<LogId> = Self::read_meta(db, KEY_LAST_PURGED)?;
-            let tx = db.begin_read().map_err(io_read)?;
-            let table = tx.open_table(LOGS).map_err(io_read)?;
-            let last = match table.last().map_err(io_read)? {
-                Some((_, v)) => Some(
-                    serde_json::from_slice::<Entry>(v.value())
-                        .map_err(io_read)?
-                        .log_id,
-                ),
-                None => None,
-            };
-            Ok(LogState {
-                last_purged_log_id: last_purged,
-                last_log_id: last.or(last_purged),
+        let pending_last = self.pending().last_key_value().map(|(_, e)| e.log_id);
+        let (last_purged, disk_last) = self
+            .blocking(|db| {
+                let last_purged: Option<LogId> =
+                    Self::read_meta::<Option<LogId>>(db, KEY_LAST_PURGED)?.flatten();
+                let tx = db.begin_read().map_err(io_read)?;
+                let table = tx.open_table(LOGS).map_err(io_read)?;
+                let last = match table.last().map_err(io_read)? {
+                    Some((_, v)) => Some(
+                        serde_json::from_slice::<Entry>(v.value())
+                            .map_err(io_read)?
+                            .log_id,
+                    ),
+                    None => None,
+                };
+                Ok((last_purged, last))
             })
+            .await?;
+        let last = pending_last.max(disk_last).or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
         })
-        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -146,13 +371,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let vote = *vote;
-        self.blocking(move |db| {
-            Self::write_meta(db, KEY_VOTE, &vote, Durability::Immediate).map_err(|_| {
-                StorageIOError::write_vote(AnyError::error("failed to persist vote")).into()
-            })
-        })
-        .await
+        self.write_meta(KEY_VOTE, vote, true)
+            .await
+            .map_err(|e| StorageIOError::write_vote(AnyError::error(e.to_string())).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -161,8 +382,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Only an optimisation for restart (re-apply without waiting for a leader): no fsync.
-        self.blocking(move |db| Self::write_meta(db, KEY_COMMITTED, &committed, Durability::None))
-            .await
+        self.write_meta(KEY_COMMITTED, &committed, false).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -179,63 +399,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut encoded = Vec::new();
-        for e in entries {
-            encoded.push((e.log_id.index, serde_json::to_vec(&e).map_err(io_write)?));
-        }
-        let res = self
-            .blocking(move |db| {
-                let tx = db.begin_write().map_err(io_write)?;
-                {
-                    let mut table = tx.open_table(LOGS).map_err(io_write)?;
-                    for (index, bytes) in &encoded {
-                        table.insert(*index, bytes.as_slice()).map_err(io_write)?;
-                    }
-                }
-                tx.commit().map_err(io_write)
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
+        let mut ids = Vec::new();
+        {
+            let mut pending = self.pending();
+            for e in entries {
+                ids.push(e.log_id);
+                pending.insert(e.log_id.index, e);
             }
         }
+        self.jobs
+            .send(Job::Append { ids, callback })
+            .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(io_write)?;
-            tx.open_table(LOGS)
-                .map_err(io_write)?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(io_write)?;
-            tx.commit().map_err(io_write)
+        self.pending().retain(|k, _| *k < log_id.index);
+        self.submit(|done| Job::Truncate {
+            from: log_id.index,
+            done,
         })
         .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.blocking(move |db| {
-            let bytes = serde_json::to_vec(&Some(log_id)).map_err(io_write)?;
-            let mut tx = db.begin_write().map_err(io_write)?;
-            // Purged entries are already covered by a durable snapshot; losing this commit in a
-            // crash only means purging again.
-            tx.set_durability(Durability::None).map_err(io_write)?;
-            tx.open_table(META)
-                .map_err(io_write)?
-                .insert(KEY_LAST_PURGED, bytes.as_slice())
-                .map_err(io_write)?;
-            tx.open_table(LOGS)
-                .map_err(io_write)?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(io_write)?;
-            tx.commit().map_err(io_write)
-        })
-        .await
+        self.pending().retain(|k, _| *k > log_id.index);
+        self.submit(|done| Job::Purge { upto: log_id, done }).await
     }
 }

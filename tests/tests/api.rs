@@ -1,0 +1,438 @@
+//! API semantics against a real single-member `ferry server`: metadata, validation errors,
+//! optimistic concurrency, status, patches, finalizers, selectors, watches, limits, and the CLI.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferry_api::client::{Client, ListOptions};
+use ferry_tests::{Cluster, configmap, ferry_bin};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tonic::Code;
+
+fn deployment(name: &str, replicas: i64) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}
+            }
+        }
+    })
+}
+
+async fn single() -> Result<(Cluster, Client)> {
+    let cluster = Cluster::start(1, &[]).await?;
+    let client = cluster.client();
+    Ok((cluster, client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_get_update_patch_delete() -> Result<()> {
+    let (_cluster, c) = single().await?;
+    let created = c.create("deploy", "", &deployment("web", 2)).await?;
+    let meta = &created["metadata"];
+    assert_eq!(meta["namespace"], "default");
+    assert_eq!(meta["generation"], 1);
+    assert!(meta["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(meta["creationTimestamp"].as_str().is_some());
+    let rv1: u64 = meta["resourceVersion"].as_str().context("rv")?.parse()?;
+    // Defaults are applied as Kubernetes does.
+    assert_eq!(created["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        created["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+
+    let got = c.get("deployments", "default", "web").await?;
+    assert_eq!(got, created);
+
+    // Update with the current resourceVersion: generation bumps on a spec change.
+    let mut scaled = got.clone();
+    scaled["spec"]["replicas"] = json!(5);
+    let updated = c.update("Deployment", &scaled).await?;
+    assert_eq!(updated["metadata"]["generation"], 2);
+    let rv2: u64 = updated["metadata"]["resourceVersion"]
+        .as_str()
+        .context("rv")?
+        .parse()?;
+    assert!(rv2 > rv1);
+    // A stale resourceVersion is a conflict.
+    let err = c
+        .update("Deployment", &scaled)
+        .await
+        .expect_err("stale update must fail");
+    assert_eq!(err.code, Code::Aborted, "{err}");
+    assert!(
+        err.message.contains("the object has been modified"),
+        "{err}"
+    );
+    // Labels only: no generation bump.
+    let patched = c
+        .patch(
+            "deploy",
+            "default",
+            "web",
+            &json!({"metadata": {"labels": {"tier": "front"}}}),
+        )
+        .await?;
+    assert_eq!(patched["metadata"]["labels"]["tier"], "front");
+    assert_eq!(patched["metadata"]["generation"], 2);
+    // The main resource cannot write status; the status subresource cannot write spec.
+    let mut with_status = patched.clone();
+    with_status["status"] = json!({"replicas": 3});
+    with_status["metadata"]
+        .as_object_mut()
+        .context("meta")?
+        .remove("resourceVersion");
+    let main = c.update("Deployment", &with_status).await?;
+    assert!(
+        main.get("status")
+            .is_none_or(|s| s.get("replicas").is_none())
+    );
+    with_status["spec"]["replicas"] = json!(9);
+    let status = c.update_status("Deployment", &with_status).await?;
+    assert_eq!(status["status"]["replicas"], 3);
+    assert_eq!(status["spec"]["replicas"], 5);
+
+    c.delete("deploy", "default", "web", "").await?;
+    let err = c
+        .get("deploy", "default", "web")
+        .await
+        .expect_err("deleted");
+    assert!(err.is_not_found());
+    assert_eq!(err.message, "deployments \"web\" not found");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_changes_nothing() -> Result<()> {
+    let (_cluster, c) = single().await?;
+    let mut bad = deployment("bad", 1);
+    bad["spec"]["template"]["spec"]["containers"][0]["imagee"] = json!("x");
+    let err = c
+        .create("deploy", "", &bad)
+        .await
+        .expect_err("unknown field");
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert!(
+        err.message
+            .contains("spec.template.spec.containers[0].imagee"),
+        "{err}"
+    );
+
+    let mut no_image = deployment("bad", 1);
+    no_image["spec"]["template"]["spec"]["containers"][0]
+        .as_object_mut()
+        .context("c")?
+        .remove("image");
+    let err = c
+        .create("deploy", "", &no_image)
+        .await
+        .expect_err("missing image");
+    assert!(
+        err.message
+            .contains("spec.template.spec.containers[0].image: required"),
+        "{err}"
+    );
+
+    let err = c
+        .create("widgets", "", &json!({}))
+        .await
+        .expect_err("unknown kind");
+    assert!(
+        err.message
+            .contains("doesn't have a resource type \"widgets\""),
+        "{err}"
+    );
+
+    let err = c
+        .create("ConfigMap", "nope", &configmap("x", "y"))
+        .await
+        .expect_err("missing namespace");
+    assert_eq!(err.message, "namespaces \"nope\" not found");
+
+    c.create("ConfigMap", "", &configmap("dup", "1")).await?;
+    let err = c
+        .create("ConfigMap", "", &configmap("dup", "2"))
+        .await
+        .expect_err("duplicate");
+    assert!(err.is_already_exists());
+    assert_eq!(
+        c.get("cm", "default", "dup").await?["data"]["v"],
+        "1",
+        "a failed create changes nothing"
+    );
+
+    let huge = configmap("huge", &"x".repeat(4 << 20));
+    let err = c
+        .create("ConfigMap", "", &huge)
+        .await
+        .expect_err("oversized");
+    assert!(
+        matches!(err.code, Code::ResourceExhausted | Code::OutOfRange),
+        "{err:?}"
+    );
+
+    let err = c
+        .delete("ns", "", "default", "")
+        .await
+        .expect_err("system namespace");
+    assert_eq!(err.code, Code::PermissionDenied);
+    let err = c
+        .delete("cm", "default", "dup", "Sideways")
+        .await
+        .expect_err("bad policy");
+    assert!(err.message.contains("propagationPolicy"), "{err}");
+    // The server is still healthy.
+    assert_eq!(c.get("cm", "default", "dup").await?["data"]["v"], "1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_name_finalizers_and_selectors() -> Result<()> {
+    let (_cluster, c) = single().await?;
+    let generated = c
+        .create(
+            "cm",
+            "",
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "job-"}}),
+        )
+        .await?;
+    let name = generated["metadata"]["name"].as_str().context("name")?;
+    assert!(name.starts_with("job-") && name.len() == 9, "{name}");
+
+    // Finalizers hold deletion: delete marks, removing the last finalizer deletes.
+    let mut held = configmap("held", "1");
+    held["metadata"]["finalizers"] = json!(["ferry.dev/test"]);
+    c.create("cm", "", &held).await?;
+    let marked = c.delete("cm", "default", "held", "").await?;
+    assert!(marked["metadata"]["deletionTimestamp"].as_str().is_some());
+    assert!(c.get("cm", "default", "held").await.is_ok());
+    c.patch(
+        "cm",
+        "default",
+        "held",
+        &json!({"metadata": {"finalizers": null}}),
+    )
+    .await?;
+    assert!(
+        c.get("cm", "default", "held")
+            .await
+            .expect_err("gone")
+            .is_not_found()
+    );
+
+    c.create(
+        "ns",
+        "",
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}),
+    )
+    .await?;
+    for (ns, name, tier) in [
+        ("default", "a", "web"),
+        ("default", "b", "db"),
+        ("other", "c", "web"),
+    ] {
+        let mut cm = configmap(name, "v");
+        cm["metadata"]["labels"] = json!({"tier": tier});
+        c.create("cm", ns, &cm).await?;
+    }
+    let names = |list: Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    };
+    let web_all = c
+        .list(
+            "cm",
+            &ListOptions {
+                namespace: None,
+                label_selector: "tier=web".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(web_all["kind"], "ConfigMapList");
+    assert_eq!(names(web_all), vec!["a", "c"]);
+    let not_web = c
+        .list(
+            "cm",
+            &ListOptions {
+                namespace: Some("default".into()),
+                label_selector: "tier notin (web),tier".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(names(not_web), vec!["b"]);
+    let by_field = c
+        .list(
+            "cm",
+            &ListOptions {
+                namespace: None,
+                field_selector: "metadata.namespace=other".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(names(by_field), vec!["c"]);
+    let err = c
+        .list(
+            "cm",
+            &ListOptions {
+                label_selector: "tier in (".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("bad selector");
+    assert!(err.message.starts_with("labelSelector:"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_delivers_changes_in_order_with_bookmarks() -> Result<()> {
+    let (_cluster, c) = single().await?;
+    let opts = ListOptions {
+        namespace: Some("default".into()),
+        label_selector: "app=w".into(),
+        ..Default::default()
+    };
+    let rv = c.list("cm", &opts).await?["metadata"]["resourceVersion"]
+        .as_str()
+        .context("rv")?
+        .to_string();
+    let mut stream = c.watch("cm", &opts, &rv, true).await?;
+    let mut w = configmap("w1", "1");
+    w["metadata"]["labels"] = json!({"app": "w"});
+    c.create("cm", "", &w).await?;
+    c.create("cm", "", &configmap("unlabelled", "1")).await?;
+    c.patch("cm", "default", "w1", &json!({"data": {"v": "2"}}))
+        .await?;
+    c.patch(
+        "cm",
+        "default",
+        "w1",
+        &json!({"metadata": {"labels": {"app": "other"}}}),
+    )
+    .await?;
+    c.patch(
+        "cm",
+        "default",
+        "w1",
+        &json!({"metadata": {"labels": {"app": "w"}}}),
+    )
+    .await?;
+    c.delete("cm", "default", "w1", "").await?;
+    let mut kinds = Vec::new();
+    let mut last_rv = 0u64;
+    while kinds.len() < 6 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await?
+            .context("stream ended")??;
+        let rv: u64 = ev.resource_version().parse()?;
+        assert!(rv > last_rv || ev.kind == "BOOKMARK", "revisions increase");
+        last_rv = last_rv.max(rv);
+        kinds.push(ev.kind);
+    }
+    assert_eq!(
+        kinds[..5],
+        ["ADDED", "MODIFIED", "DELETED", "ADDED", "DELETED"]
+    );
+    assert_eq!(kinds[5], "BOOKMARK", "an idle watch sends bookmarks");
+    Ok(())
+}
+
+fn ferry(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
+    use std::io::Write;
+    let mut cmd = Command::new(ferry_bin());
+    cmd.arg("--server").arg(cluster.addrs()).args(args);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_apply_get_describe_delete() -> Result<()> {
+    let (cluster, c) = single().await?;
+    let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cli\n  labels: {a: b, drop: me}\ndata:\n  k: v\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: cli\nspec:\n  selector: {a: b}\n  ports:\n  - port: 80\n";
+    let (ok, out, err) = ferry(&cluster, &["apply", "-f", "-"], Some(manifest))?;
+    assert!(ok, "{err}");
+    assert_eq!(out, "configmap/cli created\nservice/cli created\n");
+    let (_, out, _) = ferry(&cluster, &["apply", "-f", "-"], Some(manifest))?;
+    assert_eq!(out, "configmap/cli unchanged\nservice/cli unchanged\n");
+    // Someone else adds a label; apply drops the label it owned and keeps theirs.
+    c.patch(
+        "cm",
+        "default",
+        "cli",
+        &json!({"metadata": {"labels": {"theirs": "x"}}}),
+    )
+    .await?;
+    let (_, out, _) = ferry(
+        &cluster,
+        &["apply", "-f", "-"],
+        Some(&manifest.replace(", drop: me", "")),
+    )?;
+    assert!(out.starts_with("configmap/cli configured\n"), "{out}");
+    let labels = &c.get("cm", "default", "cli").await?["metadata"]["labels"];
+    assert_eq!(labels, &json!({"a": "b", "theirs": "x"}));
+
+    let (ok, out, _) = ferry(&cluster, &["get", "cm", "cli", "-o", "json"], None)?;
+    assert!(ok);
+    let printed: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        printed,
+        c.get("cm", "default", "cli").await?,
+        "-o json prints the object as the API returns it"
+    );
+    let (_, out, _) = ferry(&cluster, &["get", "svc", "-o", "json"], None)?;
+    let list: Value = serde_json::from_str(&out)?;
+    assert_eq!(list["kind"], "ServiceList");
+    let (_, out, _) = ferry(&cluster, &["get", "cm"], None)?;
+    assert!(out.starts_with("NAME") && out.contains("cli"), "{out}");
+    let (_, out, _) = ferry(&cluster, &["describe", "cm", "cli"], None)?;
+    assert!(out.contains("Name:") && out.contains("Events:"), "{out}");
+
+    let (ok, _, err) = ferry(
+        &cluster,
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndataa: {}\n"),
+    )?;
+    assert!(!ok);
+    assert!(err.contains("dataa"), "{err}");
+    let (ok, _, err) = ferry(&cluster, &["get", "widgets"], None)?;
+    assert!(!ok && err.contains("widgets"), "{err}");
+
+    let (ok, out, _) = ferry(&cluster, &["delete", "-f", "-"], Some(manifest))?;
+    assert!(ok);
+    assert_eq!(out, "configmap \"cli\" deleted\nservice \"cli\" deleted\n");
+    let (ok, out, _) = ferry(&cluster, &["cluster", "members"], None)?;
+    assert!(ok && out.contains("voter"), "{out}");
+    Ok(())
+}
