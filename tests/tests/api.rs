@@ -436,3 +436,22 @@ async fn cli_apply_get_describe_delete() -> Result<()> {
     assert!(ok && out.contains("voter"), "{out}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_beside_grpc() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cluster, c) = single().await?;
+    c.create("cm", "", &configmap("m", "1")).await?;
+    let mut sock = tokio::net::TcpStream::connect(&cluster.members[0].addr).await?;
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    sock.read_to_string(&mut body).await?;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("ferry_apiserver_requests_total{method=\"create\",code=\"OK\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("ferry_raft_is_leader 1"), "{body}");
+    Ok(())
+}

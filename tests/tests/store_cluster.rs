@@ -335,3 +335,27 @@ async fn member_that_lost_its_disk_is_removed_readded_and_catches_up() -> Result
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_members_survive_two_failures_including_the_leader() -> Result<()> {
+    let mut cluster = Cluster::start(5, &[]).await?;
+    let client = cluster.client();
+    create(&client, "five-before").await?;
+    let leader = cluster.leader().await?;
+    let other = (leader + 1) % 5;
+    cluster.members[leader].kill9();
+    cluster.members[other].kill9();
+    // Three of five remain: a majority, so the cluster elects a leader and takes writes.
+    for i in 0..20 {
+        create(&client, &format!("five-after-{i}")).await?;
+    }
+    let present = names(&client, "five-").await?;
+    assert_eq!(present.len(), 21);
+    cluster.restart(leader)?;
+    cluster.restart(other)?;
+    for i in [leader, other] {
+        wait_caught_up(&cluster, i, Duration::from_secs(30)).await?;
+        assert_eq!(names(&cluster.member_client(i), "five-").await?.len(), 21);
+    }
+    Ok(())
+}
