@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proto;
 use crate::proto::cluster_client::ClusterClient;
@@ -85,6 +85,70 @@ fn unreachable(s: &tonic::Status) -> bool {
     .any(|t| text.contains(t))
 }
 
+/// The DNS name every Ferry serving certificate carries; clients verify servers against it.
+pub const SERVER_NAME: &str = "ferry-apiserver";
+
+/// Mutual-TLS material for talking to the cluster: its CA and a client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TlsConfig {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TlsConfig {
+    fn tonic(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(SERVER_NAME)
+    }
+}
+
+/// A client configuration file (`~/.ferry/config`, or the `admin.yaml` a member writes at init):
+/// where the cluster is and the credentials to use, in the spirit of a kubeconfig.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClientConfig {
+    /// Comma-separated member addresses.
+    pub server: String,
+    pub certificate_authority_data: String,
+    pub client_certificate_data: String,
+    pub client_key_data: String,
+}
+
+impl ClientConfig {
+    pub fn tls(&self) -> TlsConfig {
+        TlsConfig {
+            ca_pem: self.certificate_authority_data.clone(),
+            cert_pem: self.client_certificate_data.clone(),
+            key_pem: self.client_key_data.clone(),
+        }
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, ClientError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClientError::new(
+                Code::InvalidArgument,
+                format!("reading {}: {e}", path.display()),
+            )
+        })?;
+        serde_saphyr::from_str(&text).map_err(|e| {
+            ClientError::new(
+                Code::InvalidArgument,
+                format!(
+                    "{}: not a Ferry client config ({e}); expected server, certificate-authority-data, client-certificate-data, client-key-data",
+                    path.display()
+                ),
+            )
+        })
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_default()
+    }
+}
+
 /// One event of a watch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchEvent {
@@ -140,19 +204,19 @@ fn parse(bytes: &[u8]) -> Result<Value, ClientError> {
 }
 
 impl Client {
-    /// A client for the members at `servers` (comma-separated `host:port` or `http://host:port`).
-    /// Connections are made lazily.
-    pub fn new(servers: &str) -> Result<Self, ClientError> {
+    /// A client for the members at `servers` (comma-separated `host:port`), authenticating with
+    /// `tls`. Connections are made lazily.
+    pub fn new(servers: &str, tls: &TlsConfig) -> Result<Self, ClientError> {
         let mut endpoints = Vec::new();
         for s in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let url = if s.contains("://") {
-                s.to_string()
-            } else {
-                format!("http://{s}")
-            };
-            let ch = Endpoint::from_shared(url.clone())
+            let host = s.trim_start_matches("https://");
+            let ch = Endpoint::from_shared(format!("https://{host}"))
                 .map_err(|e| {
                     ClientError::new(Code::InvalidArgument, format!("server address {s:?}: {e}"))
+                })?
+                .tls_config(tls.tonic())
+                .map_err(|e| {
+                    ClientError::new(Code::InvalidArgument, format!("TLS configuration: {e}"))
                 })?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
@@ -164,13 +228,18 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::new(
                 Code::InvalidArgument,
-                "no server address: pass --server HOST:PORT, set FERRY_SERVER, or write ~/.ferry/config",
+                "no server address: pass --server HOST:PORT or set `server:` in the client config",
             ));
         }
         Ok(Self {
             endpoints: Arc::new(endpoints),
             current: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// A client from a config file's server list and credentials.
+    pub fn from_config(cfg: &ClientConfig) -> Result<Self, ClientError> {
+        Self::new(&cfg.server, &cfg.tls())
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -1,32 +1,39 @@
-//! Where the CLI finds the API server: `--server`, then `FERRY_SERVER`, then `~/.ferry/config`
-//! (YAML or JSON with a `server` field), then the local default.
+//! How the CLI reaches the cluster: the client config (`--config`, then `$FERRY_CONFIG`, then
+//! `~/.ferry/config`) holds the server list and the mutual-TLS credentials; `--server`, then
+//! `$FERRY_SERVER`, override its server list.
 
-use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
 
-pub const DEFAULT_SERVER: &str = "127.0.0.1:7420";
+use anyhow::{Context, Result, bail};
+use ferry_api::client::{Client, ClientConfig};
 
-pub fn server_address(flag: Option<&str>) -> Result<String> {
-    if let Some(s) = flag.filter(|s| !s.is_empty()) {
-        return Ok(s.to_string());
+/// `~/.ferry/config`.
+pub fn default_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".ferry/config"))
+}
+
+pub fn client(server_flag: Option<&str>, config_flag: Option<&Path>) -> Result<Client> {
+    let path = match config_flag {
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("FERRY_CONFIG").filter(|v| !v.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => default_path().context("HOME is not set: pass --config PATH")?,
+        },
+    };
+    if !path.exists() {
+        bail!(
+            "no client config at {}: the first `ferry server` writes one there and to <data-dir>/admin.yaml; \
+             pass --config PATH or set FERRY_CONFIG",
+            path.display()
+        );
     }
-    if let Ok(s) = std::env::var("FERRY_SERVER")
+    let mut cfg = ClientConfig::load(&path)?;
+    if let Some(s) = server_flag.filter(|s| !s.is_empty()) {
+        cfg.server = s.to_string();
+    } else if let Ok(s) = std::env::var("FERRY_SERVER")
         && !s.is_empty()
     {
-        return Ok(s);
+        cfg.server = s;
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        let path = std::path::Path::new(&home).join(".ferry/config");
-        if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let v: serde_json::Value = serde_saphyr::from_str(&text)
-                .with_context(|| format!("{}: not valid YAML or JSON", path.display()))?;
-            return v
-                .get("server")
-                .and_then(|s| s.as_str())
-                .map(String::from)
-                .with_context(|| format!("{}: missing `server: HOST:PORT`", path.display()));
-        }
-    }
-    Ok(DEFAULT_SERVER.to_string())
+    Ok(Client::from_config(&cfg)?)
 }

@@ -22,10 +22,14 @@ use serde_json::Value;
     about = "Ferry: a container orchestrator with an eBPF datapath"
 )]
 struct Cli {
-    /// API server address(es), comma-separated host:port. Default: $FERRY_SERVER, then
-    /// ~/.ferry/config, then 127.0.0.1:7420.
+    /// API server address(es), comma-separated host:port. Default: $FERRY_SERVER, then the
+    /// client config's `server`.
     #[arg(long, global = true)]
     server: Option<String>,
+    /// Client config (server, CA, client certificate). Default: $FERRY_CONFIG, then
+    /// ~/.ferry/config (written by the first `ferry server`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,8 +65,15 @@ struct ServerArgs {
     #[arg(long)]
     advertise: Option<String>,
     /// An existing member to join through; without it the first start bootstraps a new cluster.
-    #[arg(long)]
+    #[arg(long, requires = "token")]
     join: Option<String>,
+    /// Join token, from <data-dir>/join-token on the first member (or $FERRY_TOKEN).
+    #[arg(long, env = "FERRY_TOKEN")]
+    token: Option<String>,
+    /// When creating a cluster, also write the admin client config here ("-" for nowhere;
+    /// default ~/.ferry/config). It is always written to <data-dir>/admin.yaml.
+    #[arg(long)]
+    admin_config: Option<String>,
     /// Take a snapshot (and compact the raft log) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -200,12 +211,18 @@ async fn run(cli: Cli) -> Result<()> {
         let mut opts = ferry_control::server::ServerOptions::new(a.data_dir.clone(), a.listen);
         opts.advertise = a.advertise.clone();
         opts.join = a.join.clone();
+        opts.token = a.token.clone();
+        opts.admin_config = match a.admin_config.as_deref() {
+            Some("-") => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => config::default_path(),
+        };
         opts.snapshot_logs = a.snapshot_every.max(10);
         opts.history_retention = a.history.max(100);
         ferry_control::server::run(opts).await?;
         return Ok(());
     }
-    let client = Client::new(&config::server_address(cli.server.as_deref())?)?;
+    let client = config::client(cli.server.as_deref(), cli.config.as_deref())?;
     match cli.command {
         Command::Server(_) => unreachable!("handled above"),
         Command::Apply(a) => apply::apply(&client, &a.files, a.namespace.as_deref()).await,

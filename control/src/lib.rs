@@ -5,7 +5,10 @@
 //! users).
 
 pub mod apiserver;
+pub mod auth;
+pub mod bootstrap;
 pub mod node;
+pub mod pki;
 pub mod raft_net;
 pub mod server;
 pub mod store;

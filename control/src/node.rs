@@ -58,11 +58,19 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     /// Revisions of change history kept for watches.
     pub history_retention: u64,
+    /// How this member talks to the others (its member certificate, the cluster CA).
+    pub peer_tls: tonic::transport::ClientTlsConfig,
 }
 
 impl NodeConfig {
-    pub fn new(id: NodeId, advertise_addr: String, data_dir: PathBuf) -> Self {
+    pub fn new(
+        id: NodeId,
+        advertise_addr: String,
+        data_dir: PathBuf,
+        peer_tls: tonic::transport::ClientTlsConfig,
+    ) -> Self {
         Self {
+            peer_tls,
             id,
             advertise_addr,
             data_dir,
@@ -144,7 +152,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let pool = ChannelPool::default();
+        let pool = ChannelPool::new(cfg.peer_tls.clone());
         let raft = Raft::new(
             cfg.id,
             Arc::new(config),
@@ -488,17 +496,24 @@ impl RaftInternal for RaftService {
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        // A member may only add itself: the id must be the one in its certificate.
+        let caller = req
+            .extensions()
+            .get::<crate::pki::UserInfo>()
+            .map(|u| u.name.clone());
         let req = req.into_inner();
-        if req.addr.is_empty() {
+        if req.addr.is_empty() || req.id == 0 {
             return Err(Status::invalid_argument(
-                "addr: required (host:port of the joining member)",
+                "addr and id: required (the joining member's host:port and its member id)",
             ));
         }
-        let to_status = |e: NodeError| Status::unavailable(e.to_string());
-        if req.id == 0 {
-            let id = self.node.allocate_member_id().await.map_err(to_status)?;
-            return Ok(Response::new(JoinResponse { id }));
+        if caller.as_deref() != Some(format!("system:ferry-member:{}", req.id).as_str()) {
+            return Err(Status::permission_denied(format!(
+                "{caller:?} may not add member {}: a member can only add itself",
+                req.id
+            )));
         }
+        let to_status = |e: NodeError| Status::unavailable(e.to_string());
         if self
             .node
             .members()

@@ -21,25 +21,35 @@ use openraft::raft::{
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::store::{NodeId, TypeConfig};
 
-/// Lazily connected gRPC channels, one per member address, shared by raft replication and
-/// request forwarding.
-#[derive(Clone, Default)]
+/// Lazily connected mutual-TLS gRPC channels, one per member address, shared by raft
+/// replication and request forwarding. Members authenticate to each other with their member
+/// certificates and verify each other against the cluster CA.
+#[derive(Clone)]
 pub struct ChannelPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: ClientTlsConfig,
 }
 
 impl ChannelPool {
+    pub fn new(tls: ClientTlsConfig) -> Self {
+        Self {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     /// A channel to `addr` (host:port). Never blocks: the connection is made on first use.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let ch = Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(self.tls.clone())?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

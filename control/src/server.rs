@@ -1,23 +1,33 @@
-//! `ferry server`: one control-plane member serving the API, cluster membership, raft traffic
-//! and `/metrics` on a single listen address.
+//! `ferry server`: one control-plane member serving the API, cluster membership, raft traffic,
+//! bootstrap joins and `/metrics` on a single mutual-TLS listen address.
+//!
+//! First start without `--join` creates the cluster: its CA, this member's certificate, a join
+//! token (`<data-dir>/join-token`) and an admin client config (`<data-dir>/admin.yaml`, also
+//! written to `--admin-config`, by default `~/.ferry/config`). Later members join with the
+//! token; every restart reuses what is in the data directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_api::client::ClientConfig;
 use ferry_api::proto::JoinRequest;
+use ferry_api::proto::bootstrap_server::BootstrapServer;
 use ferry_api::proto::cluster_server::ClusterServer;
-use ferry_api::proto::raft_internal_client::RaftInternalClient;
 use ferry_api::proto::raft_internal_server::RaftInternalServer;
 use ferry_api::proto::resources_server::ResourcesServer;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::apiserver::metrics::Metrics;
 use crate::apiserver::{ApiError, ApiServer, ClusterService, SYSTEM_NAMESPACES};
+use crate::auth;
+use crate::bootstrap::{self, BootstrapService};
 use crate::node::{Node, NodeConfig, RaftService};
+use crate::pki::{self, Credentials, JoinToken, Pki};
 use crate::store::NodeId;
 
 /// Largest API request accepted (Kubernetes' limit is 3 MiB).
@@ -31,6 +41,10 @@ pub struct ServerOptions {
     pub advertise: Option<String>,
     /// An existing member to join through. Ignored once this member belongs to a cluster.
     pub join: Option<String>,
+    /// The join token (required with `join` on first start).
+    pub token: Option<String>,
+    /// Where to also write the admin client config when creating a cluster (None: nowhere).
+    pub admin_config: Option<PathBuf>,
     pub snapshot_logs: u64,
     pub history_retention: u64,
     pub heartbeat_ms: u64,
@@ -44,6 +58,8 @@ impl ServerOptions {
             listen,
             advertise: None,
             join: None,
+            token: None,
+            admin_config: None,
             snapshot_logs: 10_000,
             history_retention: 50_000,
             heartbeat_ms: 50,
@@ -68,13 +84,19 @@ pub enum ServerError {
     },
     #[error("joining through {addr}: {message}")]
     Join { addr: String, message: String },
+    #[error("{0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("{0}")]
+    Bootstrap(#[from] bootstrap::JoinError),
+    #[error("{0}")]
+    Config(String),
     #[error("serving: {0}")]
     Serve(String),
 }
 
 /// What a member remembers about itself across restarts.
 #[derive(Serialize, Deserialize)]
-struct Identity {
+struct MemberIdentity {
     id: NodeId,
 }
 
@@ -82,7 +104,7 @@ fn identity_path(dir: &Path) -> PathBuf {
     dir.join("member.json")
 }
 
-fn load_identity(dir: &Path) -> Result<Option<Identity>, ServerError> {
+fn load_identity(dir: &Path) -> Result<Option<MemberIdentity>, ServerError> {
     let path = identity_path(dir);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b)
@@ -96,50 +118,146 @@ fn load_identity(dir: &Path) -> Result<Option<Identity>, ServerError> {
     }
 }
 
-fn save_identity(dir: &Path, id: &Identity) -> Result<(), ServerError> {
+fn save_identity(dir: &Path, id: &MemberIdentity) -> Result<(), ServerError> {
     let path = identity_path(dir);
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::Identity {
-        path: path.clone(),
-        source,
-    })?;
-    let bytes = serde_json::to_vec(id).map_err(|e| ServerError::Identity {
+    let bytes = serde_json::to_string(id).map_err(|e| ServerError::Identity {
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    std::fs::write(&path, bytes).map_err(|source| ServerError::Identity { path, source })
+    pki::write_private(&path, &bytes)?;
+    Ok(())
 }
 
-async fn join_call(through: &str, addr: &str, id: NodeId) -> Result<NodeId, ServerError> {
-    let err = |message: String| ServerError::Join {
-        addr: through.to_string(),
-        message,
-    };
+/// Where this member's cluster credentials come from.
+struct Membership {
+    id: NodeId,
+    pki: Arc<Pki>,
+    creds: Credentials,
+    /// True when this start created the cluster.
+    created: bool,
+}
+
+/// Loads this member's identity, or creates a cluster, or joins one with the token.
+async fn establish(opts: &ServerOptions, advertise: &str) -> Result<Membership, ServerError> {
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::Identity {
+        path: dir.clone(),
+        source,
+    })?;
+    if let (Some(ident), Some(pki)) = (load_identity(dir)?, Pki::load(dir)?) {
+        let creds = pki.member_credentials()?.ok_or_else(|| {
+            ServerError::Config(format!(
+                "{}: member.crt missing; restore it or start this member afresh with --join",
+                Pki::dir_of(dir).display()
+            ))
+        })?;
+        return Ok(Membership {
+            id: ident.id,
+            pki: Arc::new(pki),
+            creds,
+            created: false,
+        });
+    }
+    match &opts.join {
+        None => {
+            let pki = Pki::create(dir)?;
+            let creds = pki.issue(&pki::member_subject(1, advertise))?;
+            pki.save_member_credentials(&creds)?;
+            save_identity(dir, &MemberIdentity { id: 1 })?;
+            Ok(Membership {
+                id: 1,
+                pki: Arc::new(pki),
+                creds,
+                created: true,
+            })
+        }
+        Some(through) => {
+            let token = opts.token.as_deref().ok_or_else(|| {
+                ServerError::Config(
+                    "--token: required with --join (the first member wrote it to <data-dir>/join-token)".into(),
+                )
+            })?;
+            let token = JoinToken::parse(token)?;
+            let joined = retry_join(through, &token, advertise).await?;
+            let pki = Pki::install(dir, &joined.ca_pem, &joined.ca_key_pem)?;
+            let creds = Credentials {
+                cert_pem: joined.cert_pem,
+                key_pem: joined.key_pem,
+            };
+            pki.save_member_credentials(&creds)?;
+            save_identity(dir, &MemberIdentity { id: joined.id })?;
+            Ok(Membership {
+                id: joined.id,
+                pki: Arc::new(pki),
+                creds,
+                created: false,
+            })
+        }
+    }
+}
+
+async fn retry_join(
+    through: &str,
+    token: &JoinToken,
+    advertise: &str,
+) -> Result<bootstrap::Joined, ServerError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match bootstrap::join_member(through, token, advertise).await {
+            Ok(j) => return Ok(j),
+            // A wrong token or CA will not get better by waiting.
+            Err(e @ (bootstrap::JoinError::CaMismatch { .. } | bootstrap::JoinError::Pki(_))) => {
+                return Err(e.into());
+            }
+            Err(bootstrap::JoinError::Refused { message, .. }) if message.contains("token") => {
+                return Err(ServerError::Join {
+                    addr: through.into(),
+                    message,
+                });
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(through, "join attempt failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Asks the cluster (through `through`) to add this member as a voter.
+async fn add_self(
+    node: &Node,
+    through: &str,
+    id: NodeId,
+    advertise: &str,
+) -> Result<(), ServerError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let attempt = async {
-            let ch = Endpoint::from_shared(format!("http://{through}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await
+            let mut c = node
+                .pool()
+                .raft_client(through)
                 .map_err(|e| e.to_string())?;
-            let mut c = RaftInternalClient::new(ch);
             c.join(JoinRequest {
-                addr: addr.to_string(),
+                addr: advertise.to_string(),
                 id,
             })
             .await
-            .map(|r| r.into_inner().id)
             .map_err(|s| s.message().to_string())
         }
         .await;
         match attempt {
-            Ok(id) => return Ok(id),
+            Ok(_) => return Ok(()),
             Err(m) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(through, "join attempt failed, retrying: {m}");
+                tracing::warn!(through, "adding this member failed, retrying: {m}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(m) => return Err(err(m)),
+            Err(m) => {
+                return Err(ServerError::Join {
+                    addr: through.into(),
+                    message: m,
+                });
+            }
         }
     }
 }
@@ -154,7 +272,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a member: opens its store, serves, and bootstraps or joins a cluster.
+    /// Starts a member: establishes its identity, serves, and bootstraps or joins a cluster.
     pub async fn start(opts: ServerOptions) -> Result<Server, ServerError> {
         let listener =
             TcpListener::bind(opts.listen)
@@ -173,20 +291,13 @@ impl Server {
             .advertise
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
+        let m = establish(&opts, &advertise).await?;
 
-        let identity = match load_identity(&opts.data_dir)? {
-            Some(id) => id,
-            None => {
-                let id = match &opts.join {
-                    Some(through) => join_call(through, &advertise, 0).await?,
-                    None => 1,
-                };
-                let ident = Identity { id };
-                save_identity(&opts.data_dir, &ident)?;
-                ident
-            }
-        };
-        let mut cfg = NodeConfig::new(identity.id, advertise.clone(), opts.data_dir.clone());
+        let peer_tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(m.pki.ca_pem()))
+            .identity(Identity::from_pem(&m.creds.cert_pem, &m.creds.key_pem))
+            .domain_name(pki::SERVER_NAME);
+        let mut cfg = NodeConfig::new(m.id, advertise.clone(), opts.data_dir.clone(), peer_tls);
         cfg.snapshot_logs = opts.snapshot_logs;
         cfg.history_retention = opts.history_retention;
         cfg.heartbeat_ms = opts.heartbeat_ms;
@@ -198,28 +309,68 @@ impl Server {
         let metrics_node = node.clone();
         let metrics_router = axum::Router::new().route(
             "/metrics",
-            axum::routing::get(move || {
-                let body = metrics.render(&metrics_node);
-                async move { ([("content-type", "text/plain; version=0.0.4")], body) }
+            axum::routing::get(move |req: axum::extract::Request| {
+                let authed = client_cert_present(&req);
+                let body = if authed {
+                    metrics.render(&metrics_node)
+                } else {
+                    String::new()
+                };
+                async move {
+                    if authed {
+                        (
+                            axum::http::StatusCode::OK,
+                            [("content-type", "text/plain; version=0.0.4")],
+                            body,
+                        )
+                    } else {
+                        (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            [("content-type", "text/plain")],
+                            "client certificate required\n".to_string(),
+                        )
+                    }
+                }
             }),
         );
-        let routes = tonic::service::Routes::new(
+        let routes = tonic::service::Routes::new(InterceptedService::new(
             ResourcesServer::new(api.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(256 << 20),
-        )
-        .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
-        .add_service(
+            auth::authenticated,
+        ))
+        .add_service(InterceptedService::new(
+            ClusterServer::new(ClusterService { node: node.clone() }),
+            auth::authenticated,
+        ))
+        .add_service(InterceptedService::new(
             RaftInternalServer::new(RaftService { node: node.clone() })
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
+            auth::members_only,
+        ))
+        .add_service(
+            BootstrapServer::new(BootstrapService {
+                node: node.clone(),
+                pki: m.pki.clone(),
+            })
+            .max_decoding_message_size(64 << 10),
         );
         let router = routes.into_axum_router().merge(metrics_router);
         let routes = tonic::service::Routes::from(router);
+        // The chain includes the CA so that a joining member can pin it against its token.
+        let chain = format!("{}{}", m.creds.cert_pem, m.pki.ca_pem());
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(chain, &m.creds.key_pem))
+            .client_ca_root(Certificate::from_pem(m.pki.ca_pem()))
+            .client_auth_optional(true);
         let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let builder = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .map_err(|e| ServerError::Serve(format!("TLS configuration: {e}")))?;
         let serve = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .accept_http1(true)
                 .tcp_nodelay(true)
                 .add_routes(routes)
@@ -236,13 +387,14 @@ impl Server {
         if !initialized {
             match &opts.join {
                 None => node.bootstrap().await?,
-                Some(through) => {
-                    join_call(through, &advertise, identity.id).await?;
-                }
+                Some(through) => add_self(&node, through, m.id, &advertise).await?,
             }
         }
+        if m.created {
+            create_credentials(&opts, &node, &m.pki, &advertise).await?;
+        }
         tokio::spawn(ensure_system_namespaces(api.clone()));
-        tracing::info!(id = identity.id, addr = %advertise, "member serving");
+        tracing::info!(id = m.id, addr = %advertise, "member serving");
         Ok(Server {
             node,
             api,
@@ -258,6 +410,49 @@ impl Server {
         let _ = self.node.raft.shutdown().await;
         let _ = self.serve.await;
     }
+}
+
+fn client_cert_present(req: &axum::extract::Request) -> bool {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .is_some_and(|c| !c.is_empty())
+}
+
+/// A new cluster's join token and admin config.
+async fn create_credentials(
+    opts: &ServerOptions,
+    node: &Node,
+    pki: &Pki,
+    advertise: &str,
+) -> Result<(), ServerError> {
+    let token = JoinToken::generate(&pki.ca_hash()?);
+    bootstrap::store_token(node, &token, &["member", "node"]).await?;
+    let token_path = opts.data_dir.join("join-token");
+    pki::write_private(&token_path, &format!("{token}\n"))?;
+    let admin = pki.issue(&pki::Subject {
+        common_name: pki::ADMIN_USER.into(),
+        organizations: vec![pki::GROUP_MASTERS.into()],
+        serve_hosts: vec![],
+    })?;
+    let cfg = ClientConfig {
+        server: advertise.to_string(),
+        certificate_authority_data: pki.ca_pem().to_string(),
+        client_certificate_data: admin.cert_pem,
+        client_key_data: admin.key_pem,
+    };
+    let yaml = cfg.to_yaml();
+    pki::write_private(&opts.data_dir.join("admin.yaml"), &yaml)?;
+    if let Some(path) = &opts.admin_config {
+        pki::write_private(path, &yaml)?;
+        tracing::info!(path = %path.display(), "wrote the admin client config");
+    }
+    tracing::info!(
+        "cluster created; add members with: ferry server --join {advertise} --token $(cat {})",
+        token_path.display()
+    );
+    Ok(())
 }
 
 /// Creates the namespaces that always exist, once a leader is there to accept them.

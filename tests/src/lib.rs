@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ferry_api::client::Client;
+use ferry_api::client::{Client, ClientConfig};
 
 /// The `ferry` binary under test: `$FERRY_BIN`, else `target/<profile>/ferry` next to the test
 /// executable (built by `cargo build` before `cargo test`, as the README's test command does).
@@ -40,7 +40,7 @@ pub struct Member {
 }
 
 impl Member {
-    fn spawn(&mut self, join: Option<&str>) -> Result<()> {
+    fn spawn(&mut self, join: Option<(&str, &str)>) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -51,13 +51,14 @@ impl Member {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(&self.addr)
+            .args(["--admin-config", "-"])
             .args(&self.extra)
             .env("FERRY_LOG", "info,openraft=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(j) = join {
-            cmd.arg("--join").arg(j);
+        if let Some((through, token)) = join {
+            cmd.arg("--join").arg(through).arg("--token").arg(token);
         }
         let child = cmd
             .spawn()
@@ -115,6 +116,10 @@ static CLUSTER_SLOT: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>>
 /// A control-plane cluster of `ferry server` processes.
 pub struct Cluster {
     pub members: Vec<Member>,
+    /// The admin client config the first member wrote.
+    pub config: Option<ClientConfig>,
+    /// The join token the first member wrote.
+    pub token: String,
     dir: tempfile::TempDir,
     _slot: tokio::sync::OwnedMutexGuard<()>,
 }
@@ -135,6 +140,8 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir()?;
         let mut cluster = Cluster {
             members: Vec::new(),
+            config: None,
+            token: String::new(),
             dir,
             _slot: slot,
         };
@@ -143,12 +150,42 @@ impl Cluster {
         }
         let first = cluster.members[0].addr.clone();
         cluster.members[0].spawn(None)?;
+        cluster.wait_credentials(Duration::from_secs(30)).await?;
         cluster.wait_ready(0, Duration::from_secs(30)).await?;
+        let token = cluster.token.clone();
         for i in 1..n {
-            cluster.members[i].spawn(Some(&first))?;
+            cluster.members[i].spawn(Some((&first, &token)))?;
         }
         cluster.wait_voters(n, Duration::from_secs(60)).await?;
         Ok(cluster)
+    }
+
+    /// Waits for the first member to write the admin config and the join token.
+    async fn wait_credentials(&mut self, timeout: Duration) -> Result<()> {
+        let dir = self.members[0].data_dir.clone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let token = std::fs::read_to_string(dir.join("join-token")).unwrap_or_default();
+            if !token.trim().is_empty()
+                && let Ok(cfg) = ClientConfig::load(&dir.join("admin.yaml"))
+            {
+                self.token = token.trim().to_string();
+                self.config = Some(cfg);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the first member wrote no credentials in {timeout:?}:\n{}",
+                    self.members[0].log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Path of the admin client config (for `ferry --config`).
+    pub fn config_path(&self) -> PathBuf {
+        self.members[0].data_dir.join("admin.yaml")
     }
 
     fn add_member_process(&mut self, extra: &[&str]) -> Result<usize> {
@@ -178,14 +215,18 @@ impl Cluster {
             .join(",")
     }
 
-    /// A client that knows every member.
-    pub fn client(&self) -> Client {
-        Client::new(&self.addrs()).expect("client")
+    fn tls(&self) -> ferry_api::client::TlsConfig {
+        self.config.as_ref().expect("cluster credentials").tls()
     }
 
-    /// A client bound to one member.
+    /// An admin client that knows every member.
+    pub fn client(&self) -> Client {
+        Client::new(&self.addrs(), &self.tls()).expect("client")
+    }
+
+    /// An admin client bound to one member.
     pub fn member_client(&self, i: usize) -> Client {
-        Client::new(&self.members[i].addr).expect("client")
+        Client::new(&self.members[i].addr, &self.tls()).expect("client")
     }
 
     /// (Re)starts member `i` with its existing data directory.
@@ -197,7 +238,8 @@ impl Cluster {
     pub fn start_joining(&mut self, i: usize, through: usize) -> Result<()> {
         let _ = std::fs::remove_dir_all(&self.members[i].data_dir);
         let join = self.members[through].addr.clone();
-        self.members[i].spawn(Some(&join))
+        let token = self.token.clone();
+        self.members[i].spawn(Some((&join, &token)))
     }
 
     /// Waits until member `i` answers and sees a leader.

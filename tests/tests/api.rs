@@ -356,7 +356,11 @@ async fn watch_delivers_changes_in_order_with_bookmarks() -> Result<()> {
 fn ferry(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
     use std::io::Write;
     let mut cmd = Command::new(ferry_bin());
-    cmd.arg("--server").arg(cluster.addrs()).args(args);
+    cmd.arg("--server")
+        .arg(cluster.addrs())
+        .arg("--config")
+        .arg(cluster.config_path())
+        .args(args);
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -438,20 +442,61 @@ async fn cli_apply_get_describe_delete() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_served_beside_grpc() -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn metrics_are_served_beside_grpc_to_authenticated_clients_only() -> Result<()> {
     let (cluster, c) = single().await?;
     c.create("cm", "", &configmap("m", "1")).await?;
-    let mut sock = tokio::net::TcpStream::connect(&cluster.members[0].addr).await?;
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    sock.read_to_string(&mut body).await?;
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let cfg = cluster.config.clone().context("credentials")?;
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, body: &str| -> Result<String> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body)?;
+        Ok(p.display().to_string())
+    };
+    let (ca, cert, key) = (
+        write("ca.crt", &cfg.certificate_authority_data)?,
+        write("client.crt", &cfg.client_certificate_data)?,
+        write("client.key", &cfg.client_key_data)?,
+    );
+    let port = cluster.members[0]
+        .addr
+        .rsplit_once(':')
+        .context("port")?
+        .1
+        .to_string();
+    let url = format!("https://ferry-apiserver:{port}/metrics");
+    let resolve = format!("ferry-apiserver:{port}:127.0.0.1");
+    let curl = |extra: &[&str]| -> Result<(String, String)> {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &resolve,
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .context("running curl (installed by .ci/setup)")?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        Ok((body.to_string(), code.to_string()))
+    };
+    let (body, code) = curl(&["--cert", &cert, "--key", &key])?;
+    assert_eq!(code, "200", "{body}");
     assert!(
         body.contains("ferry_apiserver_requests_total{method=\"create\",code=\"OK\"} 1"),
         "{body}"
     );
     assert!(body.contains("ferry_raft_is_leader 1"), "{body}");
+    let (_, code) = curl(&[])?;
+    assert_eq!(
+        code, "401",
+        "metrics without a client certificate must be refused"
+    );
     Ok(())
 }

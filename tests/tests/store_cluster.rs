@@ -180,6 +180,7 @@ async fn watch_resumes_across_a_leader_change_without_gaps_or_repeats() -> Resul
             .to_string();
     // The watcher starts on the leader so the kill forces it to resume elsewhere.
     let addrs: Vec<String> = cluster.members.iter().map(|m| m.addr.clone()).collect();
+    let tls = cluster.config.as_ref().context("credentials")?.tls();
     let watcher = tokio::spawn(async move {
         let mut seen: Vec<(String, u64)> = Vec::new();
         let mut rv = start_rv;
@@ -187,7 +188,7 @@ async fn watch_resumes_across_a_leader_change_without_gaps_or_repeats() -> Resul
         let mut reconnects = 0;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let client = Client::new(&addrs[member]).expect("client");
+            let client = Client::new(&addrs[member], &tls).expect("client");
             match client.watch("ConfigMap", &ns_default(), &rv, true).await {
                 Ok(mut stream) => {
                     while let Some(ev) = stream.next().await {

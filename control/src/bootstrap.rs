@@ -1,0 +1,289 @@
+//! Joining with a token: the `Bootstrap` service (server side) and the joining member's side.
+//!
+//! A join token is `ferry1.<sha256 of the CA certificate>.<id>.<secret>`. The joiner first
+//! learns the CA from the TLS handshake (servers send their chain) without trusting it, keeps
+//! it only if its hash matches the token, and then talks to the cluster over TLS verified
+//! against that CA. It sends the token and a CSR; the member checks the token's secret against
+//! the hash replicated in the store, allocates a member id and signs the key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::proto::bootstrap_client::BootstrapClient;
+use ferry_api::proto::bootstrap_server::Bootstrap;
+use ferry_api::proto::{JoinMemberRequest, JoinMemberResponse};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, NodeError};
+use crate::pki::{self, JoinToken, Pki};
+use crate::store::{Command, CommandResult, Precondition};
+
+/// What the store keeps about a bootstrap token: never the secret itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub secret_sha256: String,
+    pub usages: Vec<String>,
+    pub created_at: String,
+}
+
+/// Replicates `token`'s hashed secret; idempotent.
+pub async fn store_token(node: &Node, token: &JoinToken, usages: &[&str]) -> Result<(), NodeError> {
+    let record = TokenRecord {
+        secret_sha256: token.secret_hash(),
+        usages: usages.iter().map(|s| s.to_string()).collect(),
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let value = serde_json::to_string(&record).map_err(|e| NodeError::Raft(e.to_string()))?;
+    match node
+        .write(Command::Put {
+            key: token.store_key(),
+            value,
+            precondition: Precondition::Absent,
+        })
+        .await?
+    {
+        CommandResult::Applied { .. } | CommandResult::PreconditionFailed { .. } => Ok(()),
+        CommandResult::Nothing => Err(NodeError::Raft("token write returned nothing".into())),
+    }
+}
+
+/// Checks `token` against the store; returns its record when valid for `usage`.
+pub async fn verify_token(
+    node: &Node,
+    token: &JoinToken,
+    usage: &str,
+) -> Result<TokenRecord, Status> {
+    node.read_barrier()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let (kv, _) = node
+        .sm
+        .get(&token.store_key())
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let denied = || {
+        Status::unauthenticated(
+            "join token not valid for this cluster (unknown, revoked or mistyped)",
+        )
+    };
+    let kv = kv.ok_or_else(denied)?;
+    let record: TokenRecord =
+        serde_json::from_str(&kv.value).map_err(|e| Status::internal(e.to_string()))?;
+    if record.secret_sha256 != token.secret_hash() {
+        return Err(denied());
+    }
+    if !record.usages.iter().any(|u| u == usage) {
+        return Err(Status::permission_denied(format!(
+            "this token cannot be used to join as a {usage}"
+        )));
+    }
+    Ok(record)
+}
+
+/// The `Bootstrap` gRPC service.
+pub struct BootstrapService {
+    pub node: Arc<Node>,
+    pub pki: Arc<Pki>,
+}
+
+#[tonic::async_trait]
+impl Bootstrap for BootstrapService {
+    async fn join_member(
+        &self,
+        req: Request<JoinMemberRequest>,
+    ) -> Result<Response<JoinMemberResponse>, Status> {
+        let req = req.into_inner();
+        let token =
+            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ours = self
+            .pki
+            .ca_hash()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if token.ca_hash != ours {
+            return Err(Status::unauthenticated(
+                "join token is for a different cluster CA",
+            ));
+        }
+        verify_token(&self.node, &token, "member").await?;
+        if req.advertise.is_empty() || !req.advertise.contains(':') {
+            return Err(Status::invalid_argument(
+                "advertise: required, as host:port",
+            ));
+        }
+        let id = self
+            .node
+            .allocate_member_id()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let cert_pem = self
+            .pki
+            .sign_csr(&req.csr_pem, &pki::member_subject(id, &req.advertise))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(id, advertise = %req.advertise, token = %token.id, "issued member certificate");
+        Ok(Response::new(JoinMemberResponse {
+            id,
+            cert_pem,
+            ca_pem: self.pki.ca_pem().to_string(),
+            ca_key_pem: self.pki.ca_key_pem().to_string(),
+        }))
+    }
+}
+
+/// Accepts any server certificate: used only to read the chain a server presents, which is then
+/// checked against the hash pinned in the join token before anything is sent.
+#[derive(Debug)]
+struct ReadChainOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for ReadChainOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("connecting to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error(
+        "{addr} did not present a CA matching the token (expected sha256 {expected}); is the token for this cluster?"
+    )]
+    CaMismatch { addr: String, expected: String },
+    #[error("{0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("join refused by {addr}: {message}")]
+    Refused { addr: String, message: String },
+}
+
+/// The CA certificate `addr` presents in its TLS chain, if its hash is `expected_hash`.
+pub async fn fetch_pinned_ca(addr: &str, expected_hash: &str) -> Result<String, JoinError> {
+    let cerr = |m: String| JoinError::Connect {
+        addr: addr.to_string(),
+        message: m,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cerr(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| cerr("timed out".into()))?
+        .map_err(|e| cerr(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::try_from(pki::SERVER_NAME)
+        .map_err(|e| cerr(e.to_string()))?;
+    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| cerr("TLS handshake timed out".into()))?
+        .map_err(|e| cerr(format!("TLS handshake: {e}")))?;
+    let (_, conn) = tls.get_ref();
+    let chain = conn.peer_certificates().unwrap_or_default();
+    for cert in chain {
+        if pki::cert_hash(cert.as_ref()) == expected_hash {
+            return Ok(pem::encode(&pem::Pem::new(
+                "CERTIFICATE",
+                cert.as_ref().to_vec(),
+            )));
+        }
+    }
+    Err(JoinError::CaMismatch {
+        addr: addr.to_string(),
+        expected: expected_hash.to_string(),
+    })
+}
+
+/// What a successful member join yields.
+pub struct Joined {
+    pub id: u64,
+    pub ca_pem: String,
+    pub ca_key_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Joins the cluster behind `through` as a member that will serve at `advertise`.
+pub async fn join_member(
+    through: &str,
+    token: &JoinToken,
+    advertise: &str,
+) -> Result<Joined, JoinError> {
+    let ca_pem = fetch_pinned_ca(through, &token.ca_hash).await?;
+    let (csr_pem, key_pem) = pki::new_csr(&format!("member-at-{advertise}"))?;
+    let cerr = |m: String| JoinError::Connect {
+        addr: through.to_string(),
+        message: m,
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .domain_name(pki::SERVER_NAME);
+    let channel = Endpoint::from_shared(format!("https://{through}"))
+        .map_err(|e| cerr(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| cerr(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| cerr(e.to_string()))?;
+    let resp = BootstrapClient::new(channel)
+        .join_member(JoinMemberRequest {
+            token: token.to_string(),
+            csr_pem,
+            advertise: advertise.to_string(),
+        })
+        .await
+        .map_err(|s| JoinError::Refused {
+            addr: through.to_string(),
+            message: s.message().to_string(),
+        })?
+        .into_inner();
+    Ok(Joined {
+        id: resp.id,
+        ca_pem: resp.ca_pem,
+        ca_key_pem: resp.ca_key_pem,
+        cert_pem: resp.cert_pem,
+        key_pem,
+    })
+}
