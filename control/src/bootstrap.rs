@@ -46,7 +46,9 @@ pub async fn store_token(node: &Node, token: &JoinToken, usages: &[&str]) -> Res
         .await?
     {
         CommandResult::Applied { .. } | CommandResult::PreconditionFailed { .. } => Ok(()),
-        CommandResult::Nothing => Err(NodeError::Raft("token write returned nothing".into())),
+        CommandResult::Nothing | CommandResult::Batch(_) => {
+            Err(NodeError::Raft("token write returned nothing".into()))
+        }
     }
 }
 

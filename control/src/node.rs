@@ -112,8 +112,15 @@ pub struct MemberInfo {
     pub voter: bool,
 }
 
+/// A write waiting for the batcher, and where its result goes.
+type Pending = (
+    Command,
+    tokio::sync::oneshot::Sender<Result<CommandResult, ForwardFailure>>,
+);
+
 /// One control-plane member.
 pub struct Node {
+    batch_tx: tokio::sync::mpsc::UnboundedSender<Pending>,
     pub id: NodeId,
     pub addr: String,
     pub raft: Raft,
@@ -162,7 +169,10 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batcher(raft.clone(), batch_rx));
         Ok(Arc::new(Node {
+            batch_tx,
             id: cfg.id,
             addr: cfg.advertise_addr,
             raft,
@@ -380,13 +390,18 @@ impl Node {
 
     async fn handle_locally(&self, req: &Forward) -> Result<ForwardReply, ForwardFailure> {
         match req {
-            Forward::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
-                Ok(resp) => Ok(ForwardReply::Written(resp.data)),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(ForwardFailure::NotLeader)
+            Forward::Write(cmd) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.batch_tx
+                    .send((cmd.clone(), tx))
+                    .map_err(|_| ForwardFailure::Failed("the write batcher stopped".into()))?;
+                match rx.await {
+                    Ok(r) => r.map(ForwardReply::Written),
+                    Err(_) => Err(ForwardFailure::Failed(
+                        "the write batcher dropped a write".into(),
+                    )),
                 }
-                Err(e) => Err(ForwardFailure::Failed(e.to_string())),
-            },
+            }
             Forward::ReadIndex => match self.raft.ensure_linearizable().await {
                 Ok(log_id) => Ok(ForwardReply::ReadIndex(log_id.map_or(0, |l| l.index))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(
@@ -527,5 +542,64 @@ impl RaftInternal for RaftService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(JoinResponse { id: req.id }))
+    }
+}
+
+/// Group commit above openraft. openraft 0.9 appends (and fsyncs) each `client_write` on its
+/// own and waits for that before taking the next, so concurrent writes are folded here into one
+/// raft entry ([`Command::Batch`]). At most [`MAX_INFLIGHT`] batches are in raft at once; while
+/// they are, new writes queue up and form the next batch. A lone write is proposed as itself.
+async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    const MAX_INFLIGHT: usize = 2;
+    const MAX_BATCH: usize = 1024;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(x) => batch.push(x),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let single = cmds.len() == 1;
+            let cmd = if single {
+                cmds.into_iter().next().expect("one command")
+            } else {
+                Command::Batch(cmds)
+            };
+            let result = raft.client_write(cmd).await;
+            drop(slot);
+            match result {
+                Ok(resp) => match resp.data {
+                    CommandResult::Batch(results) if !single => {
+                        for (reply, r) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(r));
+                        }
+                    }
+                    r => {
+                        for reply in replies {
+                            let _ = reply.send(Ok(r.clone()));
+                        }
+                    }
+                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(ForwardFailure::NotLeader));
+                    }
+                }
+                Err(e) => {
+                    let m = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(ForwardFailure::Failed(m.clone())));
+                    }
+                }
+            }
+        });
     }
 }

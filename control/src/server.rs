@@ -365,7 +365,10 @@ impl Server {
             .client_ca_root(Certificate::from_pem(m.pki.ca_pem()))
             .client_auth_optional(true);
         let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // tonic applies `tcp_nodelay` only to listeners it binds itself: set it on ours, or every
+        // small response waits for the peer's delayed ACK (~40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let builder = tonic::transport::Server::builder()
             .tls_config(tls)
             .map_err(|e| ServerError::Serve(format!("TLS configuration: {e}")))?;

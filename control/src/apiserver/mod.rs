@@ -282,7 +282,7 @@ impl ApiServer {
                         name,
                     });
                 }
-                CommandResult::Nothing => {
+                CommandResult::Nothing | CommandResult::Batch(_) => {
                     return Err(ApiError::Internal("store returned no result".into()));
                 }
             }
@@ -384,7 +384,9 @@ impl ApiServer {
                 name,
             }),
             CommandResult::PreconditionFailed { current } => Ok(Err(current)),
-            CommandResult::Nothing => Err(ApiError::Internal("store returned no result".into())),
+            CommandResult::Nothing | CommandResult::Batch(_) => {
+                Err(ApiError::Internal("store returned no result".into()))
+            }
         }
     }
 
@@ -563,7 +565,7 @@ impl ApiServer {
                 match self.write(cmd).await? {
                     CommandResult::Applied { kv, .. } => Ok(decode_stored(&kv)?),
                     CommandResult::PreconditionFailed { current } => Err(current),
-                    CommandResult::Nothing => {
+                    CommandResult::Nothing | CommandResult::Batch(_) => {
                         return Err(ApiError::Internal("store returned no result".into()));
                     }
                 }

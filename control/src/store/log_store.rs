@@ -31,7 +31,6 @@ const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const KEY_VOTE: &str = "vote";
-const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
 /// Most queued operations folded into one transaction.
@@ -378,16 +377,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
         self.blocking(|db| Self::read_meta(db, KEY_VOTE)).await
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Only an optimisation for restart (re-apply without waiting for a leader): no fsync.
-        self.write_meta(KEY_COMMITTED, &committed, false).await
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.blocking(|db| Ok(Self::read_meta::<Option<LogId>>(db, KEY_COMMITTED)?.flatten()))
-            .await
     }
 
     async fn append<I>(

@@ -152,3 +152,60 @@ mod tests {
         assert!(sm.get_current_snapshot().await.expect("snapshot").is_some());
     }
 }
+
+#[cfg(test)]
+mod batch_tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_applies_each_command_with_its_own_revision_and_result() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachine::open(dir.path(), 100).expect("open");
+        let put = |k: &str, p| Command::Put {
+            key: k.into(),
+            value: k.into(),
+            precondition: p,
+        };
+        let batch = Command::Batch(vec![
+            put("/a", Precondition::Absent),
+            put("/a", Precondition::Absent),
+            put("/b", Precondition::None),
+            Command::Delete {
+                key: "/a".into(),
+                precondition: Precondition::ModRevision(1),
+            },
+        ]);
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(batch),
+        };
+        let r = sm.apply(vec![entry]).await.expect("apply");
+        let CommandResult::Batch(results) = &r[0] else {
+            panic!("expected a batch result, got {r:?}")
+        };
+        assert!(matches!(
+            results[0],
+            CommandResult::Applied { revision: 1, .. }
+        ));
+        assert!(
+            matches!(results[1], CommandResult::PreconditionFailed { .. }),
+            "the second create conflicts"
+        );
+        assert!(matches!(
+            results[2],
+            CommandResult::Applied { revision: 2, .. }
+        ));
+        assert!(matches!(
+            results[3],
+            CommandResult::Applied { revision: 3, .. }
+        ));
+        let (events, _) = sm.events_after(0, 10).expect("history");
+        assert_eq!(
+            events.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+    }
+}

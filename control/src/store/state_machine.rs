@@ -436,6 +436,20 @@ fn apply_command(
             key, precondition, ..
         }
         | Command::Delete { key, precondition } => (key.clone(), *precondition),
+        Command::Batch(_) => {
+            let Command::Batch(cmds) = cmd else {
+                unreachable!("matched above")
+            };
+            let mut results = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                results.push(match c {
+                    // Batches are never nested; a nested one is ignored rather than recursed into.
+                    Command::Batch(_) => CommandResult::Nothing,
+                    c => apply_command(kv, history, revision, c)?,
+                });
+            }
+            return Ok(CommandResult::Batch(results));
+        }
     };
     let current = match kv.get(key.as_str()).map_err(sm_read)? {
         Some(v) => decode_record(&key, v.value()),
@@ -451,6 +465,7 @@ fn apply_command(
         return Ok(CommandResult::PreconditionFailed { current });
     }
     match cmd {
+        Command::Batch(_) => Ok(CommandResult::Nothing),
         Command::Put { key, value, .. } => {
             *revision += 1;
             let create_revision = current.as_ref().map_or(*revision, |c| c.create_revision);

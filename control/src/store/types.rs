@@ -50,6 +50,9 @@ pub enum Command {
         key: String,
         precondition: Precondition,
     },
+    /// Independent commands proposed together (group commit): each is applied on its own, in
+    /// order, with its own revision and result. Never nested.
+    Batch(Vec<Command>),
 }
 
 /// A stored value with its revisions (etcd's create_revision / mod_revision).
@@ -72,6 +75,8 @@ pub enum CommandResult {
     },
     /// The precondition failed; `current` is what the key holds now.
     PreconditionFailed { current: Option<KeyValue> },
+    /// One result per command of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
     /// Blank and membership entries produce no result of interest.
     #[default]
     Nothing,
