@@ -471,7 +471,7 @@ pub struct RaftService {
     pub node: Arc<Node>,
 }
 
-fn bad_payload(e: serde_json::Error) -> Status {
+fn bad_payload(e: postcard::Error) -> Status {
     Status::invalid_argument(format!("malformed raft payload: {e}"))
 }
 

@@ -95,14 +95,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[error("{0}")]
 struct WireError(String);
 
-pub(crate) fn encode<T: Serialize>(v: &T) -> Result<RaftPayload, serde_json::Error> {
+/// Wire encoding of raft messages: postcard (compact, no JSON escaping of stored values).
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<RaftPayload, postcard::Error> {
     Ok(RaftPayload {
-        data: serde_json::to_vec(v)?,
+        data: postcard::to_stdvec(v)?,
     })
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, serde_json::Error> {
-    serde_json::from_slice(&p.data)
+pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, postcard::Error> {
+    postcard::from_bytes(&p.data)
 }
 
 impl Connection {

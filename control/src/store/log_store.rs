@@ -33,6 +33,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEY_VOTE: &str = "vote";
 const KEY_LAST_PURGED: &str = "last_purged";
 
+/// Flushed entries kept in memory for replication reads (unflushed ones are always kept).
+const CACHE_ENTRIES: usize = 8192;
+
 /// Most queued operations folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -71,7 +74,11 @@ enum Job {
 struct Shared {
     db: Database,
     /// Appended but not yet durable, readable by log readers.
+    /// Also keeps the most recent flushed entries (a contiguous suffix of the log), so that
+    /// replication reads of recent entries never touch the disk.
     pending: Mutex<BTreeMap<u64, Entry>>,
+    /// Highest index known durable; entries above it are never evicted from `pending`.
+    flushed_upto: std::sync::atomic::AtomicU64,
 }
 
 /// The raft log. Cheap to clone: clones share the database, the pending entries and the writer.
@@ -92,6 +99,7 @@ impl LogStore {
         let shared = Arc::new(Shared {
             db,
             pending: Mutex::new(BTreeMap::new()),
+            flushed_upto: std::sync::atomic::AtomicU64::new(0),
         });
         let (jobs, rx) = std::sync::mpsc::channel();
         let writer = shared.clone();
@@ -151,10 +159,7 @@ impl LogStore {
         let mut out = BTreeMap::new();
         for item in table.range::<u64>((start, end)).map_err(io_read)? {
             let (k, v) = item.map_err(io_read)?;
-            out.insert(
-                k.value(),
-                serde_json::from_slice(v.value()).map_err(io_read)?,
-            );
+            out.insert(k.value(), postcard::from_bytes(v.value()).map_err(io_read)?);
         }
         Ok(out)
     }
@@ -212,7 +217,7 @@ fn flush_appends(shared: &Shared, appends: Vec<(Vec<LogId>, LogFlushed<TypeConfi
                 for id in ids {
                     // An entry truncated (and maybe replaced) since it was queued is not ours to write.
                     if let Some(e) = pending.get(&id.index).filter(|e| e.log_id == *id) {
-                        encoded.push((id.index, serde_json::to_vec(e).map_err(io_write)?));
+                        encoded.push((id.index, postcard::to_stdvec(e).map_err(io_write)?));
                     }
                 }
             }
@@ -232,10 +237,23 @@ fn flush_appends(shared: &Shared, appends: Vec<(Vec<LogId>, LogFlushed<TypeConfi
     })();
     match result {
         Ok(written) => {
+            use std::sync::atomic::Ordering;
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-            for id in written {
-                if pending.get(&id.index).is_some_and(|e| e.log_id == id) {
-                    pending.remove(&id.index);
+            let top = written
+                .iter()
+                .filter(|id| pending.get(&id.index).is_some_and(|e| e.log_id == **id))
+                .map(|id| id.index)
+                .max();
+            if let Some(top) = top {
+                shared.flushed_upto.fetch_max(top, Ordering::SeqCst);
+            }
+            let flushed = shared.flushed_upto.load(Ordering::SeqCst);
+            while pending.len() > CACHE_ENTRIES {
+                match pending.first_key_value() {
+                    Some((&first, _)) if first <= flushed => {
+                        pending.remove(&first);
+                    }
+                    _ => break,
                 }
             }
             drop(pending);
@@ -319,6 +337,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
+        // `pending` holds a contiguous suffix of the log: a read that starts inside it is served
+        // from memory alone.
+        let first_wanted = match start {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        {
+            let pending = self.pending();
+            if let Some((&first, _)) = pending.first_key_value()
+                && first_wanted >= first
+            {
+                return Ok(pending
+                    .range((start, end))
+                    .map(|(_, v)| v.clone())
+                    .collect());
+            }
+        }
         // Snapshot pending first: an entry leaves `pending` only after it is on disk, so anything
         // missing from this copy is found by the disk read that follows.
         let overlay: Vec<(u64, Entry)> = self
@@ -349,7 +385,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let table = tx.open_table(LOGS).map_err(io_read)?;
                 let last = match table.last().map_err(io_read)? {
                     Some((_, v)) => Some(
-                        serde_json::from_slice::<Entry>(v.value())
+                        postcard::from_bytes::<Entry>(v.value())
                             .map_err(io_read)?
                             .log_id,
                     ),
@@ -403,6 +439,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.pending().retain(|k, _| *k < log_id.index);
+        self.shared.flushed_upto.fetch_min(
+            log_id.index.saturating_sub(1),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         self.submit(|done| Job::Truncate {
             from: log_id.index,
             done,

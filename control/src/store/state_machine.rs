@@ -184,7 +184,7 @@ impl StateMachine {
         let mut out = Vec::new();
         for item in history.range((after + 1)..).map_err(rd)? {
             let (_, v) = item.map_err(rd)?;
-            out.push(serde_json::from_slice(v.value()).map_err(rd)?);
+            out.push(postcard::from_bytes(v.value()).map_err(rd)?);
             if out.len() >= limit {
                 break;
             }
@@ -486,7 +486,7 @@ fn apply_command(
                 kv: new.clone(),
                 prev: current.clone(),
             };
-            let bytes = serde_json::to_vec(&event).map_err(sm_write)?;
+            let bytes = postcard::to_stdvec(&event).map_err(sm_write)?;
             history
                 .insert(*revision, bytes.as_slice())
                 .map_err(sm_write)?;
@@ -513,7 +513,7 @@ fn apply_command(
                 kv: gone.clone(),
                 prev: Some(prev.clone()),
             };
-            let bytes = serde_json::to_vec(&event).map_err(sm_write)?;
+            let bytes = postcard::to_stdvec(&event).map_err(sm_write)?;
             history
                 .insert(*revision, bytes.as_slice())
                 .map_err(sm_write)?;
