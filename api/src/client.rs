@@ -435,6 +435,31 @@ impl Client {
         parse(&r.into_inner().object)
     }
 
+    /// May the caller do `verb` on `kind` (`ferry auth can-i`)?
+    pub async fn access_review(
+        &self,
+        verb: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        subresource: &str,
+    ) -> Result<proto::AccessReviewResponse, ClientError> {
+        let req = proto::AccessReviewRequest {
+            verb: verb.into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            subresource: subresource.into(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::resources(ch).access_review(req).await }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
     pub async fn members(&self) -> Result<proto::MembersResponse, ClientError> {
         let r = self
             .call(|ch| async move {

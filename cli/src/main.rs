@@ -51,6 +51,49 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Inspect authorization.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Print a client config for a new user, with a certificate signed by the cluster CA of the
+    /// member whose data directory this is (run on a control-plane member, as root).
+    UserConfig(UserConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Whether you may do VERB on KIND (exit status 0 for yes, 1 for no), like kubectl auth can-i.
+    CanI {
+        verb: String,
+        kind: String,
+        name: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// All namespaces (cluster scope).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(long, default_value = "")]
+        subresource: String,
+    },
+    /// Who the API server says you are.
+    Whoami,
+}
+
+#[derive(Args)]
+struct UserConfigArgs {
+    /// The member's data directory (holds the cluster CA).
+    #[arg(long, default_value = "/var/lib/ferry/server")]
+    data_dir: PathBuf,
+    /// User name (the certificate's CN).
+    #[arg(long)]
+    user: String,
+    /// Groups (the certificate's O), repeatable.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// Server list to put in the config (default: the member's admin.yaml server).
+    #[arg(long)]
+    server: Option<String>,
 }
 
 #[derive(Args)]
@@ -222,6 +265,9 @@ async fn run(cli: Cli) -> Result<()> {
         ferry_control::server::run(opts).await?;
         return Ok(());
     }
+    if let Command::UserConfig(a) = &cli.command {
+        return user_config(a);
+    }
     let client = config::client(cli.server.as_deref(), cli.config.as_deref())?;
     match cli.command {
         Command::Server(_) => unreachable!("handled above"),
@@ -230,6 +276,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Describe(a) => describe(&client, a).await,
         Command::Delete(a) => delete(&client, a).await,
         Command::Cluster { command } => cluster(&client, command).await,
+        Command::Auth { command } => auth(&client, command).await,
+        Command::UserConfig(_) => unreachable!("handled above"),
     }
 }
 
@@ -446,5 +494,84 @@ async fn cluster(client: &Client, c: ClusterCommand) -> Result<()> {
         );
     }
     println!("term {}, applied index {}", r.term, r.applied_index);
+    Ok(())
+}
+
+async fn auth(client: &Client, c: AuthCommand) -> Result<()> {
+    match c {
+        AuthCommand::CanI {
+            verb,
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            subresource,
+        } => {
+            let info = kind_arg(&kind)?;
+            let ns = if all_namespaces || !info.namespaced {
+                String::new()
+            } else {
+                namespace.unwrap_or_else(|| "default".into())
+            };
+            let r = client
+                .access_review(
+                    &verb,
+                    info.kind,
+                    &ns,
+                    name.as_deref().unwrap_or(""),
+                    &subresource,
+                )
+                .await?;
+            if r.allowed {
+                println!("yes");
+                Ok(())
+            } else {
+                println!("no");
+                if !r.reason.is_empty() {
+                    eprintln!("{}", r.reason);
+                }
+                std::process::exit(1);
+            }
+        }
+        AuthCommand::Whoami => {
+            let r = client
+                .access_review("get", "Namespace", "", "default", "")
+                .await?;
+            println!("user:   {}", r.user);
+            println!("groups: {}", r.groups.join(", "));
+            Ok(())
+        }
+    }
+}
+
+fn user_config(a: &UserConfigArgs) -> Result<()> {
+    use ferry_control::pki::{Pki, Subject};
+    if a.user.trim().is_empty() {
+        bail!("--user: required (the user name)");
+    }
+    let pki = Pki::load(&a.data_dir)?.with_context(|| {
+        format!(
+            "{}: no cluster CA here; pass the data directory of a control-plane member",
+            a.data_dir.display()
+        )
+    })?;
+    let server = match &a.server {
+        Some(s) => s.clone(),
+        None => ferry_api::client::ClientConfig::load(&a.data_dir.join("admin.yaml"))
+            .map(|c| c.server)
+            .map_err(|e| anyhow::anyhow!("{e}; pass --server"))?,
+    };
+    let creds = pki.issue(&Subject {
+        common_name: a.user.clone(),
+        organizations: a.groups.clone(),
+        serve_hosts: vec![],
+    })?;
+    let cfg = ferry_api::client::ClientConfig {
+        server,
+        certificate_authority_data: pki.ca_pem().to_string(),
+        client_certificate_data: creds.cert_pem,
+        client_key_data: creds.key_pem,
+    };
+    print!("{}", cfg.to_yaml());
     Ok(())
 }

@@ -10,5 +10,6 @@ pub mod bootstrap;
 pub mod node;
 pub mod pki;
 pub mod raft_net;
+pub mod rbac;
 pub mod server;
 pub mod store;

@@ -396,7 +396,7 @@ impl Server {
         if m.created {
             create_credentials(&opts, &node, &m.pki, &advertise).await?;
         }
-        tokio::spawn(ensure_system_namespaces(api.clone()));
+        tokio::spawn(ensure_system_objects(api.clone()));
         tracing::info!(id = m.id, addr = %advertise, "member serving");
         Ok(Server {
             node,
@@ -458,17 +458,26 @@ async fn create_credentials(
     Ok(())
 }
 
-/// Creates the namespaces that always exist, once a leader is there to accept them.
-async fn ensure_system_namespaces(api: ApiServer) {
-    for ns in SYSTEM_NAMESPACES {
-        let body =
-            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+/// Creates the namespaces and default ClusterRoles that always exist, once a leader is there to
+/// accept them.
+async fn ensure_system_objects(api: ApiServer) {
+    let mut objects: Vec<serde_json::Value> = SYSTEM_NAMESPACES
+        .iter()
+        .map(|ns| serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .collect();
+    objects.extend(crate::rbac::default_cluster_roles());
+    for body in objects {
+        let kind = body["kind"].as_str().unwrap_or_default().to_string();
+        let name = body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         loop {
-            match api.create("Namespace", "", &bytes).await {
+            match api.create(None, &kind, "", &bytes).await {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => break,
                 Err(e) => {
-                    tracing::debug!("creating namespace {ns}: {e}; retrying");
+                    tracing::debug!("creating {kind} {name}: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

@@ -24,6 +24,8 @@ use tonic::{Request, Response, Status};
 use self::metrics::Metrics;
 use self::objects::Subresource;
 use crate::node::{Node, NodeError};
+use crate::pki::UserInfo;
+use crate::rbac::{self, Attributes, RbacCache};
 use crate::store::{Command, CommandResult, KeyValue, Precondition};
 
 /// Namespaces that always exist and cannot be deleted.
@@ -87,6 +89,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub struct ApiServer {
     node: Arc<Node>,
     metrics: Arc<Metrics>,
+    rbac: RbacCache,
 }
 
 fn kind_info(name: &str) -> ApiResult<&'static KindInfo> {
@@ -131,7 +134,42 @@ fn to_bytes(v: &Value) -> Vec<u8> {
 
 impl ApiServer {
     pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> Self {
-        Self { node, metrics }
+        let rbac = RbacCache::start(node.clone());
+        Self {
+            node,
+            metrics,
+            rbac,
+        }
+    }
+
+    /// Checks `user` may do `verb` on the object; `None` is an in-process caller (trusted).
+    #[allow(clippy::too_many_arguments)]
+    fn authorize(
+        &self,
+        user: Option<&UserInfo>,
+        info: &KindInfo,
+        verb: &str,
+        sub: Subresource,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<()> {
+        let Some(user) = user else { return Ok(()) };
+        let attrs = Attributes {
+            verb: verb.to_string(),
+            api_group: info.group().to_string(),
+            resource: info.plural.to_string(),
+            subresource: match sub {
+                Subresource::Main => String::new(),
+                Subresource::Status => "status".into(),
+            },
+            namespace: if info.namespaced {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
+            name: name.to_string(),
+        };
+        rbac::authorize(&self.rbac.snapshot(), user, &attrs).map_err(ApiError::Forbidden)
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -213,7 +251,13 @@ impl ApiServer {
     }
 
     /// Creates an object. Public so that in-process clients (bootstrap, controllers) share the path.
-    pub async fn create(&self, kind: &str, namespace: &str, bytes: &[u8]) -> ApiResult<Value> {
+    pub async fn create(
+        &self,
+        user: Option<&UserInfo>,
+        kind: &str,
+        namespace: &str,
+        bytes: &[u8],
+    ) -> ApiResult<Value> {
         let info = kind_info(kind)?;
         let mut obj = parse_object(bytes)?;
         let req_name = obj
@@ -249,6 +293,14 @@ impl ApiServer {
         self.admit(info, &mut obj, &name_for_errors)?;
         objects::prepare_create(info, &mut obj);
         let namespace = objects::meta_str(&obj, "namespace").to_string();
+        self.authorize(
+            user,
+            info,
+            "create",
+            Subresource::Main,
+            &namespace,
+            &req_name,
+        )?;
         self.ensure_namespace(info, &namespace).await?;
         for attempt in 0..3 {
             let name = objects::meta_str(&obj, "name").to_string();
@@ -292,8 +344,20 @@ impl ApiServer {
         ))
     }
 
-    pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> ApiResult<Value> {
+    pub async fn get(
+        &self,
+        user: Option<&UserInfo>,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<Value> {
         let info = kind_info(kind)?;
+        let ns_for_authz = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        self.authorize(user, info, "get", Subresource::Main, ns_for_authz, name)?;
         let ns = if namespace.is_empty() {
             "default"
         } else {
@@ -310,12 +374,14 @@ impl ApiServer {
 
     pub async fn list(
         &self,
+        user: Option<&UserInfo>,
         kind: &str,
         namespace: &str,
         labels: &str,
         fields: &str,
     ) -> ApiResult<Value> {
         let info = kind_info(kind)?;
+        self.authorize(user, info, "list", Subresource::Main, namespace, "")?;
         let label_sel = LabelSelector::parse(labels)
             .map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))?;
         let field_sel = FieldSelector::parse(fields)
@@ -390,7 +456,13 @@ impl ApiServer {
         }
     }
 
-    pub async fn update(&self, kind: &str, bytes: &[u8], sub: Subresource) -> ApiResult<Value> {
+    pub async fn update(
+        &self,
+        user: Option<&UserInfo>,
+        kind: &str,
+        bytes: &[u8],
+        sub: Subresource,
+    ) -> ApiResult<Value> {
         let info = kind_info(kind)?;
         let mut obj = parse_object(bytes)?;
         let name = objects::meta_str(&obj, "name").to_string();
@@ -416,6 +488,7 @@ impl ApiServer {
             })?)
         };
         self.admit(info, &mut obj, &name)?;
+        self.authorize(user, info, "update", sub, &namespace, &name)?;
         let key = objects::key(info, &namespace, &name);
         for _ in 0..RMW_RETRIES {
             let Some(current) = self.get_kv(&key).await? else {
@@ -455,6 +528,7 @@ impl ApiServer {
 
     pub async fn patch(
         &self,
+        user: Option<&UserInfo>,
         kind: &str,
         namespace: &str,
         name: &str,
@@ -468,6 +542,7 @@ impl ApiServer {
         } else {
             namespace
         };
+        self.authorize(user, info, "patch", sub, ns, name)?;
         let key = objects::key(info, ns, name);
         let patch_rv = patch
             .pointer("/metadata/resourceVersion")
@@ -520,6 +595,7 @@ impl ApiServer {
 
     pub async fn delete(
         &self,
+        user: Option<&UserInfo>,
         kind: &str,
         namespace: &str,
         name: &str,
@@ -542,6 +618,7 @@ impl ApiServer {
         } else {
             namespace
         };
+        self.authorize(user, info, "delete", Subresource::Main, ns, name)?;
         let key = objects::key(info, ns, name);
         for _ in 0..RMW_RETRIES {
             let Some(current) = self.get_kv(&key).await? else {
@@ -635,6 +712,14 @@ fn object_response(r: ApiResult<Value>) -> Result<Response<ObjectResponse>, Stat
     .map_err(Status::from)
 }
 
+/// The authenticated caller (put there by the interceptor in `auth`).
+fn caller<T>(req: &Request<T>) -> Result<UserInfo, Status> {
+    req.extensions()
+        .get::<UserInfo>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated user on this request"))
+}
+
 #[tonic::async_trait]
 impl Resources for ApiServer {
     async fn create(
@@ -642,25 +727,29 @@ impl Resources for ApiServer {
         req: Request<CreateRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
+        let user = caller(&req)?;
         let req = req.into_inner();
-        let r = ApiServer::create(self, &req.kind, &req.namespace, &req.object).await;
+        let r = ApiServer::create(self, Some(&user), &req.kind, &req.namespace, &req.object).await;
         self.observe("create", start, &r);
         object_response(r)
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
+        let user = caller(&req)?;
         let req = req.into_inner();
-        let r = ApiServer::get(self, &req.kind, &req.namespace, &req.name).await;
+        let r = ApiServer::get(self, Some(&user), &req.kind, &req.namespace, &req.name).await;
         self.observe("get", start, &r);
         object_response(r)
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let start = Instant::now();
+        let user = caller(&req)?;
         let req = req.into_inner();
         let r = ApiServer::list(
             self,
+            Some(&user),
             &req.kind,
             &req.namespace,
             &req.label_selector,
@@ -679,7 +768,21 @@ impl Resources for ApiServer {
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let start = Instant::now();
-        let r = watch::start(self.node.clone(), req.into_inner()).await;
+        let user = caller(&req)?;
+        let req = req.into_inner();
+        let r = match kind_info(&req.kind).and_then(|info| {
+            self.authorize(
+                Some(&user),
+                info,
+                "watch",
+                Subresource::Main,
+                &req.namespace,
+                "",
+            )
+        }) {
+            Ok(()) => watch::start(self.node.clone(), req).await,
+            Err(e) => Err(e),
+        };
         self.observe("watch", start, &r);
         r.map(Response::new).map_err(Status::from)
     }
@@ -689,18 +792,29 @@ impl Resources for ApiServer {
         req: Request<UpdateRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
+        let user = caller(&req)?;
         let req = req.into_inner();
         let sub = subresource(&req.subresource)?;
-        let r = ApiServer::update(self, &req.kind, &req.object, sub).await;
+        let r = ApiServer::update(self, Some(&user), &req.kind, &req.object, sub).await;
         self.observe("update", start, &r);
         object_response(r)
     }
 
     async fn patch(&self, req: Request<PatchRequest>) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
+        let user = caller(&req)?;
         let req = req.into_inner();
         let sub = subresource(&req.subresource)?;
-        let r = ApiServer::patch(self, &req.kind, &req.namespace, &req.name, &req.patch, sub).await;
+        let r = ApiServer::patch(
+            self,
+            Some(&user),
+            &req.kind,
+            &req.namespace,
+            &req.name,
+            &req.patch,
+            sub,
+        )
+        .await;
         self.observe("patch", start, &r);
         object_response(r)
     }
@@ -710,9 +824,11 @@ impl Resources for ApiServer {
         req: Request<DeleteRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
+        let user = caller(&req)?;
         let req = req.into_inner();
         let r = ApiServer::delete(
             self,
+            Some(&user),
             &req.kind,
             &req.namespace,
             &req.name,
@@ -722,6 +838,46 @@ impl Resources for ApiServer {
         .await;
         self.observe("delete", start, &r);
         object_response(r)
+    }
+
+    async fn access_review(
+        &self,
+        req: Request<AccessReviewRequest>,
+    ) -> Result<Response<AccessReviewResponse>, Status> {
+        let user = caller(&req)?;
+        let req = req.into_inner();
+        if !matches!(
+            req.verb.as_str(),
+            "get" | "list" | "watch" | "create" | "update" | "patch" | "delete" | "*"
+        ) {
+            return Err(Status::invalid_argument(format!(
+                "verb: unsupported value {:?}: use get, list, watch, create, update, patch or delete",
+                req.verb
+            )));
+        }
+        let info = kind_info(&req.kind).map_err(Status::from)?;
+        let sub = subresource(&req.subresource)?;
+        let verdict = self.authorize(Some(&user), info, &req.verb, sub, &req.namespace, &req.name);
+        Ok(Response::new(AccessReviewResponse {
+            allowed: verdict.is_ok(),
+            reason: verdict.err().map(|e| e.to_string()).unwrap_or_default(),
+            user: user.name,
+            groups: user.groups,
+        }))
+    }
+}
+
+/// Membership changes are for cluster administrators only.
+fn require_admin<T>(req: &Request<T>) -> Result<(), Status> {
+    let user = caller(req)?;
+    if user.in_group(crate::pki::GROUP_MASTERS) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "user {:?} may not change control-plane membership: only cluster administrators (group {}) can",
+            user.name,
+            crate::pki::GROUP_MASTERS
+        )))
     }
 }
 
@@ -768,6 +924,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<AddMemberRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
+        require_admin(&req)?;
         let req = req.into_inner();
         if req.addr.is_empty() {
             return Err(Status::invalid_argument(
@@ -793,6 +950,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RemoveMemberRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
+        require_admin(&req)?;
         let id = req.into_inner().id;
         if !self.node.members().iter().any(|m| m.id == id) {
             return Err(Status::not_found(format!(
