@@ -460,6 +460,18 @@ impl Client {
         Ok(r.into_inner())
     }
 
+    /// New Secret encryption key; every Secret is re-encrypted with it (administrators only).
+    pub async fn rotate_encryption_key(&self) -> Result<proto::RotateKeyResponse, ClientError> {
+        let r = self
+            .call(|ch| async move {
+                Self::resources(ch)
+                    .rotate_encryption_key(proto::RotateKeyRequest {})
+                    .await
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
     pub async fn members(&self) -> Result<proto::MembersResponse, ClientError> {
         let r = self
             .call(|ch| async move {

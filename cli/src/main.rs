@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Secrets at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Inspect authorization.
     Auth {
         #[command(subcommand)]
@@ -59,6 +64,12 @@ enum Command {
     /// Print a client config for a new user, with a certificate signed by the cluster CA of the
     /// member whose data directory this is (run on a control-plane member, as root).
     UserConfig(UserConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Add a new encryption key and re-encrypt every Secret with it.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -277,6 +288,16 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Delete(a) => delete(&client, a).await,
         Command::Cluster { command } => cluster(&client, command).await,
         Command::Auth { command } => auth(&client, command).await,
+        Command::Secrets {
+            command: SecretsCommand::RotateKey,
+        } => {
+            let r = client.rotate_encryption_key().await?;
+            println!(
+                "new encryption key {}; {} secret(s) re-encrypted",
+                r.key_id, r.reencrypted
+            );
+            Ok(())
+        }
         Command::UserConfig(_) => unreachable!("handled above"),
     }
 }

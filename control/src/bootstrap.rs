@@ -88,6 +88,8 @@ pub async fn verify_token(
 pub struct BootstrapService {
     pub node: Arc<Node>,
     pub pki: Arc<Pki>,
+    /// The key-encryption key, shared with joining members (see `encryption`).
+    pub kek_hex: String,
 }
 
 #[tonic::async_trait]
@@ -129,6 +131,7 @@ impl Bootstrap for BootstrapService {
             cert_pem,
             ca_pem: self.pki.ca_pem().to_string(),
             ca_key_pem: self.pki.ca_key_pem().to_string(),
+            kek_hex: self.kek_hex.clone(),
         }))
     }
 }
@@ -240,6 +243,7 @@ pub async fn fetch_pinned_ca(addr: &str, expected_hash: &str) -> Result<String, 
 /// What a successful member join yields.
 pub struct Joined {
     pub id: u64,
+    pub kek_hex: String,
     pub ca_pem: String,
     pub ca_key_pem: String,
     pub cert_pem: String,
@@ -283,6 +287,7 @@ pub async fn join_member(
         .into_inner();
     Ok(Joined {
         id: resp.id,
+        kek_hex: resp.kek_hex,
         ca_pem: resp.ca_pem,
         ca_key_pem: resp.ca_key_pem,
         cert_pem: resp.cert_pem,

@@ -7,6 +7,7 @@
 pub mod apiserver;
 pub mod auth;
 pub mod bootstrap;
+pub mod encryption;
 pub mod node;
 pub mod pki;
 pub mod raft_net;

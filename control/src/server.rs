@@ -26,6 +26,7 @@ use crate::apiserver::metrics::Metrics;
 use crate::apiserver::{ApiError, ApiServer, ClusterService, SYSTEM_NAMESPACES};
 use crate::auth;
 use crate::bootstrap::{self, BootstrapService};
+use crate::encryption::{self, Encryptor};
 use crate::node::{Node, NodeConfig, RaftService};
 use crate::pki::{self, Credentials, JoinToken, Pki};
 use crate::store::NodeId;
@@ -131,6 +132,7 @@ fn save_identity(dir: &Path, id: &MemberIdentity) -> Result<(), ServerError> {
 /// Where this member's cluster credentials come from.
 struct Membership {
     id: NodeId,
+    kek_hex: String,
     pki: Arc<Pki>,
     creds: Credentials,
     /// True when this start created the cluster.
@@ -151,8 +153,10 @@ async fn establish(opts: &ServerOptions, advertise: &str) -> Result<Membership, 
                 Pki::dir_of(dir).display()
             ))
         })?;
+        let kek_hex = encryption::load_kek(dir).map_err(|e| ServerError::Config(e.to_string()))?;
         return Ok(Membership {
             id: ident.id,
+            kek_hex,
             pki: Arc::new(pki),
             creds,
             created: false,
@@ -163,9 +167,12 @@ async fn establish(opts: &ServerOptions, advertise: &str) -> Result<Membership, 
             let pki = Pki::create(dir)?;
             let creds = pki.issue(&pki::member_subject(1, advertise))?;
             pki.save_member_credentials(&creds)?;
+            let kek_hex =
+                encryption::create_kek(dir).map_err(|e| ServerError::Config(e.to_string()))?;
             save_identity(dir, &MemberIdentity { id: 1 })?;
             Ok(Membership {
                 id: 1,
+                kek_hex,
                 pki: Arc::new(pki),
                 creds,
                 created: true,
@@ -185,9 +192,11 @@ async fn establish(opts: &ServerOptions, advertise: &str) -> Result<Membership, 
                 key_pem: joined.key_pem,
             };
             pki.save_member_credentials(&creds)?;
+            pki::write_private(&encryption::kek_path(dir), &joined.kek_hex)?;
             save_identity(dir, &MemberIdentity { id: joined.id })?;
             Ok(Membership {
                 id: joined.id,
+                kek_hex: joined.kek_hex,
                 pki: Arc::new(pki),
                 creds,
                 created: false,
@@ -304,7 +313,9 @@ impl Server {
         cfg.election_timeout_ms = opts.election_timeout_ms;
         let node = Node::start(cfg).await?;
         let metrics = Arc::new(Metrics::new());
-        let api = ApiServer::new(node.clone(), metrics.clone());
+        let encryptor = Encryptor::new(node.clone(), &m.kek_hex)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let api = ApiServer::new(node.clone(), metrics.clone(), encryptor.clone());
 
         let metrics_node = node.clone();
         let metrics_router = axum::Router::new().route(
@@ -353,6 +364,7 @@ impl Server {
             BootstrapServer::new(BootstrapService {
                 node: node.clone(),
                 pki: m.pki.clone(),
+                kek_hex: m.kek_hex.clone(),
             })
             .max_decoding_message_size(64 << 10),
         );
@@ -394,9 +406,20 @@ impl Server {
             }
         }
         if m.created {
+            encryptor
+                .ensure_key()
+                .await
+                .map_err(|e| ServerError::Config(format!("Secret encryption key: {e}")))?;
             create_credentials(&opts, &node, &m.pki, &advertise).await?;
         }
         tokio::spawn(ensure_system_objects(api.clone()));
+        tokio::spawn(async move {
+            // Idempotent on every member: whoever comes first creates the Secret key ring.
+            while let Err(e) = encryptor.ensure_key().await {
+                tracing::debug!("creating the Secret encryption key: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
         tracing::info!(id = m.id, addr = %advertise, "member serving");
         Ok(Server {
             node,

@@ -75,7 +75,10 @@ async fn unauthenticated_foreign_and_wrong_role_clients_are_refused() -> Result<
     assert!(
         // TLS 1.3 rejects the client certificate after the client thinks the handshake is done,
         // so the refusal surfaces as a transport failure or a cancelled stream.
-        matches!(err.code, Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled),
+        matches!(
+            err.code,
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+        ),
         "{err:?}"
     );
     // And a client that trusts another CA does not accept our server.
@@ -357,5 +360,110 @@ async fn rbac_allows_and_denies_what_bindings_say() -> Result<()> {
     // Membership is for administrators only.
     let err = alice.remove_member(1).await.expect_err("not an admin");
     assert_eq!(err.code, Code::PermissionDenied);
+    Ok(())
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_plaintext_never_reaches_the_disk() -> Result<()> {
+    use base64::Engine;
+    use serde_json::json;
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "20"]).await?;
+    let c = cluster.client();
+    let plaintext = "correct-horse-battery-staple-4711";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(plaintext);
+    let secret = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+               "stringData": {"password": plaintext}, "data": {"also": b64}})
+    };
+    let opts = ListOptions {
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    let rv = c.list("secrets", &opts).await?["metadata"]["resourceVersion"]
+        .as_str()
+        .context("rv")?
+        .to_string();
+    let mut watch = c.watch("secrets", &opts, &rv, false).await?;
+    c.create("secrets", "default", &secret("db")).await?;
+    // Enough other writes for every member to take a snapshot.
+    for i in 0..60 {
+        c.create(
+            "cm",
+            "default",
+            &ferry_tests::configmap(&format!("fill-{i}"), "x"),
+        )
+        .await?;
+    }
+    c.create("secrets", "default", &secret("db2")).await?;
+    // The API hands the plaintext back, as Kubernetes does (base64 in `data`)...
+    let got = c.get("secrets", "default", "db").await?;
+    assert_eq!(got["data"]["password"], b64);
+    // ...and so does a watch.
+    let ev = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut watch),
+    )
+    .await?
+    .context("watch ended")??;
+    assert_eq!(ev.object["data"]["password"], b64);
+    // Let every member apply and snapshot, then stop them so everything is on disk.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for m in &mut cluster.members {
+        m.stop();
+    }
+    assert!(
+        std::path::Path::new(&cluster.members[1].data_dir)
+            .join("snapshot.json")
+            .exists(),
+        "a follower took a snapshot, so snapshots are covered too"
+    );
+    for needle in [plaintext.as_bytes(), b64.as_bytes()] {
+        let hits = files_containing(cluster.dir(), needle);
+        assert!(hits.is_empty(), "secret found in {hits:?}");
+    }
+    for i in 0..3 {
+        cluster.restart(i)?;
+    }
+    cluster.wait_voters(3, Duration::from_secs(30)).await?;
+    // Rotation re-encrypts every Secret, which stays readable.
+    let (ok, out, err) = ferry(
+        &cluster.config_path(),
+        &["--server", &cluster.addrs(), "secrets", "rotate-key"],
+    )?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("new encryption key k2; 2 secret(s) re-encrypted"),
+        "{out}"
+    );
+    assert_eq!(
+        c.get("secrets", "default", "db2").await?["data"]["password"],
+        b64
+    );
+    for m in &mut cluster.members {
+        m.stop();
+    }
+    assert!(files_containing(cluster.dir(), plaintext.as_bytes()).is_empty());
     Ok(())
 }

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use self::metrics::Metrics;
 use self::objects::Subresource;
+use crate::encryption::Encryptor;
 use crate::node::{Node, NodeError};
 use crate::pki::UserInfo;
 use crate::rbac::{self, Attributes, RbacCache};
@@ -90,6 +91,7 @@ pub struct ApiServer {
     node: Arc<Node>,
     metrics: Arc<Metrics>,
     rbac: RbacCache,
+    encryptor: Encryptor,
 }
 
 fn kind_info(name: &str) -> ApiResult<&'static KindInfo> {
@@ -123,8 +125,12 @@ fn parse_object(bytes: &[u8]) -> ApiResult<Value> {
     Ok(v)
 }
 
-fn decode_stored(kv: &KeyValue) -> ApiResult<Value> {
-    objects::from_store(&kv.value, kv.mod_revision)
+/// A stored value as an API object: opened if sealed, resourceVersion stamped.
+pub(crate) fn decode_with(enc: &Encryptor, kv: &KeyValue) -> ApiResult<Value> {
+    let plain = enc
+        .open(&kv.key, &kv.value)
+        .map_err(|e| ApiError::Internal(format!("stored object {}: {e}", kv.key)))?;
+    objects::from_store(&plain, kv.mod_revision)
         .map_err(|e| ApiError::Internal(format!("stored object {} is corrupt: {e}", kv.key)))
 }
 
@@ -133,13 +139,80 @@ fn to_bytes(v: &Value) -> Vec<u8> {
 }
 
 impl ApiServer {
-    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>, encryptor: Encryptor) -> Self {
         let rbac = RbacCache::start(node.clone());
         Self {
             node,
             metrics,
             rbac,
+            encryptor,
         }
+    }
+
+    pub fn encryptor(&self) -> &Encryptor {
+        &self.encryptor
+    }
+
+    fn decode_stored(&self, kv: &KeyValue) -> ApiResult<Value> {
+        decode_with(&self.encryptor, kv)
+    }
+
+    /// The stored form of `obj` at `key`: Secrets are sealed (see `encryption`).
+    fn store_value(&self, info: &KindInfo, key: &str, obj: &Value) -> ApiResult<String> {
+        let json = objects::to_store(obj);
+        if info.kind != "Secret" {
+            return Ok(json);
+        }
+        self.encryptor
+            .seal(key, &json)
+            .map_err(|e| ApiError::Internal(format!("sealing the Secret: {e}")))
+    }
+
+    /// Adds a new Secret encryption key and re-seals every Secret with it.
+    pub async fn rotate_encryption_key(&self) -> ApiResult<(String, u64)> {
+        let id = self
+            .encryptor
+            .add_key()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let info = kinds::lookup("Secret").expect("Secret is a known kind");
+        let mut count = 0;
+        self.node.read_barrier().await?;
+        let range = self
+            .node
+            .sm
+            .range(&objects::prefix(info, None))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        for kv in range.kvs {
+            let mut current = kv;
+            for _ in 0..RMW_RETRIES {
+                if self.encryptor.is_current(&current.value) {
+                    break;
+                }
+                let plain = self
+                    .encryptor
+                    .open(&current.key, &current.value)
+                    .map_err(|e| ApiError::Internal(format!("{}: {e}", current.key)))?;
+                let value = self
+                    .encryptor
+                    .seal(&current.key, &plain)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                let cmd = Command::Put {
+                    key: current.key.clone(),
+                    value,
+                    precondition: Precondition::ModRevision(current.mod_revision),
+                };
+                match self.write(cmd).await? {
+                    CommandResult::Applied { .. } => {
+                        count += 1;
+                        break;
+                    }
+                    CommandResult::PreconditionFailed { current: Some(now) } => current = now,
+                    _ => break,
+                }
+            }
+        }
+        Ok((id, count))
     }
 
     /// Checks `user` may do `verb` on the object; `None` is an in-process caller (trusted).
@@ -225,7 +298,7 @@ impl ApiServer {
                 name: namespace.into(),
             }),
             Some(kv) => {
-                let ns = decode_stored(&kv)?;
+                let ns = self.decode_stored(&kv)?;
                 if !objects::meta_str(&ns, "deletionTimestamp").is_empty() {
                     return Err(ApiError::Forbidden(format!(
                         "unable to create new content in namespace {namespace} because it is being terminated"
@@ -304,7 +377,7 @@ impl ApiServer {
         self.ensure_namespace(info, &namespace).await?;
         for attempt in 0..3 {
             let name = objects::meta_str(&obj, "name").to_string();
-            let value = objects::to_store(&obj);
+            let value = self.store_value(info, &objects::key(info, &namespace, &name), &obj)?;
             if value.len() > objects::MAX_OBJECT_BYTES {
                 return Err(ApiError::TooLarge {
                     size: value.len(),
@@ -320,7 +393,7 @@ impl ApiServer {
                 })
                 .await?
             {
-                CommandResult::Applied { kv, .. } => return decode_stored(&kv),
+                CommandResult::Applied { kv, .. } => return self.decode_stored(&kv),
                 CommandResult::PreconditionFailed { .. } if req_name.is_empty() && attempt < 2 => {
                     // generateName collided: pick another suffix.
                     objects::metadata_mut(&mut obj).insert(
@@ -364,7 +437,7 @@ impl ApiServer {
             namespace
         };
         match self.get_kv(&objects::key(info, ns, name)).await? {
-            Some(kv) => decode_stored(&kv),
+            Some(kv) => self.decode_stored(&kv),
             None => Err(ApiError::NotFound {
                 plural: info.plural.into(),
                 name: name.into(),
@@ -399,7 +472,7 @@ impl ApiServer {
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut items = Vec::with_capacity(range.kvs.len());
         for kv in &range.kvs {
-            let obj = decode_stored(kv)?;
+            let obj = self.decode_stored(kv)?;
             if label_sel.matches(&objects::labels(&obj)) && field_sel.matches(&obj) {
                 items.push(obj);
             }
@@ -430,7 +503,7 @@ impl ApiServer {
                 precondition: Precondition::ModRevision(expected),
             }
         } else {
-            let value = objects::to_store(obj);
+            let value = self.store_value(info, &key, obj)?;
             if value.len() > objects::MAX_OBJECT_BYTES {
                 return Err(ApiError::TooLarge {
                     size: value.len(),
@@ -444,7 +517,7 @@ impl ApiServer {
             }
         };
         match self.write(cmd).await? {
-            CommandResult::Applied { kv, .. } => Ok(Ok(decode_stored(&kv)?)),
+            CommandResult::Applied { kv, .. } => Ok(Ok(self.decode_stored(&kv)?)),
             CommandResult::PreconditionFailed { current: None } => Err(ApiError::NotFound {
                 plural: info.plural.into(),
                 name,
@@ -503,7 +576,7 @@ impl ApiServer {
                     name,
                 });
             }
-            let old = decode_stored(&current)?;
+            let old = self.decode_stored(&current)?;
             let mut new = obj.clone();
             objects::prepare_update(&old, &mut new, sub);
             match self
@@ -564,7 +637,7 @@ impl ApiServer {
                     name: name.into(),
                 });
             }
-            let old = decode_stored(&current)?;
+            let old = self.decode_stored(&current)?;
             let mut new = old.clone();
             objects::merge_patch(&mut new, &patch);
             if !new.is_object() {
@@ -633,14 +706,14 @@ impl ApiServer {
                     name: name.into(),
                 });
             }
-            let mut obj = decode_stored(&current)?;
+            let mut obj = self.decode_stored(&current)?;
             let result = if objects::finalizers(&obj).is_empty() {
                 let cmd = Command::Delete {
                     key: key.clone(),
                     precondition: Precondition::ModRevision(current.mod_revision),
                 };
                 match self.write(cmd).await? {
-                    CommandResult::Applied { kv, .. } => Ok(decode_stored(&kv)?),
+                    CommandResult::Applied { kv, .. } => Ok(self.decode_stored(&kv)?),
                     CommandResult::PreconditionFailed { current } => Err(current),
                     CommandResult::Nothing | CommandResult::Batch(_) => {
                         return Err(ApiError::Internal("store returned no result".into()));
@@ -780,7 +853,7 @@ impl Resources for ApiServer {
                 "",
             )
         }) {
-            Ok(()) => watch::start(self.node.clone(), req).await,
+            Ok(()) => watch::start(self.node.clone(), self.encryptor.clone(), req).await,
             Err(e) => Err(e),
         };
         self.observe("watch", start, &r);
@@ -838,6 +911,20 @@ impl Resources for ApiServer {
         .await;
         self.observe("delete", start, &r);
         object_response(r)
+    }
+
+    async fn rotate_encryption_key(
+        &self,
+        req: Request<RotateKeyRequest>,
+    ) -> Result<Response<RotateKeyResponse>, Status> {
+        require_admin(&req)?;
+        let (key_id, reencrypted) = ApiServer::rotate_encryption_key(self)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(RotateKeyResponse {
+            key_id,
+            reencrypted,
+        }))
     }
 
     async fn access_review(

@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{ApiError, kind_info, objects};
+use crate::encryption::Encryptor;
 use crate::node::Node;
-use crate::store::{Event, EventKind, ReadError};
+use crate::store::{Event, EventKind, KeyValue, ReadError};
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
@@ -42,7 +43,11 @@ impl Filter {
     }
 }
 
-pub async fn start(node: Arc<Node>, req: WatchRequest) -> Result<WatchStream, ApiError> {
+pub async fn start(
+    node: Arc<Node>,
+    enc: Encryptor,
+    req: WatchRequest,
+) -> Result<WatchStream, ApiError> {
     let info: &'static KindInfo = kind_info(&req.kind)?;
     let labels = LabelSelector::parse(&req.label_selector)
         .map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))?;
@@ -80,7 +85,7 @@ pub async fn start(node: Arc<Node>, req: WatchRequest) -> Result<WatchStream, Ap
         )));
     }
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(run(node, filter, from, req.allow_bookmarks, tx));
+    tokio::spawn(run(node, enc, filter, from, req.allow_bookmarks, tx));
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
@@ -93,16 +98,22 @@ fn event(kind: &str, obj: &Value) -> WatchEvent {
 
 /// The watch event (if any) that a store event means to a watcher with `filter`. A change that
 /// moves an object into or out of the selector is ADDED or DELETED, as in Kubernetes.
-fn translate(filter: &Filter, ev: &Event) -> Option<WatchEvent> {
+fn translate(enc: Option<&Encryptor>, filter: &Filter, ev: &Event) -> Option<WatchEvent> {
     if !ev.kv.key.starts_with(&filter.prefix) {
         return None;
     }
-    let obj = objects::from_store(&ev.kv.value, ev.kv.mod_revision).ok()?;
+    let open = |kv: &KeyValue| -> Option<Value> {
+        match enc {
+            Some(enc) => super::decode_with(enc, kv).ok(),
+            None => objects::from_store(&kv.value, kv.mod_revision).ok(),
+        }
+    };
+    let obj = open(&ev.kv)?;
     let now = filter.matches(&obj);
     let before = ev
         .prev
         .as_ref()
-        .and_then(|p| objects::from_store(&p.value, p.mod_revision).ok())
+        .and_then(open)
         .is_some_and(|p| filter.matches(&p));
     match ev.kind {
         EventKind::Delete => before.then(|| event("DELETED", &obj)),
@@ -117,6 +128,7 @@ fn translate(filter: &Filter, ev: &Event) -> Option<WatchEvent> {
 
 async fn run(
     node: Arc<Node>,
+    enc: Encryptor,
     filter: Filter,
     mut last: u64,
     bookmarks: bool,
@@ -143,7 +155,7 @@ async fn run(
         let full = events.len() >= BATCH;
         for ev in &events {
             last = ev.revision;
-            if let Some(we) = translate(&filter, ev)
+            if let Some(we) = translate(Some(&enc), &filter, ev)
                 && tx.send(Ok(we)).await.is_err()
             {
                 return;
@@ -177,7 +189,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::KeyValue;
 
     fn kv(rev: u64, labels: Value) -> KeyValue {
         KeyValue {
@@ -205,7 +216,7 @@ mod tests {
             kv: kv(rev, labels),
             prev,
         };
-        let t = |e: &Event| translate(&f, e).map(|w| w.r#type);
+        let t = |e: &Event| translate(None, &f, e).map(|w| w.r#type);
         assert_eq!(
             t(&put(1, None, json!({"app": "web"}))).as_deref(),
             Some("ADDED")
