@@ -472,6 +472,46 @@ impl Client {
         Ok(r.into_inner())
     }
 
+    pub async fn create_token(
+        &self,
+        usages: &[String],
+        ttl_seconds: u64,
+    ) -> Result<proto::TokenInfo, ClientError> {
+        let req = proto::CreateTokenRequest {
+            usages: usages.to_vec(),
+            ttl_seconds,
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { ClusterClient::new(ch).create_token(req).await }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<proto::TokenInfo>, ClientError> {
+        let r = self
+            .call(|ch| async move {
+                ClusterClient::new(ch)
+                    .list_tokens(proto::ListTokensRequest {})
+                    .await
+            })
+            .await?;
+        Ok(r.into_inner().tokens)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<proto::TokenInfo, ClientError> {
+        let req = proto::RevokeTokenRequest { id: id.into() };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { ClusterClient::new(ch).revoke_token(req).await }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
     pub async fn members(&self) -> Result<proto::MembersResponse, ClientError> {
         let r = self
             .call(|ch| async move {

@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Join tokens for members and nodes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Secrets at rest.
     Secrets {
         #[command(subcommand)]
@@ -64,6 +69,39 @@ enum Command {
     /// Print a client config for a new user, with a certificate signed by the cluster CA of the
     /// member whose data directory this is (run on a control-plane member, as root).
     UserConfig(UserConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print it.
+    Create {
+        /// member, node (repeatable; default both).
+        #[arg(long = "usage")]
+        usages: Vec<String>,
+        /// Lifetime, e.g. 30m, 24h, 7d (default: never expires).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List join tokens (ids, usages, expiry; never the secrets).
+    List,
+    /// Revoke a join token by id.
+    Revoke { id: String },
+}
+
+/// `30s`, `15m`, `24h`, `7d` or plain seconds.
+fn parse_duration(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some('d') => (&s[..s.len() - 1], 86400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--ttl: invalid duration {s:?}: use e.g. 30m, 24h, 7d"))?;
+    Ok(n.saturating_mul(mult))
 }
 
 #[derive(Subcommand)]
@@ -298,8 +336,40 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Token { command } => token(&client, command).await,
         Command::UserConfig(_) => unreachable!("handled above"),
     }
+}
+
+async fn token(client: &Client, c: TokenCommand) -> Result<()> {
+    match c {
+        TokenCommand::Create { usages, ttl } => {
+            let ttl = ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(0);
+            let t = client.create_token(&usages, ttl).await?;
+            println!("{}", t.token);
+        }
+        TokenCommand::List => {
+            println!("{:<8} {:<14} {:<22} EXPIRES", "ID", "USAGES", "CREATED");
+            for t in client.list_tokens().await? {
+                let exp = if t.expires_at.is_empty() {
+                    "never".to_string()
+                } else {
+                    t.expires_at
+                };
+                println!(
+                    "{:<8} {:<14} {:<22} {exp}",
+                    t.id,
+                    t.usages.join(","),
+                    t.created_at
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            client.revoke_token(&id).await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 fn kind_arg(name: &str) -> Result<&'static kinds::KindInfo> {

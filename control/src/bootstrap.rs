@@ -27,14 +27,23 @@ pub struct TokenRecord {
     pub secret_sha256: String,
     pub usages: Vec<String>,
     pub created_at: String,
+    /// RFC 3339; none: never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// Replicates `token`'s hashed secret; idempotent.
-pub async fn store_token(node: &Node, token: &JoinToken, usages: &[&str]) -> Result<(), NodeError> {
+pub async fn store_token(
+    node: &Node,
+    token: &JoinToken,
+    usages: &[&str],
+    expires_at: Option<String>,
+) -> Result<(), NodeError> {
     let record = TokenRecord {
         secret_sha256: token.secret_hash(),
         usages: usages.iter().map(|s| s.to_string()).collect(),
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        expires_at,
     };
     let value = serde_json::to_string(&record).map_err(|e| NodeError::Raft(e.to_string()))?;
     match node
@@ -75,6 +84,14 @@ pub async fn verify_token(
         serde_json::from_str(&kv.value).map_err(|e| Status::internal(e.to_string()))?;
     if record.secret_sha256 != token.secret_hash() {
         return Err(denied());
+    }
+    if let Some(exp) = &record.expires_at
+        && chrono::DateTime::parse_from_rfc3339(exp).is_ok_and(|t| t < chrono::Utc::now())
+    {
+        return Err(Status::unauthenticated(format!(
+            "join token {} expired at {exp}",
+            token.id
+        )));
     }
     if !record.usages.iter().any(|u| u == usage) {
         return Err(Status::permission_denied(format!(

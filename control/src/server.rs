@@ -351,7 +351,10 @@ impl Server {
             auth::authenticated,
         ))
         .add_service(InterceptedService::new(
-            ClusterServer::new(ClusterService { node: node.clone() }),
+            ClusterServer::new(ClusterService {
+                node: node.clone(),
+                pki: m.pki.clone(),
+            }),
             auth::authenticated,
         ))
         .add_service(InterceptedService::new(
@@ -454,7 +457,7 @@ async fn create_credentials(
     advertise: &str,
 ) -> Result<(), ServerError> {
     let token = JoinToken::generate(&pki.ca_hash()?);
-    bootstrap::store_token(node, &token, &["member", "node"]).await?;
+    bootstrap::store_token(node, &token, &["member", "node"], None).await?;
     let token_path = opts.data_dir.join("join-token");
     pki::write_private(&token_path, &format!("{token}\n"))?;
     let admin = pki.issue(&pki::Subject {

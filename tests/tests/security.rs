@@ -467,3 +467,46 @@ async fn secret_plaintext_never_reaches_the_disk() -> Result<()> {
     assert!(files_containing(cluster.dir(), plaintext.as_bytes()).is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_expired_and_wrong_usage_tokens_are_refused() -> Result<()> {
+    let cluster = Cluster::start(1, &[]).await?;
+    let cfg = cluster.config_path();
+    let (ok, token, err) = ferry(
+        &cfg,
+        &["token", "create", "--usage", "member", "--ttl", "1h"],
+    )?;
+    assert!(ok, "{err}");
+    let token = token.trim().to_string();
+    let id = pki::JoinToken::parse(&token)?.id;
+    let (_, list, _) = ferry(&cfg, &["token", "list"])?;
+    assert!(list.contains(&id) && list.contains("member"), "{list}");
+    assert!(
+        !list.contains(&pki::JoinToken::parse(&token)?.secret),
+        "list never shows secrets"
+    );
+    let (ok, _, _) = ferry(&cfg, &["token", "revoke", &id])?;
+    assert!(ok);
+    let (ok, err) = join_with(&cluster, &token)?;
+    assert!(!ok);
+    assert!(
+        err.contains("join token not valid"),
+        "a revoked token is refused: {err}"
+    );
+
+    let (_, node_only, _) = ferry(&cfg, &["token", "create", "--usage", "node"])?;
+    let (ok, err) = join_with(&cluster, node_only.trim())?;
+    assert!(!ok);
+    assert!(err.contains("cannot be used to join as a member"), "{err}");
+
+    let (_, short, _) = ferry(&cfg, &["token", "create", "--ttl", "1s"])?;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (ok, err) = join_with(&cluster, short.trim())?;
+    assert!(!ok);
+    assert!(err.contains("expired"), "{err}");
+
+    let (ok, _, err) = ferry(&cfg, &["token", "revoke", "nosuch"])?;
+    assert!(!ok && err.contains("not found"), "{err}");
+    assert_eq!(cluster.client().members().await?.members.len(), 1);
+    Ok(())
+}

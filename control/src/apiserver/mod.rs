@@ -971,6 +971,19 @@ fn require_admin<T>(req: &Request<T>) -> Result<(), Status> {
 /// The `Cluster` service: membership of the control plane.
 pub struct ClusterService {
     pub node: Arc<Node>,
+    pub pki: Arc<crate::pki::Pki>,
+}
+
+const TOKEN_PREFIX: &str = "/_ferry/bootstrap-tokens/";
+
+fn token_info(id: &str, rec: &crate::bootstrap::TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: id.to_string(),
+        token: String::new(),
+        usages: rec.usages.clone(),
+        created_at: rec.created_at.clone(),
+        expires_at: rec.expires_at.clone().unwrap_or_default(),
+    }
 }
 
 impl ClusterService {
@@ -1000,6 +1013,100 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<TokenInfo>, Status> {
+        require_admin(&req)?;
+        let req = req.into_inner();
+        let mut usages: Vec<&str> = req.usages.iter().map(String::as_str).collect();
+        if usages.is_empty() {
+            usages = vec!["member", "node"];
+        }
+        if let Some(bad) = usages.iter().find(|u| !matches!(**u, "member" | "node")) {
+            return Err(Status::invalid_argument(format!(
+                "usages: unsupported value {bad:?}: supported values: \"member\", \"node\""
+            )));
+        }
+        let expires_at = (req.ttl_seconds > 0).then(|| {
+            (chrono::Utc::now()
+                + chrono::Duration::seconds(req.ttl_seconds.min(i64::MAX as u64) as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        });
+        let hash = self
+            .pki
+            .ca_hash()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let token = crate::pki::JoinToken::generate(&hash);
+        crate::bootstrap::store_token(&self.node, &token, &usages, expires_at.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(TokenInfo {
+            id: token.id.clone(),
+            token: token.to_string(),
+            usages: usages.iter().map(|s| s.to_string()).collect(),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            expires_at: expires_at.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        require_admin(&req)?;
+        self.node
+            .read_barrier()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let range = self
+            .node
+            .sm
+            .range(TOKEN_PREFIX)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let tokens = range
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                let rec: crate::bootstrap::TokenRecord = serde_json::from_str(&kv.value).ok()?;
+                Some(token_info(kv.key.trim_start_matches(TOKEN_PREFIX), &rec))
+            })
+            .collect();
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<RevokeTokenRequest>,
+    ) -> Result<Response<TokenInfo>, Status> {
+        require_admin(&req)?;
+        let id = req.into_inner().id;
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(Status::invalid_argument(
+                "id: required (see `ferry token list`)",
+            ));
+        }
+        let cmd = Command::Delete {
+            key: format!("{TOKEN_PREFIX}{id}"),
+            precondition: Precondition::Exists,
+        };
+        match self
+            .node
+            .write(cmd)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+        {
+            CommandResult::Applied { kv, .. } => {
+                let rec: crate::bootstrap::TokenRecord =
+                    serde_json::from_str(&kv.value).map_err(|e| Status::internal(e.to_string()))?;
+                Ok(Response::new(token_info(&id, &rec)))
+            }
+            _ => Err(Status::not_found(format!(
+                "token {id:?} not found; see `ferry token list`"
+            ))),
+        }
+    }
+
     async fn members(
         &self,
         _: Request<MembersRequest>,
