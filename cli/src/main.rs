@@ -172,6 +172,12 @@ struct ServerArgs {
     /// Revisions of history kept for watches to resume from.
     #[arg(long, default_value_t = 50_000)]
     history: u64,
+    /// API requests per second allowed per user (cluster administrators exempt; 0: no limit).
+    #[arg(long, default_value_t = 100.0)]
+    rate_limit_qps: f64,
+    /// Requests a user may make at once above the sustained rate.
+    #[arg(long, default_value_t = 200.0)]
+    rate_limit_burst: f64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -311,6 +317,8 @@ async fn run(cli: Cli) -> Result<()> {
         };
         opts.snapshot_logs = a.snapshot_every.max(10);
         opts.history_retention = a.history.max(100);
+        opts.rate_limit_qps = a.rate_limit_qps.max(0.0);
+        opts.rate_limit_burst = a.rate_limit_burst.max(1.0);
         ferry_control::server::run(opts).await?;
         return Ok(());
     }

@@ -5,12 +5,14 @@
 //! users).
 
 pub mod apiserver;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod encryption;
 pub mod node;
 pub mod pki;
 pub mod raft_net;
+pub mod ratelimit;
 pub mod rbac;
 pub mod server;
 pub mod store;

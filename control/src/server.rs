@@ -48,6 +48,9 @@ pub struct ServerOptions {
     pub admin_config: Option<PathBuf>,
     pub snapshot_logs: u64,
     pub history_retention: u64,
+    /// Per-user API rate limit (administrators and members exempt); 0 disables.
+    pub rate_limit_qps: f64,
+    pub rate_limit_burst: f64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
 }
@@ -63,6 +66,8 @@ impl ServerOptions {
             admin_config: None,
             snapshot_logs: 10_000,
             history_retention: 50_000,
+            rate_limit_qps: 100.0,
+            rate_limit_burst: 200.0,
             heartbeat_ms: 50,
             election_timeout_ms: (300, 600),
         }
@@ -315,7 +320,15 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let encryptor = Encryptor::new(node.clone(), &m.kek_hex)
             .map_err(|e| ServerError::Config(e.to_string()))?;
-        let api = ApiServer::new(node.clone(), metrics.clone(), encryptor.clone());
+        let audit_path = opts.data_dir.join("audit.log");
+        let audit =
+            crate::audit::AuditLog::open(&audit_path).map_err(|source| ServerError::Identity {
+                path: audit_path,
+                source,
+            })?;
+        let api = ApiServer::new(node.clone(), metrics.clone(), encryptor.clone())
+            .with_audit(Arc::new(audit))
+            .with_rate_limit(opts.rate_limit_qps, opts.rate_limit_burst);
 
         let metrics_node = node.clone();
         let metrics_router = axum::Router::new().route(

@@ -510,3 +510,86 @@ async fn revoked_expired_and_wrong_usage_tokens_are_refused() -> Result<()> {
     assert_eq!(cluster.client().members().await?.members.len(), 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_the_audit_log() -> Result<()> {
+    use serde_json::json;
+    let cluster = Cluster::start(1, &["--rate-limit-qps", "2", "--rate-limit-burst", "3"]).await?;
+    let admin = cluster.client();
+    let out = Command::new(ferry_bin())
+        .args(["user-config", "--user", "carol", "--data-dir"])
+        .arg(&cluster.members[0].data_dir)
+        .output()?;
+    let dir = tempfile::tempdir()?;
+    let carol_cfg = dir.path().join("carol.yaml");
+    std::fs::write(&carol_cfg, &out.stdout)?;
+    let carol = Client::from_config(&ferry_api::client::ClientConfig::load(&carol_cfg)?)?;
+    // A user past its burst is refused with a clear message; administrators are exempt.
+    let mut limited = None;
+    for _ in 0..10 {
+        if let Err(e) = carol.list("cm", &ListOptions::default()).await
+            && e.code == Code::ResourceExhausted
+        {
+            limited = Some(e);
+            break;
+        }
+    }
+    let err = limited.context("carol was never rate limited")?;
+    assert!(
+        err.message
+            .contains("rate limit exceeded for user \"carol\""),
+        "{err}"
+    );
+    for i in 0..20 {
+        admin
+            .create(
+                "cm",
+                "default",
+                &ferry_tests::configmap(&format!("a{i}"), "x"),
+            )
+            .await?;
+    }
+    // Mutating requests are audited (who, what, result), bodies never.
+    admin
+        .create(
+            "secrets",
+            "default",
+            &json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "audited"}, "stringData": {"k": "very-secret-value-99"}}),
+        )
+        .await?;
+    admin.delete("cm", "default", "a0", "").await?;
+    let _ = admin
+        .create("cm", "default", &ferry_tests::configmap("a1", "dup"))
+        .await;
+    let log = std::fs::read_to_string(cluster.members[0].data_dir.join("audit.log"))?;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let find = |verb: &str, name: &str, code: &str| {
+        lines.iter().any(|l| {
+            l["verb"] == verb
+                && l["name"] == name
+                && l["code"] == code
+                && l["user"] == "ferry-admin"
+        })
+    };
+    assert!(find("create", "audited", "OK"), "{log}");
+    assert!(find("delete", "a0", "OK"), "{log}");
+    assert!(find("create", "a1", "AlreadyExists"), "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["time"].is_string() && l["resource"].is_string())
+    );
+    assert!(
+        !log.contains("very-secret-value-99"),
+        "bodies are never audited"
+    );
+    assert!(
+        !lines.iter().any(|l| l["verb"] == "list"),
+        "reads are not audited"
+    );
+    Ok(())
+}

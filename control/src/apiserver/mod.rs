@@ -23,9 +23,11 @@ use tonic::{Request, Response, Status};
 
 use self::metrics::Metrics;
 use self::objects::Subresource;
+use crate::audit::AuditLog;
 use crate::encryption::Encryptor;
 use crate::node::{Node, NodeError};
 use crate::pki::UserInfo;
+use crate::ratelimit::RateLimiter;
 use crate::rbac::{self, Attributes, RbacCache};
 use crate::store::{Command, CommandResult, KeyValue, Precondition};
 
@@ -92,6 +94,8 @@ pub struct ApiServer {
     metrics: Arc<Metrics>,
     rbac: RbacCache,
     encryptor: Encryptor,
+    audit: Option<Arc<AuditLog>>,
+    limiter: Arc<RateLimiter>,
 }
 
 fn kind_info(name: &str) -> ApiResult<&'static KindInfo> {
@@ -146,7 +150,64 @@ impl ApiServer {
             metrics,
             rbac,
             encryptor,
+            audit: None,
+            limiter: Arc::new(RateLimiter::new(0.0, 1.0)),
         }
+    }
+
+    /// Records mutating requests in `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Limits each non-administrator user to `qps` requests per second (burst `burst`).
+    pub fn with_rate_limit(mut self, qps: f64, burst: f64) -> Self {
+        self.limiter = Arc::new(RateLimiter::new(qps, burst));
+        self
+    }
+
+    /// The caller, if within its rate limit.
+    fn admit_caller<T>(&self, req: &Request<T>) -> Result<UserInfo, Status> {
+        let user = caller(req)?;
+        self.limiter
+            .check(&user)
+            .map_err(Status::resource_exhausted)?;
+        Ok(user)
+    }
+
+    /// Audits a mutating request: who, what, when, result; never the body.
+    #[allow(clippy::too_many_arguments)]
+    fn audit_request(
+        &self,
+        user: &UserInfo,
+        verb: &str,
+        kind: &str,
+        sub: &str,
+        namespace: &str,
+        name: &str,
+        result: &ApiResult<Value>,
+        start: Instant,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        let resource = kinds::lookup(kind).map_or(kind, |k| k.plural);
+        let (ns, nm) = match result {
+            Ok(obj) => (
+                objects::meta_str(obj, "namespace").to_string(),
+                objects::meta_str(obj, "name").to_string(),
+            ),
+            Err(_) => (namespace.to_string(), name.to_string()),
+        };
+        audit.entry(crate::audit::Entry {
+            user,
+            verb,
+            resource,
+            subresource: sub,
+            namespace: &ns,
+            name: &nm,
+            code: code_name(result),
+            took: start.elapsed(),
+        });
     }
 
     pub fn encryptor(&self) -> &Encryptor {
@@ -745,20 +806,7 @@ impl ApiServer {
     }
 
     fn observe<T>(&self, method: &'static str, start: Instant, r: &ApiResult<T>) {
-        let code = match r {
-            Ok(_) => "OK",
-            Err(e) => match e {
-                ApiError::BadRequest(_) | ApiError::Invalid { .. } => "InvalidArgument",
-                ApiError::NotFound { .. } => "NotFound",
-                ApiError::AlreadyExists { .. } => "AlreadyExists",
-                ApiError::Conflict { .. } => "Aborted",
-                ApiError::Forbidden(_) => "PermissionDenied",
-                ApiError::TooLarge { .. } => "ResourceExhausted",
-                ApiError::Gone(_) => "OutOfRange",
-                ApiError::Unavailable(_) => "Unavailable",
-                ApiError::Internal(_) => "Internal",
-            },
-        };
+        let code = code_name(r);
         self.metrics.observe_request(method, code, start.elapsed());
         if let Err(e) = r {
             tracing::debug!(method, code, error = %e, "request failed");
@@ -785,6 +833,36 @@ fn object_response(r: ApiResult<Value>) -> Result<Response<ObjectResponse>, Stat
     .map_err(Status::from)
 }
 
+/// `metadata.name` of a request body, for auditing a failed request.
+fn request_name(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .unwrap_or_default()
+}
+
+/// The gRPC code name of a result, for metrics and the audit log.
+fn code_name<T>(r: &ApiResult<T>) -> &'static str {
+    match r {
+        Ok(_) => "OK",
+        Err(e) => match e {
+            ApiError::BadRequest(_) | ApiError::Invalid { .. } => "InvalidArgument",
+            ApiError::NotFound { .. } => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict { .. } => "Aborted",
+            ApiError::Forbidden(_) => "PermissionDenied",
+            ApiError::TooLarge { .. } => "ResourceExhausted",
+            ApiError::Gone(_) => "OutOfRange",
+            ApiError::Unavailable(_) => "Unavailable",
+            ApiError::Internal(_) => "Internal",
+        },
+    }
+}
+
 /// The authenticated caller (put there by the interceptor in `auth`).
 fn caller<T>(req: &Request<T>) -> Result<UserInfo, Status> {
     req.extensions()
@@ -800,16 +878,31 @@ impl Resources for ApiServer {
         req: Request<CreateRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
-        let user = caller(&req)?;
+        let user = self.admit_caller(&req)?;
         let req = req.into_inner();
         let r = ApiServer::create(self, Some(&user), &req.kind, &req.namespace, &req.object).await;
         self.observe("create", start, &r);
+        let name = if r.is_err() && self.audit.is_some() {
+            request_name(&req.object)
+        } else {
+            String::new()
+        };
+        self.audit_request(
+            &user,
+            "create",
+            &req.kind,
+            "",
+            &req.namespace,
+            &name,
+            &r,
+            start,
+        );
         object_response(r)
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
-        let user = caller(&req)?;
+        let user = self.admit_caller(&req)?;
         let req = req.into_inner();
         let r = ApiServer::get(self, Some(&user), &req.kind, &req.namespace, &req.name).await;
         self.observe("get", start, &r);
@@ -818,7 +911,7 @@ impl Resources for ApiServer {
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let start = Instant::now();
-        let user = caller(&req)?;
+        let user = self.admit_caller(&req)?;
         let req = req.into_inner();
         let r = ApiServer::list(
             self,
@@ -841,7 +934,7 @@ impl Resources for ApiServer {
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let start = Instant::now();
-        let user = caller(&req)?;
+        let user = self.admit_caller(&req)?;
         let req = req.into_inner();
         let r = match kind_info(&req.kind).and_then(|info| {
             self.authorize(
@@ -865,17 +958,32 @@ impl Resources for ApiServer {
         req: Request<UpdateRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
-        let user = caller(&req)?;
+        let user = self.admit_caller(&req)?;
         let req = req.into_inner();
         let sub = subresource(&req.subresource)?;
         let r = ApiServer::update(self, Some(&user), &req.kind, &req.object, sub).await;
         self.observe("update", start, &r);
+        let name = if r.is_err() && self.audit.is_some() {
+            request_name(&req.object)
+        } else {
+            String::new()
+        };
+        self.audit_request(
+            &user,
+            "update",
+            &req.kind,
+            &req.subresource,
+            "",
+            &name,
+            &r,
+            start,
+        );
         object_response(r)
     }
 
     async fn patch(&self, req: Request<PatchRequest>) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
-        let user = caller(&req)?;
+        let user = self.admit_caller(&req)?;
         let req = req.into_inner();
         let sub = subresource(&req.subresource)?;
         let r = ApiServer::patch(
@@ -889,6 +997,16 @@ impl Resources for ApiServer {
         )
         .await;
         self.observe("patch", start, &r);
+        self.audit_request(
+            &user,
+            "patch",
+            &req.kind,
+            &req.subresource,
+            &req.namespace,
+            &req.name,
+            &r,
+            start,
+        );
         object_response(r)
     }
 
@@ -897,7 +1015,7 @@ impl Resources for ApiServer {
         req: Request<DeleteRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let start = Instant::now();
-        let user = caller(&req)?;
+        let user = self.admit_caller(&req)?;
         let req = req.into_inner();
         let r = ApiServer::delete(
             self,
@@ -910,6 +1028,16 @@ impl Resources for ApiServer {
         )
         .await;
         self.observe("delete", start, &r);
+        self.audit_request(
+            &user,
+            "delete",
+            &req.kind,
+            "",
+            &req.namespace,
+            &req.name,
+            &r,
+            start,
+        );
         object_response(r)
     }
 
@@ -918,9 +1046,15 @@ impl Resources for ApiServer {
         req: Request<RotateKeyRequest>,
     ) -> Result<Response<RotateKeyResponse>, Status> {
         require_admin(&req)?;
-        let (key_id, reencrypted) = ApiServer::rotate_encryption_key(self)
-            .await
-            .map_err(Status::from)?;
+        let user = caller(&req)?;
+        let start = Instant::now();
+        let r = ApiServer::rotate_encryption_key(self).await;
+        let audited = r
+            .as_ref()
+            .map(|_| Value::Null)
+            .map_err(|e| ApiError::Internal(e.to_string()));
+        self.audit_request(&user, "rotate-key", "secrets", "", "", "", &audited, start);
+        let (key_id, reencrypted) = r.map_err(Status::from)?;
         Ok(Response::new(RotateKeyResponse {
             key_id,
             reencrypted,
@@ -931,7 +1065,7 @@ impl Resources for ApiServer {
         &self,
         req: Request<AccessReviewRequest>,
     ) -> Result<Response<AccessReviewResponse>, Status> {
-        let user = caller(&req)?;
+        let user = self.admit_caller(&req)?;
         let req = req.into_inner();
         if !matches!(
             req.verb.as_str(),
