@@ -1,4 +1,9 @@
 //! Ferry node agent: node registration, pod sync, container runtime, pod network, the eBPF
 //! datapath loader, probes and DNS. Talks to the control plane only through the API client.
 
+pub mod credentials;
 pub mod datapath;
+pub mod node;
+pub mod sysinfo;
+
+pub use node::{AgentOptions, run};

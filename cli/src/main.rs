@@ -38,6 +38,8 @@ struct Cli {
 enum Command {
     /// Run a control-plane member (the first one bootstraps a cluster).
     Server(ServerArgs),
+    /// Run a node agent: register this machine as a Node and keep its heartbeat.
+    Agent(AgentArgs),
     /// Create or update objects from manifests (YAML or JSON, multi-document).
     Apply(ApplyArgs),
     /// List objects or show one.
@@ -172,6 +174,11 @@ struct ServerArgs {
     /// Revisions of history kept for watches to resume from.
     #[arg(long, default_value_t = 50_000)]
     history: u64,
+    /// The pod network: every node gets a range of it (--node-cidr-mask-size).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// API requests per second allowed per user (cluster administrators exempt; 0: no limit).
     #[arg(long, default_value_t = 100.0)]
     rate_limit_qps: f64,
@@ -179,6 +186,27 @@ struct ServerArgs {
     #[arg(long, default_value_t = 200.0)]
     rate_limit_burst: f64,
     /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Member addresses, comma-separated host:port.
+    #[arg(long)]
+    server: String,
+    /// This node's name (DNS-1123 subdomain).
+    #[arg(long)]
+    node_name: String,
+    /// The node's InternalIP (default: the source address towards the server).
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
+    /// Where the agent keeps its credentials and state.
+    #[arg(long, default_value = "/var/lib/ferry/agent")]
+    data_dir: PathBuf,
+    /// Join token (first start only; from `ferry token create --usage node`), or $FERRY_TOKEN.
+    #[arg(long, env = "FERRY_TOKEN")]
+    token: Option<String>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -317,9 +345,23 @@ async fn run(cli: Cli) -> Result<()> {
         };
         opts.snapshot_logs = a.snapshot_every.max(10);
         opts.history_retention = a.history.max(100);
+        opts.cluster_cidr = a.cluster_cidr.clone();
+        opts.node_cidr_mask = a.node_cidr_mask_size;
         opts.rate_limit_qps = a.rate_limit_qps.max(0.0);
         opts.rate_limit_burst = a.rate_limit_burst.max(1.0);
         ferry_control::server::run(opts).await?;
+        return Ok(());
+    }
+    if let Command::Agent(a) = &cli.command {
+        init_logging(a.log_format);
+        ferry_agent::run(ferry_agent::AgentOptions {
+            server: a.server.clone(),
+            node_name: a.node_name.clone(),
+            node_ip: a.node_ip,
+            data_dir: a.data_dir.clone(),
+            token: a.token.clone(),
+        })
+        .await?;
         return Ok(());
     }
     if let Command::UserConfig(a) = &cli.command {
@@ -345,7 +387,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&client, command).await,
-        Command::UserConfig(_) => unreachable!("handled above"),
+        Command::UserConfig(_) | Command::Agent(_) => unreachable!("handled above"),
     }
 }
 

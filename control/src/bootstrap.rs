@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ferry_api::proto::bootstrap_client::BootstrapClient;
 use ferry_api::proto::bootstrap_server::Bootstrap;
-use ferry_api::proto::{JoinMemberRequest, JoinMemberResponse};
+use ferry_api::proto::{JoinMemberRequest, JoinMemberResponse, JoinNodeRequest, JoinNodeResponse};
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
@@ -111,6 +111,45 @@ pub struct BootstrapService {
 
 #[tonic::async_trait]
 impl Bootstrap for BootstrapService {
+    async fn join_node(
+        &self,
+        req: Request<JoinNodeRequest>,
+    ) -> Result<Response<JoinNodeResponse>, Status> {
+        let req = req.into_inner();
+        let token =
+            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ours = self
+            .pki
+            .ca_hash()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if token.ca_hash != ours {
+            return Err(Status::unauthenticated(
+                "join token is for a different cluster CA",
+            ));
+        }
+        verify_token(&self.node, &token, "node").await?;
+        if let Some(e) = ferry_api::validation::dns1123_subdomain_error(&req.node_name) {
+            return Err(Status::invalid_argument(format!(
+                "node_name: Invalid value {:?}: {e}",
+                req.node_name
+            )));
+        }
+        let subject = pki::Subject {
+            common_name: format!("{}{}", pki::NODE_USER_PREFIX, req.node_name),
+            organizations: vec![pki::GROUP_NODES.into()],
+            serve_hosts: vec![],
+        };
+        let cert_pem = self
+            .pki
+            .sign_csr(&req.csr_pem, &subject)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(node = %req.node_name, token = %token.id, "issued node certificate");
+        Ok(Response::new(JoinNodeResponse {
+            cert_pem,
+            ca_pem: self.pki.ca_pem().to_string(),
+        }))
+    }
+
     async fn join_member(
         &self,
         req: Request<JoinMemberRequest>,
@@ -153,56 +192,6 @@ impl Bootstrap for BootstrapService {
     }
 }
 
-/// Accepts any server certificate: used only to read the chain a server presents, which is then
-/// checked against the hash pinned in the join token before anything is sent.
-#[derive(Debug)]
-struct ReadChainOnly(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for ReadChainOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     #[error("connecting to {addr}: {message}")]
@@ -219,42 +208,17 @@ pub enum JoinError {
 
 /// The CA certificate `addr` presents in its TLS chain, if its hash is `expected_hash`.
 pub async fn fetch_pinned_ca(addr: &str, expected_hash: &str) -> Result<String, JoinError> {
-    let cerr = |m: String| JoinError::Connect {
-        addr: addr.to_string(),
-        message: m,
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| cerr(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider)))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+    ferry_api::join::fetch_pinned_ca(addr, expected_hash)
         .await
-        .map_err(|_| cerr("timed out".into()))?
-        .map_err(|e| cerr(e.to_string()))?;
-    let name = rustls::pki_types::ServerName::try_from(pki::SERVER_NAME)
-        .map_err(|e| cerr(e.to_string()))?;
-    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
-        .await
-        .map_err(|_| cerr("TLS handshake timed out".into()))?
-        .map_err(|e| cerr(format!("TLS handshake: {e}")))?;
-    let (_, conn) = tls.get_ref();
-    let chain = conn.peer_certificates().unwrap_or_default();
-    for cert in chain {
-        if pki::cert_hash(cert.as_ref()) == expected_hash {
-            return Ok(pem::encode(&pem::Pem::new(
-                "CERTIFICATE",
-                cert.as_ref().to_vec(),
-            )));
-        }
-    }
-    Err(JoinError::CaMismatch {
-        addr: addr.to_string(),
-        expected: expected_hash.to_string(),
-    })
+        .map_err(|e| match e {
+            ferry_api::join::JoinError::CaMismatch { addr, expected } => {
+                JoinError::CaMismatch { addr, expected }
+            }
+            other => JoinError::Connect {
+                addr: addr.to_string(),
+                message: other.to_string(),
+            },
+        })
 }
 
 /// What a successful member join yields.

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod encryption;
 pub mod node;
+pub mod nodeipam;
 pub mod pki;
 pub mod raft_net;
 pub mod ratelimit;

@@ -20,6 +20,9 @@ pub const GROUP_MASTERS: &str = "system:masters";
 /// Control-plane members: raft traffic and forwarding.
 pub const GROUP_MEMBERS: &str = "system:ferry-members";
 pub const ADMIN_USER: &str = "ferry-admin";
+/// Node agents: group, and the prefix of their user names (`system:node:<node-name>`).
+pub const GROUP_NODES: &str = "system:nodes";
+pub const NODE_USER_PREFIX: &str = "system:node:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -93,10 +96,7 @@ pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
     Some(UserInfo { name, groups })
 }
 
-/// SHA-256 of a certificate's DER, hex: what join tokens pin.
-pub fn cert_hash(der: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
-}
+pub use ferry_api::join::cert_hash;
 
 /// The DER of the first certificate in `pem`.
 pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
@@ -164,13 +164,7 @@ pub struct Credentials {
 
 /// A private key and a certificate signing request for it.
 pub fn new_csr(common_name: &str) -> Result<(String, String), PkiError> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    let csr = params.serialize_request(&key)?;
-    Ok((csr.pem()?, key.serialize_pem()))
+    ferry_api::join::new_csr(common_name).map_err(|e| PkiError::BadCert(e.to_string()))
 }
 
 /// The cluster CA as held by a member.
@@ -304,66 +298,7 @@ pub fn member_subject(id: u64, advertise: &str) -> Subject {
     }
 }
 
-/// A parsed join token: `ferry1.<sha256 of the CA certificate>.<id>.<secret>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub ca_hash: String,
-    pub id: String,
-    pub secret: String,
-}
-
-impl JoinToken {
-    /// A new token for the CA with `ca_hash`.
-    pub fn generate(ca_hash: &str) -> JoinToken {
-        use rand::Rng;
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        let mut rng = rand::rng();
-        let mut pick = |n: usize| -> String {
-            (0..n)
-                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-                .collect()
-        };
-        JoinToken {
-            ca_hash: ca_hash.to_string(),
-            id: pick(6),
-            secret: pick(32),
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<JoinToken, PkiError> {
-        let parts: Vec<&str> = s.trim().split('.').collect();
-        match parts.as_slice() {
-            ["ferry1", hash, id, secret]
-                if hash.len() == 64
-                    && hash.chars().all(|c| c.is_ascii_hexdigit())
-                    && !id.is_empty()
-                    && id.chars().all(|c| c.is_ascii_alphanumeric())
-                    && secret.len() >= 16 =>
-            {
-                Ok(JoinToken { ca_hash: hash.to_ascii_lowercase(), id: id.to_string(), secret: secret.to_string() })
-            }
-            _ => Err(PkiError::BadToken(
-                "expected ferry1.<64 hex CA hash>.<id>.<secret>; copy it from <data-dir>/join-token on the first member"
-                    .into(),
-            )),
-        }
-    }
-
-    pub fn secret_hash(&self) -> String {
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, self.secret.as_bytes()).as_ref())
-    }
-
-    /// Store key holding the token's hashed secret.
-    pub fn store_key(&self) -> String {
-        format!("/_ferry/bootstrap-tokens/{}", self.id)
-    }
-}
-
-impl std::fmt::Display for JoinToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ferry1.{}.{}.{}", self.ca_hash, self.id, self.secret)
-    }
-}
+pub use ferry_api::join::JoinToken;
 
 #[cfg(test)]
 mod tests {
@@ -400,17 +335,5 @@ mod tests {
             }
         );
         assert!(pki.sign_csr("garbage", &admin).is_err());
-    }
-
-    #[test]
-    fn tokens_round_trip_and_reject_garbage() {
-        let t = JoinToken::generate(&"a".repeat(64));
-        assert_eq!(JoinToken::parse(&t.to_string()).expect("parses"), t);
-        assert!(JoinToken::parse("ferry1.abc.def.ghi").is_err());
-        assert!(JoinToken::parse("").is_err());
-        assert_ne!(
-            t.secret_hash(),
-            JoinToken::generate(&"a".repeat(64)).secret_hash()
-        );
     }
 }

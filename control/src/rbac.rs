@@ -15,7 +15,53 @@ use k8s_openapi::api::rbac::v1::{
 };
 
 use crate::node::Node;
-use crate::pki::{GROUP_MASTERS, GROUP_MEMBERS, UserInfo};
+use crate::pki::{GROUP_MASTERS, GROUP_MEMBERS, GROUP_NODES, NODE_USER_PREFIX, UserInfo};
+
+/// The namespace holding node heartbeat Leases (as in Kubernetes).
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// The node a node agent's identity names, if it is one.
+pub fn node_of(user: &UserInfo) -> Option<&str> {
+    user.name
+        .strip_prefix(NODE_USER_PREFIX)
+        .filter(|n| !n.is_empty() && user.in_group(GROUP_NODES))
+}
+
+/// Kubernetes' node authorizer, for what a node agent may do: read nodes and pods; write only
+/// its own Node (and status) and its own Lease; write pod status and delete pods (the API server
+/// then checks the pod is bound to this node); record events. Nothing else.
+fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
+    let read = matches!(a.verb.as_str(), "get" | "list" | "watch");
+    let own = a.name == node;
+    let ok = match (a.api_group.as_str(), a.resource.as_str()) {
+        ("", "nodes") => read || (own && matches!(a.verb.as_str(), "create" | "update" | "patch")),
+        ("coordination.k8s.io", "leases") => {
+            a.namespace == NODE_LEASE_NAMESPACE
+                && own
+                && matches!(
+                    a.verb.as_str(),
+                    "get" | "watch" | "create" | "update" | "patch"
+                )
+        }
+        ("", "pods") => {
+            read || (a.subresource == "status" && matches!(a.verb.as_str(), "update" | "patch"))
+                || (a.subresource.is_empty() && a.verb == "delete")
+        }
+        ("", "events") => matches!(a.verb.as_str(), "create" | "patch"),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} (node agents may only change their own Node, their own Lease and the status of pods bound to them)",
+            a.forbidden(&UserInfo {
+                name: format!("{NODE_USER_PREFIX}{node}"),
+                groups: vec![]
+            })
+        ))
+    }
+}
 
 /// Every authenticated user is in this group, as in Kubernetes.
 pub const GROUP_AUTHENTICATED: &str = "system:authenticated";
@@ -146,6 +192,9 @@ pub fn rule_allows(rule: &PolicyRule, a: &Attributes) -> bool {
 pub fn authorize(snapshot: &Snapshot, user: &UserInfo, a: &Attributes) -> Result<(), String> {
     if user.in_group(GROUP_MASTERS) || user.in_group(GROUP_MEMBERS) {
         return Ok(());
+    }
+    if let Some(node) = node_of(user) {
+        return node_authorize(node, a);
     }
     let cluster_rules = |name: &str| {
         snapshot
@@ -381,6 +430,70 @@ mod tests {
         }))
         .expect("binding");
         Snapshot::new(roles, vec![pod_reader], vec![ops], vec![rb, team_view])
+    }
+
+    #[test]
+    fn node_agents_may_write_only_their_own_node_and_lease() {
+        let s = snapshot();
+        let n1 = user("system:node:n1", &[GROUP_NODES]);
+        assert!(authorize(&s, &n1, &attrs("update", "", "nodes", "", "n1")).is_ok());
+        assert!(authorize(&s, &n1, &attrs("update", "", "nodes", "", "n2")).is_err());
+        assert!(authorize(&s, &n1, &attrs("list", "", "nodes", "", "")).is_ok());
+        assert!(authorize(&s, &n1, &attrs("delete", "", "nodes", "", "n1")).is_err());
+        assert!(
+            authorize(
+                &s,
+                &n1,
+                &attrs(
+                    "update",
+                    "coordination.k8s.io",
+                    "leases",
+                    NODE_LEASE_NAMESPACE,
+                    "n1"
+                )
+            )
+            .is_ok()
+        );
+        assert!(
+            authorize(
+                &s,
+                &n1,
+                &attrs(
+                    "update",
+                    "coordination.k8s.io",
+                    "leases",
+                    NODE_LEASE_NAMESPACE,
+                    "n2"
+                )
+            )
+            .is_err()
+        );
+        assert!(
+            authorize(
+                &s,
+                &n1,
+                &attrs("update", "coordination.k8s.io", "leases", "default", "n1")
+            )
+            .is_err()
+        );
+        let mut status = attrs("update", "", "pods", "default", "p");
+        status.subresource = "status".into();
+        assert!(authorize(&s, &n1, &status).is_ok());
+        assert!(
+            authorize(&s, &n1, &attrs("update", "", "pods", "default", "p")).is_err(),
+            "not the spec"
+        );
+        assert!(authorize(&s, &n1, &attrs("get", "", "secrets", "default", "s")).is_err());
+        assert!(authorize(&s, &n1, &attrs("create", "", "events", "default", "")).is_ok());
+        // A CN that looks like a node without the group is just a user.
+        assert!(
+            authorize(
+                &s,
+                &user("system:node:n1", &[]),
+                &attrs("update", "", "nodes", "", "n1")
+            )
+            .is_err()
+        );
     }
 
     #[test]

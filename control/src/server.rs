@@ -48,6 +48,9 @@ pub struct ServerOptions {
     pub admin_config: Option<PathBuf>,
     pub snapshot_logs: u64,
     pub history_retention: u64,
+    /// Pod network of the cluster and the size of each node's share (node IPAM).
+    pub cluster_cidr: String,
+    pub node_cidr_mask: u8,
     /// Per-user API rate limit (administrators and members exempt); 0 disables.
     pub rate_limit_qps: f64,
     pub rate_limit_burst: f64,
@@ -66,6 +69,8 @@ impl ServerOptions {
             admin_config: None,
             snapshot_logs: 10_000,
             history_retention: 50_000,
+            cluster_cidr: "10.244.0.0/16".into(),
+            node_cidr_mask: 24,
             rate_limit_qps: 100.0,
             rate_limit_burst: 200.0,
             heartbeat_ms: 50,
@@ -189,7 +194,7 @@ async fn establish(opts: &ServerOptions, advertise: &str) -> Result<Membership, 
                     "--token: required with --join (the first member wrote it to <data-dir>/join-token)".into(),
                 )
             })?;
-            let token = JoinToken::parse(token)?;
+            let token = JoinToken::parse(token).map_err(|e| ServerError::Config(e.to_string()))?;
             let joined = retry_join(through, &token, advertise).await?;
             let pki = Pki::install(dir, &joined.ca_pem, &joined.ca_key_pem)?;
             let creds = Credentials {
@@ -288,6 +293,8 @@ pub struct Server {
 impl Server {
     /// Starts a member: establishes its identity, serves, and bootstraps or joins a cluster.
     pub async fn start(opts: ServerOptions) -> Result<Server, ServerError> {
+        let cidr_plan = crate::nodeipam::CidrPlan::parse(&opts.cluster_cidr, opts.node_cidr_mask)
+            .map_err(|e| ServerError::Config(format!("--cluster-cidr: {e}")))?;
         let listener =
             TcpListener::bind(opts.listen)
                 .await
@@ -429,6 +436,7 @@ impl Server {
             create_credentials(&opts, &node, &m.pki, &advertise).await?;
         }
         tokio::spawn(ensure_system_objects(api.clone()));
+        tokio::spawn(crate::nodeipam::run(api.clone(), cidr_plan));
         tokio::spawn(async move {
             // Idempotent on every member: whoever comes first creates the Secret key ring.
             while let Err(e) = encryptor.ensure_key().await {

@@ -279,6 +279,8 @@ async fn all_members_stopped_and_started_keep_every_object() -> Result<()> {
     }
     cluster.wait_voters(3, Duration::from_secs(30)).await?;
     for i in 0..3 {
+        // Each member must be serving again before it is asked directly.
+        cluster.wait_ready(i, Duration::from_secs(30)).await?;
         let list = cluster
             .member_client(i)
             .list("ConfigMap", &ns_default())

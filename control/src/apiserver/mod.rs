@@ -32,7 +32,7 @@ use crate::rbac::{self, Attributes, RbacCache};
 use crate::store::{Command, CommandResult, KeyValue, Precondition};
 
 /// Namespaces that always exist and cannot be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "ferry-system"];
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "ferry-system", rbac::NODE_LEASE_NAMESPACE];
 
 /// How many times a server-side read-modify-write (patch, unconditional update, finalizer
 /// handling) retries on a concurrent change before giving up with a conflict.
@@ -152,6 +152,29 @@ impl ApiServer {
             encryptor,
             audit: None,
             limiter: Arc::new(RateLimiter::new(0.0, 1.0)),
+        }
+    }
+
+    /// A node agent may only touch pods bound to it (the node authorizer's object check).
+    fn node_owns(&self, user: Option<&UserInfo>, info: &KindInfo, obj: &Value) -> ApiResult<()> {
+        let Some(node) = user.and_then(rbac::node_of) else {
+            return Ok(());
+        };
+        if info.kind != "Pod" {
+            return Ok(());
+        }
+        let bound = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if bound == node {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "pods \"{}\" is forbidden: node {node:?} can only modify pods bound to it (this one is bound to {:?})",
+                objects::meta_str(obj, "name"),
+                bound
+            )))
         }
     }
 
@@ -638,6 +661,7 @@ impl ApiServer {
                 });
             }
             let old = self.decode_stored(&current)?;
+            self.node_owns(user, info, &old)?;
             let mut new = obj.clone();
             objects::prepare_update(&old, &mut new, sub);
             match self
@@ -699,6 +723,7 @@ impl ApiServer {
                 });
             }
             let old = self.decode_stored(&current)?;
+            self.node_owns(user, info, &old)?;
             let mut new = old.clone();
             objects::merge_patch(&mut new, &patch);
             if !new.is_object() {
@@ -768,6 +793,7 @@ impl ApiServer {
                 });
             }
             let mut obj = self.decode_stored(&current)?;
+            self.node_owns(user, info, &obj)?;
             let result = if objects::finalizers(&obj).is_empty() {
                 let cmd = Command::Delete {
                     key: key.clone(),
