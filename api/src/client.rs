@@ -98,10 +98,15 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     fn tonic(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
+        let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(SERVER_NAME)
+            .domain_name(SERVER_NAME);
+        // Without a client certificate the client authenticates with a bearer token instead.
+        if self.cert_pem.is_empty() {
+            tls
+        } else {
+            tls.identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+        }
     }
 }
 
@@ -113,8 +118,13 @@ pub struct ClientConfig {
     /// Comma-separated member addresses.
     pub server: String,
     pub certificate_authority_data: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_certificate_data: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_key_data: String,
+    /// A bearer token, used instead of a client certificate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
 }
 
 impl ClientConfig {
@@ -177,10 +187,29 @@ pub struct ListOptions {
     pub field_selector: String,
 }
 
+/// Adds `authorization: Bearer <token>` to every request when the client has a token.
+#[derive(Clone, Default)]
+pub struct BearerAuth {
+    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to one member with the client's authentication.
+pub type AuthedChannel = tonic::service::interceptor::InterceptedService<Channel, BearerAuth>;
+
 #[derive(Clone)]
 pub struct Client {
     endpoints: Arc<Vec<(String, Channel)>>,
     current: Arc<AtomicUsize>,
+    auth: BearerAuth,
 }
 
 impl std::fmt::Debug for Client {
@@ -234,12 +263,29 @@ impl Client {
         Ok(Self {
             endpoints: Arc::new(endpoints),
             current: Arc::new(AtomicUsize::new(0)),
+            auth: BearerAuth::default(),
         })
+    }
+
+    /// Authenticate with a bearer token (for clients without a certificate).
+    pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            ClientError::new(Code::InvalidArgument, "token: not a valid header value")
+        })?;
+        self.auth = BearerAuth {
+            header: Some(value),
+        };
+        Ok(self)
     }
 
     /// A client from a config file's server list and credentials.
     pub fn from_config(cfg: &ClientConfig) -> Result<Self, ClientError> {
-        Self::new(&cfg.server, &cfg.tls())
+        let client = Self::new(&cfg.server, &cfg.tls())?;
+        if cfg.token.is_empty() {
+            Ok(client)
+        } else {
+            client.with_token(&cfg.token)
+        }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -249,7 +295,7 @@ impl Client {
     /// Runs `f` against the current member, moving to the next when a member is unreachable.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(AuthedChannel) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let n = self.endpoints.len();
@@ -257,7 +303,8 @@ impl Client {
         let mut last = None;
         for i in 0..n {
             let idx = (start + i) % n;
-            match f(self.endpoints[idx].1.clone()).await {
+            let ch = AuthedChannel::new(self.endpoints[idx].1.clone(), self.auth.clone());
+            match f(ch).await {
                 Ok(v) => {
                     self.current.store(idx, Ordering::Relaxed);
                     return Ok(v);
@@ -275,7 +322,7 @@ impl Client {
         Err(last.unwrap_or_else(|| ClientError::new(Code::Unavailable, "no server reachable")))
     }
 
-    fn resources(ch: Channel) -> ResourcesClient<Channel> {
+    fn resources(ch: AuthedChannel) -> ResourcesClient<AuthedChannel> {
         ResourcesClient::new(ch)
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .max_encoding_message_size(8 << 20)

@@ -174,6 +174,9 @@ struct ServerArgs {
     /// Revisions of history kept for watches to resume from.
     #[arg(long, default_value_t = 50_000)]
     history: u64,
+    /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line (Kubernetes' format).
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// The pod network: every node gets a range of it (--node-cidr-mask-size).
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
@@ -346,6 +349,7 @@ async fn run(cli: Cli) -> Result<()> {
         opts.snapshot_logs = a.snapshot_every.max(10);
         opts.history_retention = a.history.max(100);
         opts.cluster_cidr = a.cluster_cidr.clone();
+        opts.token_auth_file = a.token_auth_file.clone();
         opts.node_cidr_mask = a.node_cidr_mask_size;
         opts.rate_limit_qps = a.rate_limit_qps.max(0.0);
         opts.rate_limit_burst = a.rate_limit_burst.max(1.0);
@@ -712,6 +716,7 @@ fn user_config(a: &UserConfigArgs) -> Result<()> {
         certificate_authority_data: pki.ca_pem().to_string(),
         client_certificate_data: creds.cert_pem,
         client_key_data: creds.key_pem,
+        token: String::new(),
     };
     print!("{}", cfg.to_yaml());
     Ok(())

@@ -48,6 +48,8 @@ pub struct ServerOptions {
     pub admin_config: Option<PathBuf>,
     pub snapshot_logs: u64,
     pub history_retention: u64,
+    /// Static bearer tokens (Kubernetes' token file format).
+    pub token_auth_file: Option<PathBuf>,
     /// Pod network of the cluster and the size of each node's share (node IPAM).
     pub cluster_cidr: String,
     pub node_cidr_mask: u8,
@@ -69,6 +71,7 @@ impl ServerOptions {
             admin_config: None,
             snapshot_logs: 10_000,
             history_retention: 50_000,
+            token_auth_file: None,
             cluster_cidr: "10.244.0.0/16".into(),
             node_cidr_mask: 24,
             rate_limit_qps: 100.0,
@@ -293,6 +296,12 @@ pub struct Server {
 impl Server {
     /// Starts a member: establishes its identity, serves, and bootstraps or joins a cluster.
     pub async fn start(opts: ServerOptions) -> Result<Server, ServerError> {
+        let tokens = match &opts.token_auth_file {
+            Some(p) => auth::StaticTokens::load(p)
+                .map_err(|e| ServerError::Config(format!("--token-auth-file: {e}")))?,
+            None => auth::StaticTokens::default(),
+        };
+        let authn = auth::Authenticator { tokens };
         let cidr_plan = crate::nodeipam::CidrPlan::parse(&opts.cluster_cidr, opts.node_cidr_mask)
             .map_err(|e| ServerError::Config(format!("--cluster-cidr: {e}")))?;
         let listener =
@@ -368,14 +377,14 @@ impl Server {
             ResourcesServer::new(api.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(256 << 20),
-            auth::authenticated,
+            authn.clone(),
         ))
         .add_service(InterceptedService::new(
             ClusterServer::new(ClusterService {
                 node: node.clone(),
                 pki: m.pki.clone(),
             }),
-            auth::authenticated,
+            authn.clone(),
         ))
         .add_service(InterceptedService::new(
             RaftInternalServer::new(RaftService { node: node.clone() })
@@ -491,6 +500,7 @@ async fn create_credentials(
         certificate_authority_data: pki.ca_pem().to_string(),
         client_certificate_data: admin.cert_pem,
         client_key_data: admin.key_pem,
+        token: String::new(),
     };
     let yaml = cfg.to_yaml();
     pki::write_private(&opts.data_dir.join("admin.yaml"), &yaml)?;

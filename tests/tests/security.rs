@@ -593,3 +593,67 @@ async fn rate_limits_and_the_audit_log() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_authenticate_users_without_certificates() -> Result<()> {
+    use serde_json::json;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens.csv");
+    std::fs::write(
+        &file,
+        "# static tokens\ndave-s3cret-token-0001,dave,1001,\"ops,oncall\"\n",
+    )?;
+    let file_arg = file.display().to_string();
+    let cluster = Cluster::start(1, &["--token-auth-file", &file_arg]).await?;
+    let cfg = cluster.config.clone().context("credentials")?;
+    let ca_only = TlsConfig {
+        ca_pem: cfg.certificate_authority_data.clone(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    };
+    let addr = cluster.members[0].addr.clone();
+    let dave = Client::new(&addr, &ca_only)?.with_token("dave-s3cret-token-0001")?;
+    let who = dave
+        .access_review("list", "deployments", "default", "", "")
+        .await?;
+    assert_eq!(who.user, "dave");
+    assert_eq!(who.groups, vec!["ops".to_string(), "oncall".to_string()]);
+    assert!(!who.allowed);
+    cluster
+        .client()
+        .create("ClusterRoleBinding", "", &json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "ops-view"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "Group", "name": "ops"}]
+        }))
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dave.list("deploy", &ListOptions::default()).await.is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the binding never took effect for dave"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = Client::new(&addr, &ca_only)?
+        .with_token("wrong")?
+        .list("cm", &ListOptions::default())
+        .await
+        .expect_err("bad token");
+    assert_eq!(err.code, Code::Unauthenticated);
+    assert_eq!(err.message, "invalid bearer token");
+    // The same works from a client config with `token:` instead of a certificate.
+    let yaml = format!(
+        "server: {addr}\ncertificate-authority-data: |\n{}token: dave-s3cret-token-0001\n",
+        cfg.certificate_authority_data
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let dave_cfg = dir.path().join("dave.yaml");
+    std::fs::write(&dave_cfg, yaml)?;
+    let (ok, out, err) = ferry(&dave_cfg, &["auth", "whoami"])?;
+    assert!(ok && out.contains("dave"), "{out}{err}");
+    Ok(())
+}
