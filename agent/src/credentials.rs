@@ -2,13 +2,11 @@
 //! by the cluster CA, obtained once with a join token and kept in `<data-dir>/pki/`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use ferry_api::client::TlsConfig;
 use ferry_api::join::{self, JoinToken};
 use ferry_api::proto::JoinNodeRequest;
 use ferry_api::proto::bootstrap_client::BootstrapClient;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -83,21 +81,7 @@ pub async fn obtain(
     let through = server.split(',').next().unwrap_or(server).trim();
     let ca_pem = join::fetch_pinned_ca(through, &token.ca_hash).await?;
     let (csr_pem, key_pem) = join::new_csr(node_name)?;
-    let cerr = |m: String| join::JoinError::Connect {
-        addr: through.to_string(),
-        message: m,
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca_pem))
-        .domain_name(join::SERVER_NAME);
-    let channel = Endpoint::from_shared(format!("https://{through}"))
-        .map_err(|e| cerr(e.to_string()))?
-        .tls_config(tls)
-        .map_err(|e| cerr(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| cerr(e.to_string()))?;
+    let channel = join::bootstrap_channel(through, &ca_pem).await?;
     let resp = BootstrapClient::new(channel)
         .join_node(JoinNodeRequest {
             token: token.to_string(),

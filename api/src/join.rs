@@ -44,6 +44,30 @@ pub fn new_csr(common_name: &str) -> Result<(String, String), JoinError> {
     Ok((csr.pem().map_err(err)?, key.serialize_pem()))
 }
 
+/// A TLS channel to `through` verified against the pinned `ca_pem`, without a client
+/// certificate: what a joiner uses to call the `Bootstrap` service.
+pub async fn bootstrap_channel(
+    through: &str,
+    ca_pem: &str,
+) -> Result<tonic::transport::Channel, JoinError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let cerr = |m: String| JoinError::Connect {
+        addr: through.to_string(),
+        message: m,
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(SERVER_NAME);
+    Endpoint::from_shared(format!("https://{through}"))
+        .map_err(|e| cerr(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| cerr(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| cerr(e.to_string()))
+}
+
 /// Accepts any server certificate: used only to read the chain a server presents, which is then
 /// checked against the hash pinned in the join token before anything is sent.
 #[derive(Debug)]

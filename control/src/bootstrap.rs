@@ -7,13 +7,11 @@
 //! the hash replicated in the store, allocates a member id and signs the key.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_api::proto::bootstrap_client::BootstrapClient;
 use ferry_api::proto::bootstrap_server::Bootstrap;
 use ferry_api::proto::{JoinMemberRequest, JoinMemberResponse, JoinNodeRequest, JoinNodeResponse};
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::node::{Node, NodeError};
@@ -109,15 +107,10 @@ pub struct BootstrapService {
     pub kek_hex: String,
 }
 
-#[tonic::async_trait]
-impl Bootstrap for BootstrapService {
-    async fn join_node(
-        &self,
-        req: Request<JoinNodeRequest>,
-    ) -> Result<Response<JoinNodeResponse>, Status> {
-        let req = req.into_inner();
-        let token =
-            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+impl BootstrapService {
+    /// A token that is well formed, for this cluster's CA, known, unexpired and valid for `usage`.
+    async fn check_token(&self, token: &str, usage: &str) -> Result<JoinToken, Status> {
+        let token = JoinToken::parse(token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ours = self
             .pki
             .ca_hash()
@@ -127,7 +120,19 @@ impl Bootstrap for BootstrapService {
                 "join token is for a different cluster CA",
             ));
         }
-        verify_token(&self.node, &token, "node").await?;
+        verify_token(&self.node, &token, usage).await?;
+        Ok(token)
+    }
+}
+
+#[tonic::async_trait]
+impl Bootstrap for BootstrapService {
+    async fn join_node(
+        &self,
+        req: Request<JoinNodeRequest>,
+    ) -> Result<Response<JoinNodeResponse>, Status> {
+        let req = req.into_inner();
+        let token = self.check_token(&req.token, "node").await?;
         if let Some(e) = ferry_api::validation::dns1123_subdomain_error(&req.node_name) {
             return Err(Status::invalid_argument(format!(
                 "node_name: Invalid value {:?}: {e}",
@@ -155,18 +160,7 @@ impl Bootstrap for BootstrapService {
         req: Request<JoinMemberRequest>,
     ) -> Result<Response<JoinMemberResponse>, Status> {
         let req = req.into_inner();
-        let token =
-            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let ours = self
-            .pki
-            .ca_hash()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if token.ca_hash != ours {
-            return Err(Status::unauthenticated(
-                "join token is for a different cluster CA",
-            ));
-        }
-        verify_token(&self.node, &token, "member").await?;
+        let token = self.check_token(&req.token, "member").await?;
         if req.advertise.is_empty() || !req.advertise.contains(':') {
             return Err(Status::invalid_argument(
                 "advertise: required, as host:port",
@@ -239,21 +233,12 @@ pub async fn join_member(
 ) -> Result<Joined, JoinError> {
     let ca_pem = fetch_pinned_ca(through, &token.ca_hash).await?;
     let (csr_pem, key_pem) = pki::new_csr(&format!("member-at-{advertise}"))?;
-    let cerr = |m: String| JoinError::Connect {
-        addr: through.to_string(),
-        message: m,
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca_pem))
-        .domain_name(pki::SERVER_NAME);
-    let channel = Endpoint::from_shared(format!("https://{through}"))
-        .map_err(|e| cerr(e.to_string()))?
-        .tls_config(tls)
-        .map_err(|e| cerr(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+    let channel = ferry_api::join::bootstrap_channel(through, &ca_pem)
         .await
-        .map_err(|e| cerr(e.to_string()))?;
+        .map_err(|e| JoinError::Connect {
+            addr: through.to_string(),
+            message: e.to_string(),
+        })?;
     let resp = BootstrapClient::new(channel)
         .join_member(JoinMemberRequest {
             token: token.to_string(),
