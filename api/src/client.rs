@@ -29,7 +29,7 @@ pub struct ClientError {
 }
 
 impl ClientError {
-    fn new(code: Code, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -594,5 +594,83 @@ impl Client {
             .call(|ch| async move { ClusterClient::new(ch).remove_member(req).await })
             .await?;
         Ok(r.into_inner())
+    }
+}
+
+/// The resource API as controllers and agents use it: implemented by the gRPC [`Client`] and,
+/// inside a control-plane member, by an in-process adapter over the API server, so control loops
+/// are written once against this interface (never against the store).
+pub trait Api: Send + Sync {
+    fn get(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+    fn list(
+        &self,
+        kind: &str,
+        opts: &ListOptions,
+    ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+    fn create(
+        &self,
+        kind: &str,
+        namespace: &str,
+        obj: &Value,
+    ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+    fn update(
+        &self,
+        kind: &str,
+        obj: &Value,
+    ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+    fn update_status(
+        &self,
+        kind: &str,
+        obj: &Value,
+    ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+    fn patch(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+    fn delete(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+}
+
+use std::future::Future;
+
+impl Api for Client {
+    async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        Client::get(self, kind, namespace, name).await
+    }
+    async fn list(&self, kind: &str, opts: &ListOptions) -> Result<Value, ClientError> {
+        Client::list(self, kind, opts).await
+    }
+    async fn create(&self, kind: &str, namespace: &str, obj: &Value) -> Result<Value, ClientError> {
+        Client::create(self, kind, namespace, obj).await
+    }
+    async fn update(&self, kind: &str, obj: &Value) -> Result<Value, ClientError> {
+        Client::update(self, kind, obj).await
+    }
+    async fn update_status(&self, kind: &str, obj: &Value) -> Result<Value, ClientError> {
+        Client::update_status(self, kind, obj).await
+    }
+    async fn patch(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, ClientError> {
+        Client::patch(self, kind, namespace, name, patch).await
+    }
+    async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        Client::delete(self, kind, namespace, name, "").await
     }
 }

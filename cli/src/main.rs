@@ -174,6 +174,9 @@ struct ServerArgs {
     /// Revisions of history kept for watches to resume from.
     #[arg(long, default_value_t = 50_000)]
     history: u64,
+    /// Seconds a node may go without renewing its Lease before it is marked unreachable.
+    #[arg(long, default_value_t = 10)]
+    node_monitor_grace_seconds: u64,
     /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line (Kubernetes' format).
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
@@ -350,6 +353,8 @@ async fn run(cli: Cli) -> Result<()> {
         opts.history_retention = a.history.max(100);
         opts.cluster_cidr = a.cluster_cidr.clone();
         opts.token_auth_file = a.token_auth_file.clone();
+        opts.node_monitor_grace =
+            std::time::Duration::from_secs(a.node_monitor_grace_seconds.max(1));
         opts.node_cidr_mask = a.node_cidr_mask_size;
         opts.rate_limit_qps = a.rate_limit_qps.max(0.0);
         opts.rate_limit_burst = a.rate_limit_burst.max(1.0);

@@ -8,6 +8,7 @@ pub mod apiserver;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod controllers;
 pub mod encryption;
 pub mod node;
 pub mod nodeipam;

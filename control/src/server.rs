@@ -48,6 +48,8 @@ pub struct ServerOptions {
     pub admin_config: Option<PathBuf>,
     pub snapshot_logs: u64,
     pub history_retention: u64,
+    /// How long a node may go without renewing its Lease before it is marked unreachable.
+    pub node_monitor_grace: Duration,
     /// Static bearer tokens (Kubernetes' token file format).
     pub token_auth_file: Option<PathBuf>,
     /// Pod network of the cluster and the size of each node's share (node IPAM).
@@ -72,6 +74,7 @@ impl ServerOptions {
             snapshot_logs: 10_000,
             history_retention: 50_000,
             token_auth_file: None,
+            node_monitor_grace: Duration::from_secs(10),
             cluster_cidr: "10.244.0.0/16".into(),
             node_cidr_mask: 24,
             rate_limit_qps: 100.0,
@@ -446,6 +449,12 @@ impl Server {
         }
         tokio::spawn(ensure_system_objects(api.clone()));
         tokio::spawn(crate::nodeipam::run(api.clone(), cidr_plan));
+        let leader_node = node.clone();
+        tokio::spawn(crate::controllers::nodelifecycle::run(
+            crate::apiserver::local::LocalApi(api.clone()),
+            opts.node_monitor_grace,
+            move || leader_node.is_leader(),
+        ));
         tokio::spawn(async move {
             // Idempotent on every member: whoever comes first creates the Secret key ring.
             while let Err(e) = encryptor.ensure_key().await {

@@ -283,3 +283,51 @@ async fn agents_register_get_pod_cidrs_heartbeat_and_stay_in_their_lane() -> Res
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_marked_unreachable_and_recovers() -> Result<()> {
+    let cluster = Cluster::start(1, &["--node-monitor-grace-seconds", "3"]).await?;
+    let admin = cluster.client();
+    let token = admin.create_token(&["node".to_string()], 0).await?.token;
+    let a = agent(&cluster, "node-z", Some(&token), None)?;
+    let state = |admin: Client| async move {
+        let n = admin.get("Node", "", "node-z").await.ok()?;
+        let ready = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?["status"]
+            .as_str()?
+            .to_string();
+        let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+        });
+        Some((ready, tainted))
+    };
+    wait_for("node-z Ready", Duration::from_secs(20), async || {
+        state(admin.clone())
+            .await
+            .filter(|(r, t)| r == "True" && !t)
+    })
+    .await?;
+    let dir = a.kill();
+    let killed = Instant::now();
+    wait_for("node-z unreachable", Duration::from_secs(20), async || {
+        state(admin.clone())
+            .await
+            .filter(|(r, t)| r == "Unknown" && *t)
+    })
+    .await?;
+    println!(
+        "node marked unreachable {:?} after its agent died",
+        killed.elapsed()
+    );
+    let _back = agent(&cluster, "node-z", None, Some(dir))?;
+    wait_for("node-z back", Duration::from_secs(20), async || {
+        state(admin.clone())
+            .await
+            .filter(|(r, t)| r == "True" && !t)
+    })
+    .await?;
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! statuses with kubectl-like messages. Never panics on input: every malformed request becomes a
 //! clear `Status`.
 
+pub mod local;
 pub mod metrics;
 pub mod objects;
 mod watch;

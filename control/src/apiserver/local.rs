@@ -1,0 +1,76 @@
+//! The in-process API client: controllers running inside a member use the API server through
+//! the same [`Api`] interface as remote clients (never the store), as trusted system callers.
+
+use ferry_api::client::{Api, ClientError, ListOptions};
+use serde_json::Value;
+
+use super::objects::Subresource;
+use super::{ApiError, ApiServer};
+
+/// [`Api`] over this member's API server.
+#[derive(Clone)]
+pub struct LocalApi(pub ApiServer);
+
+fn err(e: ApiError) -> ClientError {
+    ClientError::from(tonic::Status::from(e))
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Api for LocalApi {
+    async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        self.0.get(None, kind, namespace, name).await.map_err(err)
+    }
+    async fn list(&self, kind: &str, opts: &ListOptions) -> Result<Value, ClientError> {
+        let ns = opts.namespace.as_deref().unwrap_or("");
+        self.0
+            .list(None, kind, ns, &opts.label_selector, &opts.field_selector)
+            .await
+            .map_err(err)
+    }
+    async fn create(&self, kind: &str, namespace: &str, obj: &Value) -> Result<Value, ClientError> {
+        self.0
+            .create(None, kind, namespace, &bytes(obj))
+            .await
+            .map_err(err)
+    }
+    async fn update(&self, kind: &str, obj: &Value) -> Result<Value, ClientError> {
+        self.0
+            .update(None, kind, &bytes(obj), Subresource::Main)
+            .await
+            .map_err(err)
+    }
+    async fn update_status(&self, kind: &str, obj: &Value) -> Result<Value, ClientError> {
+        self.0
+            .update(None, kind, &bytes(obj), Subresource::Status)
+            .await
+            .map_err(err)
+    }
+    async fn patch(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, ClientError> {
+        self.0
+            .patch(
+                None,
+                kind,
+                namespace,
+                name,
+                &bytes(patch),
+                Subresource::Main,
+            )
+            .await
+            .map_err(err)
+    }
+    async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        self.0
+            .delete(None, kind, namespace, name, "", "")
+            .await
+            .map_err(err)
+    }
+}
