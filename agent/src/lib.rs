@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod datapath;
 pub mod network;
 pub mod node;
+pub mod runtime;
 pub mod sysinfo;
 
 pub use node::{AgentOptions, run};
