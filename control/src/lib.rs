@@ -16,5 +16,6 @@ pub mod pki;
 pub mod raft_net;
 pub mod ratelimit;
 pub mod rbac;
+pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -449,6 +449,12 @@ impl Server {
         }
         tokio::spawn(ensure_system_objects(api.clone()));
         tokio::spawn(crate::nodeipam::run(api.clone(), cidr_plan));
+        let sched_node = node.clone();
+        tokio::spawn(crate::scheduler::run(
+            crate::apiserver::local::LocalApi(api.clone()),
+            node.sm.subscribe(),
+            move || sched_node.is_leader(),
+        ));
         let leader_node = node.clone();
         tokio::spawn(crate::controllers::nodelifecycle::run(
             crate::apiserver::local::LocalApi(api.clone()),

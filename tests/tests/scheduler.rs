@@ -1,0 +1,165 @@
+//! The scheduler places pods on simulated nodes (Node objects without agents): resources,
+//! taints, selectors; an unschedulable pod says why and is retried when the cluster changes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use ferry_api::client::{Client, ListOptions};
+use ferry_tests::Cluster;
+use serde_json::{Value, json};
+
+async fn add_node(
+    c: &Client,
+    name: &str,
+    cpu: &str,
+    mem: &str,
+    labels: Value,
+    taints: Value,
+) -> Result<()> {
+    let n = c
+        .create(
+            "Node",
+            "",
+            &json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}}),
+        )
+        .await?;
+    let mut n = n;
+    n["status"] = json!({"capacity": {"cpu": cpu, "memory": mem, "pods": "110"},
+                         "allocatable": {"cpu": cpu, "memory": mem, "pods": "110"}});
+    c.update_status("Node", &n).await?;
+    Ok(())
+}
+
+fn pod(name: &str, cpu: &str, extra: Value) -> Value {
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                 "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]}});
+    if let (Some(spec), Some(extra)) = (p["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+async fn wait_pod(c: &Client, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(p) = c.get("Pod", "default", name).await
+            && f(&p)
+        {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            bail!("pod {name}: timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn node_of(p: &Value) -> String {
+    p["spec"]["nodeName"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_placed_by_resources_taints_and_selectors() -> Result<()> {
+    let cluster = Cluster::start(1, &["--node-monitor-grace-seconds", "3600"]).await?;
+    let c = cluster.client();
+    add_node(&c, "n1", "2", "4Gi", json!({"zone": "a"}), json!([])).await?;
+    add_node(&c, "n2", "2", "4Gi", json!({"zone": "b"}), json!([])).await?;
+    add_node(
+        &c,
+        "gpu",
+        "16",
+        "64Gi",
+        json!({"zone": "a"}),
+        json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+    )
+    .await?;
+
+    // Six pods of 500m spread over n1 and n2 (least-allocated), none on the tainted node.
+    for i in 0..6 {
+        c.create(
+            "Pod",
+            "default",
+            &pod(&format!("web-{i}"), "500m", json!({})),
+        )
+        .await?;
+    }
+    let mut placed = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..6 {
+        let p = wait_pod(&c, &format!("web-{i}"), "a node", |p| {
+            !node_of(p).is_empty()
+        })
+        .await?;
+        *placed.entry(node_of(&p)).or_default() += 1;
+        let cond = p["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled").cloned());
+        assert_eq!(cond.map(|c| c["status"].clone()), Some(json!("True")));
+    }
+    assert_eq!(placed.get("n1"), Some(&3), "{placed:?}");
+    assert_eq!(placed.get("n2"), Some(&3), "{placed:?}");
+
+    // A selector and a toleration steer pods.
+    c.create(
+        "Pod",
+        "default",
+        &pod("zone-b", "100m", json!({"nodeSelector": {"zone": "b"}})),
+    )
+    .await?;
+    assert_eq!(
+        node_of(&wait_pod(&c, "zone-b", "a node", |p| !node_of(p).is_empty()).await?),
+        "n2"
+    );
+    let tol = json!({"tolerations": [{"key": "dedicated", "operator": "Exists"}]});
+    c.create("Pod", "default", &pod("trainer", "8", tol))
+        .await?;
+    assert_eq!(
+        node_of(&wait_pod(&c, "trainer", "a node", |p| !node_of(p).is_empty()).await?),
+        "gpu"
+    );
+
+    // Too big for anything: PodScheduled=False says why, with an Event.
+    c.create("Pod", "default", &pod("whale", "12", json!({})))
+        .await?;
+    let p = wait_pod(&c, "whale", "an Unschedulable condition", |p| {
+        p["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["reason"] == "Unschedulable"))
+    })
+    .await?;
+    let msg = p["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        msg,
+        "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: gpu}."
+    );
+    let events = c
+        .list(
+            "Event",
+            &ListOptions {
+                namespace: Some("default".into()),
+                field_selector: "involvedObject.name=whale".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(events["items"].as_array().is_some_and(|e| {
+        e.iter()
+            .any(|e| e["reason"] == "FailedScheduling" && e["message"] == msg.as_str())
+    }));
+
+    // The cluster changes: a big node arrives and the pod is retried and placed.
+    add_node(&c, "big", "32", "64Gi", json!({}), json!([])).await?;
+    assert_eq!(
+        node_of(&wait_pod(&c, "whale", "a node", |p| !node_of(p).is_empty()).await?),
+        "big"
+    );
+    Ok(())
+}
