@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod datapath;
+pub mod image;
 pub mod network;
 pub mod node;
 pub mod runtime;

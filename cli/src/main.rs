@@ -40,6 +40,11 @@ enum Command {
     Server(ServerArgs),
     /// Run a node agent: register this machine as a Node and keep its heartbeat.
     Agent(AgentArgs),
+    /// Images in this machine's agent image store.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Create or update objects from manifests (YAML or JSON, multi-document).
     Apply(ApplyArgs),
     /// List objects or show one.
@@ -194,6 +199,25 @@ struct ServerArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout (tar archive or directory), e.g. from `skopeo copy ... oci-archive:FILE`.
+    Import {
+        file: PathBuf,
+        /// Reference to record when the archive names none (or only a bare tag).
+        #[arg(long)]
+        name: Option<String>,
+        /// The agent's data directory.
+        #[arg(long, default_value = "/var/lib/ferry/agent")]
+        data_dir: PathBuf,
+    },
+    /// List stored images.
+    List {
+        #[arg(long, default_value = "/var/lib/ferry/agent")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -373,6 +397,9 @@ async fn run(cli: Cli) -> Result<()> {
         .await?;
         return Ok(());
     }
+    if let Command::Image { command } = &cli.command {
+        return image(command);
+    }
     if let Command::UserConfig(a) = &cli.command {
         return user_config(a);
     }
@@ -396,7 +423,9 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&client, command).await,
-        Command::UserConfig(_) | Command::Agent(_) => unreachable!("handled above"),
+        Command::UserConfig(_) | Command::Agent(_) | Command::Image { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -724,5 +753,38 @@ fn user_config(a: &UserConfigArgs) -> Result<()> {
         token: String::new(),
     };
     print!("{}", cfg.to_yaml());
+    Ok(())
+}
+
+fn image(c: &ImageCommand) -> Result<()> {
+    use ferry_agent::image::ImageStore;
+    match c {
+        ImageCommand::Import {
+            file,
+            name,
+            data_dir,
+        } => {
+            let store = ImageStore::open(data_dir)?;
+            for img in store.import_oci_archive_as(file, name.as_deref())? {
+                let refs: Vec<String> = img.references.iter().map(|r| r.to_string()).collect();
+                let shown = if refs.is_empty() {
+                    "(no name: pass --name)".to_string()
+                } else {
+                    refs.join(", ")
+                };
+                println!(
+                    "imported {shown} {} ({} layer(s) unpacked)",
+                    img.manifest_digest, img.layers_unpacked
+                );
+            }
+        }
+        ImageCommand::List { data_dir } => {
+            let store = ImageStore::open(data_dir)?;
+            println!("{:<50} DIGEST", "REFERENCE");
+            for i in store.list() {
+                println!("{:<50} {}", i.reference.to_string(), i.manifest_digest);
+            }
+        }
+    }
     Ok(())
 }
