@@ -185,6 +185,9 @@ struct ServerArgs {
     /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line (Kubernetes' format).
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Where Service ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
     /// The pod network: every node gets a range of it (--node-cidr-mask-size).
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
@@ -376,6 +379,7 @@ async fn run(cli: Cli) -> Result<()> {
         opts.snapshot_logs = a.snapshot_every.max(10);
         opts.history_retention = a.history.max(100);
         opts.cluster_cidr = a.cluster_cidr.clone();
+        opts.service_cidr = a.service_cluster_ip_range.clone();
         opts.token_auth_file = a.token_auth_file.clone();
         opts.node_monitor_grace =
             std::time::Duration::from_secs(a.node_monitor_grace_seconds.max(1));

@@ -52,6 +52,8 @@ pub struct ServerOptions {
     pub node_monitor_grace: Duration,
     /// Static bearer tokens (Kubernetes' token file format).
     pub token_auth_file: Option<PathBuf>,
+    /// Where Service ClusterIPs come from.
+    pub service_cidr: String,
     /// Pod network of the cluster and the size of each node's share (node IPAM).
     pub cluster_cidr: String,
     pub node_cidr_mask: u8,
@@ -75,6 +77,7 @@ impl ServerOptions {
             history_retention: 50_000,
             token_auth_file: None,
             node_monitor_grace: Duration::from_secs(10),
+            service_cidr: "10.96.0.0/12".into(),
             cluster_cidr: "10.244.0.0/16".into(),
             node_cidr_mask: 24,
             rate_limit_qps: 100.0,
@@ -347,7 +350,9 @@ impl Server {
             })?;
         let api = ApiServer::new(node.clone(), metrics.clone(), encryptor.clone())
             .with_audit(Arc::new(audit))
-            .with_rate_limit(opts.rate_limit_qps, opts.rate_limit_burst);
+            .with_rate_limit(opts.rate_limit_qps, opts.rate_limit_burst)
+            .with_service_cidr(&opts.service_cidr)
+            .map_err(|e| ServerError::Config(format!("--service-cluster-ip-range: {e}")))?;
 
         let metrics_node = node.clone();
         let metrics_router = axum::Router::new().route(

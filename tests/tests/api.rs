@@ -500,3 +500,168 @@ async fn metrics_are_served_beside_grpc_to_authenticated_clients_only() -> Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_unique_cluster_ips_and_node_ports() -> Result<()> {
+    let (_cluster, c) = single().await?;
+    let svc = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec});
+    let mut ips = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        let s = c
+            .create(
+                "svc",
+                "",
+                &svc(
+                    &format!("s{i}"),
+                    json!({"selector": {"app": "x"}, "ports": [{"port": 80}]}),
+                ),
+            )
+            .await?;
+        let ip: std::net::Ipv4Addr = s["spec"]["clusterIP"]
+            .as_str()
+            .context("clusterIP")?
+            .parse()?;
+        assert!(
+            ip.octets()[0] == 10 && (96..112).contains(&ip.octets()[1]),
+            "{ip} in 10.96.0.0/12"
+        );
+        assert_eq!(s["spec"]["clusterIPs"][0], ip.to_string());
+        ips.insert(ip);
+    }
+    assert_eq!(ips.len(), 10, "ClusterIPs are unique");
+    // A requested IP is honoured once; a second claim is refused; out-of-range is refused.
+    c.create(
+        "svc",
+        "",
+        &svc(
+            "fixed",
+            json!({"clusterIP": "10.96.7.7", "ports": [{"port": 53}]}),
+        ),
+    )
+    .await?;
+    let err = c
+        .create(
+            "svc",
+            "",
+            &svc(
+                "fixed2",
+                json!({"clusterIP": "10.96.7.7", "ports": [{"port": 53}]}),
+            ),
+        )
+        .await
+        .expect_err("taken");
+    assert!(
+        err.message.contains(
+            "spec.clusterIP: Invalid value: \"10.96.7.7\": provided IP is already allocated"
+        ),
+        "{err}"
+    );
+    let err = c
+        .create(
+            "svc",
+            "",
+            &svc(
+                "outside",
+                json!({"clusterIP": "192.168.1.1", "ports": [{"port": 53}]}),
+            ),
+        )
+        .await
+        .expect_err("range");
+    assert!(
+        err.message
+            .contains("not in the valid range. The range of valid IPs is 10.96.0.0/12"),
+        "{err}"
+    );
+    // Headless stays headless.
+    let h = c
+        .create(
+            "svc",
+            "",
+            &svc(
+                "headless",
+                json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await?;
+    assert_eq!(h["spec"]["clusterIP"], "None");
+    // NodePorts: allocated in range, explicit ones unique.
+    let np = c.create("svc", "", &svc("np", json!({"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}))).await?;
+    for p in np["spec"]["ports"].as_array().context("ports")? {
+        let n = p["nodePort"].as_i64().context("nodePort")?;
+        assert!((30000..=32767).contains(&n), "{n}");
+    }
+    c.create(
+        "svc",
+        "",
+        &svc(
+            "np-fixed",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31000}]}),
+        ),
+    )
+    .await?;
+    let err = c
+        .create(
+            "svc",
+            "",
+            &svc(
+                "np-dup",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31000}]}),
+            ),
+        )
+        .await
+        .expect_err("port taken");
+    assert!(
+        err.message.contains(
+            "spec.ports[0].nodePort: Invalid value: 31000: provided port is already allocated"
+        ),
+        "{err}"
+    );
+    // A failed create released what it claimed: its ClusterIP is free again... and updates keep
+    // allocations while refusing to change them.
+    let mut fixed = c.get("svc", "default", "fixed").await?;
+    fixed["spec"]
+        .as_object_mut()
+        .context("spec")?
+        .remove("clusterIP");
+    fixed["spec"]
+        .as_object_mut()
+        .context("spec")?
+        .remove("clusterIPs");
+    fixed["metadata"]["labels"] = json!({"kept": "yes"});
+    assert_eq!(
+        c.update("svc", &fixed).await?["spec"]["clusterIP"],
+        "10.96.7.7"
+    );
+    let err = c
+        .patch(
+            "svc",
+            "default",
+            "fixed",
+            &json!({"spec": {"clusterIP": "10.96.7.8"}}),
+        )
+        .await
+        .expect_err("immutable");
+    assert!(err.message.contains("field is immutable"), "{err}");
+    // Deleting releases: the IP and the port can be claimed again.
+    c.delete("svc", "default", "fixed", "").await?;
+    c.delete("svc", "default", "np-fixed", "").await?;
+    c.create(
+        "svc",
+        "",
+        &svc(
+            "fixed-again",
+            json!({"clusterIP": "10.96.7.7", "ports": [{"port": 53}]}),
+        ),
+    )
+    .await?;
+    c.create(
+        "svc",
+        "",
+        &svc(
+            "np-again",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31000}]}),
+        ),
+    )
+    .await?;
+    Ok(())
+}

@@ -9,6 +9,7 @@
 pub mod local;
 pub mod metrics;
 pub mod objects;
+mod services;
 mod watch;
 
 use std::sync::Arc;
@@ -97,6 +98,7 @@ pub struct ApiServer {
     encryptor: Encryptor,
     audit: Option<Arc<AuditLog>>,
     limiter: Arc<RateLimiter>,
+    service_range: services::ServiceRange,
 }
 
 fn kind_info(name: &str) -> ApiResult<&'static KindInfo> {
@@ -153,6 +155,8 @@ impl ApiServer {
             encryptor,
             audit: None,
             limiter: Arc::new(RateLimiter::new(0.0, 1.0)),
+            service_range: services::ServiceRange::parse(services::DEFAULT_SERVICE_CIDR)
+                .expect("the default service CIDR parses"),
         }
     }
 
@@ -177,6 +181,12 @@ impl ApiServer {
                 bound
             )))
         }
+    }
+
+    /// Allocate ClusterIPs from `cidr` instead of the default 10.96.0.0/12.
+    pub fn with_service_cidr(mut self, cidr: &str) -> Result<Self, String> {
+        self.service_range = services::ServiceRange::parse(cidr)?;
+        Ok(self)
     }
 
     /// Records mutating requests in `audit`.
@@ -460,6 +470,30 @@ impl ApiServer {
             &req_name,
         )?;
         self.ensure_namespace(info, &namespace).await?;
+        let claims = if info.kind == "Service" {
+            self.allocate_service(&mut obj).await?
+        } else {
+            Vec::new()
+        };
+        let result = self
+            .create_stored(info, &namespace, &req_name, &generate, obj)
+            .await;
+        if result.is_err() {
+            self.release_claims(&claims).await;
+        }
+        result
+    }
+
+    /// The write of a create, retrying generated names that collide.
+    async fn create_stored(
+        &self,
+        info: &KindInfo,
+        namespace: &str,
+        req_name: &str,
+        generate: &str,
+        mut obj: Value,
+    ) -> ApiResult<Value> {
+        let namespace = namespace.to_string();
         for attempt in 0..3 {
             let name = objects::meta_str(&obj, "name").to_string();
             let value = self.store_value(info, &objects::key(info, &namespace, &name), &obj)?;
@@ -483,7 +517,7 @@ impl ApiServer {
                     // generateName collided: pick another suffix.
                     objects::metadata_mut(&mut obj).insert(
                         "name".into(),
-                        Value::String(objects::generated_name(&generate)),
+                        Value::String(objects::generated_name(generate)),
                     );
                 }
                 CommandResult::PreconditionFailed { .. } => {
@@ -664,6 +698,9 @@ impl ApiServer {
             let old = self.decode_stored(&current)?;
             self.node_owns(user, info, &old)?;
             let mut new = obj.clone();
+            if info.kind == "Service" && sub == Subresource::Main {
+                Self::keep_service_allocations(&old, &mut new)?;
+            }
             objects::prepare_update(&old, &mut new, sub);
             match self
                 .commit_update(info, key.clone(), &new, current.mod_revision)
@@ -738,6 +775,9 @@ impl ApiServer {
                 ));
             }
             self.admit(info, &mut new, name)?;
+            if info.kind == "Service" && sub == Subresource::Main {
+                Self::keep_service_allocations(&old, &mut new)?;
+            }
             objects::prepare_update(&old, &mut new, sub);
             match self
                 .commit_update(info, key.clone(), &new, current.mod_revision)
@@ -801,7 +841,13 @@ impl ApiServer {
                     precondition: Precondition::ModRevision(current.mod_revision),
                 };
                 match self.write(cmd).await? {
-                    CommandResult::Applied { kv, .. } => Ok(self.decode_stored(&kv)?),
+                    CommandResult::Applied { kv, .. } => {
+                        let gone = self.decode_stored(&kv)?;
+                        if info.kind == "Service" {
+                            self.release_claims(&Self::service_claims(&gone)).await;
+                        }
+                        Ok(gone)
+                    }
                     CommandResult::PreconditionFailed { current } => Err(current),
                     CommandResult::Nothing | CommandResult::Batch(_) => {
                         return Err(ApiError::Internal("store returned no result".into()));
