@@ -460,6 +460,12 @@ impl Server {
             node.sm.subscribe(),
             move || sched_node.is_leader(),
         ));
+        let eps_node = node.clone();
+        tokio::spawn(crate::controllers::endpointslice::run(
+            crate::apiserver::local::LocalApi(api.clone()),
+            node.sm.subscribe(),
+            move || eps_node.is_leader(),
+        ));
         let leader_node = node.clone();
         tokio::spawn(crate::controllers::nodelifecycle::run(
             crate::apiserver::local::LocalApi(api.clone()),

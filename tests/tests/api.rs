@@ -665,3 +665,79 @@ async fn services_get_unique_cluster_ips_and_node_ports() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_follow_pods_and_services() -> Result<()> {
+    let (_cluster, c) = single().await?;
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+    c.create("svc", "", &svc).await?;
+    // Pods as an agent would report them (bound elsewhere, with IPs and readiness).
+    for (name, ip, ready) in [("w1", "10.244.1.2", true), ("w2", "10.244.1.3", false)] {
+        let p = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "web"}, "finalizers": ["test.ferry.dev/hold"]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox:1.36",
+                     "ports": [{"name": "http", "containerPort": 8080}]}]}});
+        let mut created = c.create("Pod", "default", &p).await?;
+        created["status"] = json!({"phase": "Running", "podIP": ip,
+            "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]});
+        c.update_status("Pod", &created).await?;
+    }
+    let slice_where = |f: &'static (dyn Fn(&Value) -> bool + Sync)| {
+        let c = c.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(s) = c.get("EndpointSlice", "default", "web-ferry").await
+                    && f(&s)
+                {
+                    return Ok::<Value, anyhow::Error>(s);
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "EndpointSlice never matched"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let s = slice_where(&|s| s["endpoints"].as_array().is_some_and(|e| e.len() == 2)).await?;
+    assert_eq!(s["ports"][0]["port"], 8080, "named targetPort resolved");
+    assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "web");
+    assert_eq!(
+        s["endpoints"][0]["conditions"],
+        json!({"ready": true, "serving": true, "terminating": false})
+    );
+    assert_eq!(s["endpoints"][1]["conditions"]["ready"], false);
+    // A terminating pod stays serving but not ready; a removed pod leaves.
+    c.delete("Pod", "default", "w1", "").await?;
+    slice_where(&|s| {
+        s["endpoints"][0]["conditions"]
+            == json!({"ready": false, "serving": true, "terminating": true})
+    })
+    .await?;
+    c.patch(
+        "Pod",
+        "default",
+        "w1",
+        &json!({"metadata": {"finalizers": null}}),
+    )
+    .await?;
+    slice_where(&|s| {
+        s["endpoints"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1 && e[0]["targetRef"]["name"] == "w2")
+    })
+    .await?;
+    // The Service goes, its slice goes.
+    c.delete("svc", "default", "web", "").await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.get("EndpointSlice", "default", "web-ferry").await.is_ok() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "slice outlived its Service"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

@@ -2,4 +2,5 @@
 //! through [`ferry_api::client::Api`] (in-process, never the store). Each has a pure decision
 //! function, unit-tested, and a small executor that applies its actions.
 
+pub mod endpointslice;
 pub mod nodelifecycle;
