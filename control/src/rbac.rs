@@ -29,7 +29,8 @@ pub fn node_of(user: &UserInfo) -> Option<&str> {
 
 /// Kubernetes' node authorizer, for what a node agent may do: read nodes and pods; write only
 /// its own Node (and status) and its own Lease; write pod status and delete pods (the API server
-/// then checks the pod is bound to this node); record events. Nothing else.
+/// then checks the pod is bound to this node); record events; get the ConfigMaps, Secrets and
+/// PVCs that pods bound to it reference (the API server checks the reference). Nothing else.
 fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
     let read = matches!(a.verb.as_str(), "get" | "list" | "watch");
     let own = a.name == node;
@@ -48,6 +49,11 @@ fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
                 || (a.subresource.is_empty() && a.verb == "delete")
         }
         ("", "events") => matches!(a.verb.as_str(), "create" | "patch"),
+        // Only `get`, and only of objects its pods reference: the API server checks the
+        // reference graph (`pod_references`) before answering.
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims") => {
+            a.verb == "get" && !a.name.is_empty()
+        }
         _ => false,
     };
     if ok {
@@ -483,7 +489,11 @@ mod tests {
             authorize(&s, &n1, &attrs("update", "", "pods", "default", "p")).is_err(),
             "not the spec"
         );
-        assert!(authorize(&s, &n1, &attrs("get", "", "secrets", "default", "s")).is_err());
+        assert!(
+            authorize(&s, &n1, &attrs("list", "", "secrets", "default", "")).is_err(),
+            "never list"
+        );
+        assert!(authorize(&s, &n1, &attrs("update", "", "secrets", "default", "s")).is_err());
         assert!(authorize(&s, &n1, &attrs("create", "", "events", "default", "")).is_ok());
         // A CN that looks like a node without the group is just a user.
         assert!(
@@ -494,6 +504,30 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn pod_references_follow_kubernetes_node_graph() {
+        let pod = json!({"spec": {
+            "volumes": [{"name": "a", "configMap": {"name": "cm-vol"}}, {"name": "b", "secret": {"secretName": "sec-vol"}},
+                        {"name": "c", "persistentVolumeClaim": {"claimName": "data"}},
+                        {"name": "d", "projected": {"sources": [{"secret": {"name": "sec-proj"}}]}}],
+            "containers": [{"name": "x", "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "sec-env", "key": "k"}}}],
+                            "envFrom": [{"configMapRef": {"name": "cm-from"}}]}],
+            "imagePullSecrets": [{"name": "regcred"}]}});
+        for (k, n) in [
+            ("ConfigMap", "cm-vol"),
+            ("ConfigMap", "cm-from"),
+            ("Secret", "sec-vol"),
+            ("Secret", "sec-proj"),
+            ("Secret", "sec-env"),
+            ("Secret", "regcred"),
+            ("PersistentVolumeClaim", "data"),
+        ] {
+            assert!(pod_references(&pod, k, n), "{k}/{n}");
+        }
+        assert!(!pod_references(&pod, "Secret", "cm-vol"));
+        assert!(!pod_references(&pod, "ConfigMap", "other"));
     }
 
     #[test]
@@ -577,5 +611,64 @@ mod tests {
             )
             .is_err()
         );
+    }
+}
+
+/// Whether `pod` references the object `kind`/`name` (in its own namespace): volumes, projected
+/// sources, env `valueFrom`, `envFrom` and image pull secrets, as Kubernetes' node graph does.
+pub fn pod_references(pod: &serde_json::Value, kind: &str, name: &str) -> bool {
+    use serde_json::Value;
+    let eq = |v: &Value| v.as_str() == Some(name);
+    let spec = &pod["spec"];
+    let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+    let containers: Vec<Value> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+        .collect();
+    let projected = |v: &Value, src: &str| {
+        v["projected"]["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| eq(&s[src]["name"]))
+    };
+    let env_ref = |c: &Value, key_ref: &str, from_ref: &str| {
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| eq(&e["valueFrom"][key_ref]["name"]))
+            || c["envFrom"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| eq(&e[from_ref]["name"]))
+    };
+    match kind {
+        "ConfigMap" => {
+            volumes
+                .iter()
+                .any(|v| eq(&v["configMap"]["name"]) || projected(v, "configMap"))
+                || containers
+                    .iter()
+                    .any(|c| env_ref(c, "configMapKeyRef", "configMapRef"))
+        }
+        "Secret" => {
+            volumes
+                .iter()
+                .any(|v| eq(&v["secret"]["secretName"]) || projected(v, "secret"))
+                || containers
+                    .iter()
+                    .any(|c| env_ref(c, "secretKeyRef", "secretRef"))
+                || spec["imagePullSecrets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| eq(&s["name"]))
+        }
+        "PersistentVolumeClaim" => volumes
+            .iter()
+            .any(|v| eq(&v["persistentVolumeClaim"]["claimName"])),
+        _ => false,
     }
 }

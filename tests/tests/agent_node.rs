@@ -243,6 +243,50 @@ async fn agents_register_get_pod_cidrs_heartbeat_and_stay_in_their_lane() -> Res
         .expect_err("another node's pod");
     assert_eq!(err.code, Code::PermissionDenied, "{err}");
 
+    // The node graph: a node may read the Secrets its pods reference, and no others.
+    for name in ["for-a", "for-b"] {
+        admin
+            .create(
+                "Secret",
+                "default",
+                &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name}, "stringData": {"k": "v"}}),
+            )
+            .await?;
+    }
+    let with_secret = |pod_name: &str, node: &str, secret: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox:1.36",
+            "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}]}]}})
+    };
+    admin
+        .create("Pod", "default", &with_secret("uses-a", "node-a", "for-a"))
+        .await?;
+    admin
+        .create("Pod", "default", &with_secret("uses-b", "node-b", "for-b"))
+        .await?;
+    assert_eq!(
+        as_a.get("Secret", "default", "for-a").await?["data"]["k"],
+        "dg=="
+    );
+    let err = as_a
+        .get("Secret", "default", "for-b")
+        .await
+        .expect_err("another node's secret");
+    assert_eq!(err.code, Code::PermissionDenied, "{err}");
+    assert!(
+        err.message.contains("referenced by pods bound to it"),
+        "{err}"
+    );
+    assert_eq!(
+        as_a.list("Secret", &ferry_api::client::ListOptions::default())
+            .await
+            .expect_err("list")
+            .code,
+        Code::PermissionDenied
+    );
+
     // A restarted agent reuses its credentials (no token) and keeps its Node and range.
     drop(a2);
     let a1_dir = a1.kill();

@@ -189,6 +189,42 @@ impl ApiServer {
         Ok(self)
     }
 
+    /// The node authorizer's graph check: a node may read a ConfigMap, Secret or PVC only when
+    /// a pod bound to it references the object.
+    async fn node_may_read(
+        &self,
+        user: Option<&UserInfo>,
+        info: &KindInfo,
+        ns: &str,
+        name: &str,
+    ) -> ApiResult<()> {
+        let Some(node) = user.and_then(rbac::node_of) else {
+            return Ok(());
+        };
+        if !matches!(info.kind, "ConfigMap" | "Secret" | "PersistentVolumeClaim") {
+            return Ok(());
+        }
+        let pods = kinds::lookup("Pod").expect("Pod is a known kind");
+        self.node.read_barrier().await?;
+        let range = self
+            .node
+            .sm
+            .range(&objects::prefix(pods, Some(ns)))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        for kv in &range.kvs {
+            let pod = self.decode_stored(kv)?;
+            if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                && rbac::pod_references(&pod, info.kind, name)
+            {
+                return Ok(());
+            }
+        }
+        Err(ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: node {node:?} may only read {} referenced by pods bound to it",
+            info.plural, info.plural
+        )))
+    }
+
     /// Records mutating requests in `audit`.
     pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
         self.audit = Some(audit);
@@ -550,6 +586,7 @@ impl ApiServer {
             namespace
         };
         self.authorize(user, info, "get", Subresource::Main, ns_for_authz, name)?;
+        self.node_may_read(user, info, ns_for_authz, name).await?;
         let ns = if namespace.is_empty() {
             "default"
         } else {
