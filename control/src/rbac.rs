@@ -382,6 +382,65 @@ pub fn default_cluster_roles() -> Vec<serde_json::Value> {
     ]
 }
 
+/// Whether `pod` references the object `kind`/`name` (in its own namespace): volumes, projected
+/// sources, env `valueFrom`, `envFrom` and image pull secrets, as Kubernetes' node graph does.
+pub fn pod_references(pod: &serde_json::Value, kind: &str, name: &str) -> bool {
+    use serde_json::Value;
+    let eq = |v: &Value| v.as_str() == Some(name);
+    let spec = &pod["spec"];
+    let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+    let containers: Vec<Value> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+        .collect();
+    let projected = |v: &Value, src: &str| {
+        v["projected"]["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| eq(&s[src]["name"]))
+    };
+    let env_ref = |c: &Value, key_ref: &str, from_ref: &str| {
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| eq(&e["valueFrom"][key_ref]["name"]))
+            || c["envFrom"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| eq(&e[from_ref]["name"]))
+    };
+    match kind {
+        "ConfigMap" => {
+            volumes
+                .iter()
+                .any(|v| eq(&v["configMap"]["name"]) || projected(v, "configMap"))
+                || containers
+                    .iter()
+                    .any(|c| env_ref(c, "configMapKeyRef", "configMapRef"))
+        }
+        "Secret" => {
+            volumes
+                .iter()
+                .any(|v| eq(&v["secret"]["secretName"]) || projected(v, "secret"))
+                || containers
+                    .iter()
+                    .any(|c| env_ref(c, "secretKeyRef", "secretRef"))
+                || spec["imagePullSecrets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| eq(&s["name"]))
+        }
+        "PersistentVolumeClaim" => volumes
+            .iter()
+            .any(|v| eq(&v["persistentVolumeClaim"]["claimName"])),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -611,64 +670,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-}
-
-/// Whether `pod` references the object `kind`/`name` (in its own namespace): volumes, projected
-/// sources, env `valueFrom`, `envFrom` and image pull secrets, as Kubernetes' node graph does.
-pub fn pod_references(pod: &serde_json::Value, kind: &str, name: &str) -> bool {
-    use serde_json::Value;
-    let eq = |v: &Value| v.as_str() == Some(name);
-    let spec = &pod["spec"];
-    let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
-    let containers: Vec<Value> = ["containers", "initContainers", "ephemeralContainers"]
-        .iter()
-        .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
-        .collect();
-    let projected = |v: &Value, src: &str| {
-        v["projected"]["sources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| eq(&s[src]["name"]))
-    };
-    let env_ref = |c: &Value, key_ref: &str, from_ref: &str| {
-        c["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| eq(&e["valueFrom"][key_ref]["name"]))
-            || c["envFrom"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|e| eq(&e[from_ref]["name"]))
-    };
-    match kind {
-        "ConfigMap" => {
-            volumes
-                .iter()
-                .any(|v| eq(&v["configMap"]["name"]) || projected(v, "configMap"))
-                || containers
-                    .iter()
-                    .any(|c| env_ref(c, "configMapKeyRef", "configMapRef"))
-        }
-        "Secret" => {
-            volumes
-                .iter()
-                .any(|v| eq(&v["secret"]["secretName"]) || projected(v, "secret"))
-                || containers
-                    .iter()
-                    .any(|c| env_ref(c, "secretKeyRef", "secretRef"))
-                || spec["imagePullSecrets"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|s| eq(&s["name"]))
-        }
-        "PersistentVolumeClaim" => volumes
-            .iter()
-            .any(|v| eq(&v["persistentVolumeClaim"]["claimName"])),
-        _ => false,
     }
 }
