@@ -36,6 +36,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a single-node cluster on this machine: a control-plane member and a node agent in one
+    /// process (the embedded default).
+    Up(UpArgs),
     /// Run a control-plane member (the first one bootstraps a cluster).
     Server(ServerArgs),
     /// Run a node agent: register this machine as a Node and keep its heartbeat.
@@ -224,6 +227,20 @@ enum ImageCommand {
 }
 
 #[derive(Args)]
+struct UpArgs {
+    /// Where the member (`server/`) and the agent (`agent/`) keep their state.
+    #[arg(long, default_value = "/var/lib/ferry")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
 struct AgentArgs {
     /// Member addresses, comma-separated host:port.
     #[arg(long)]
@@ -389,6 +406,10 @@ async fn run(cli: Cli) -> Result<()> {
         ferry_control::server::run(opts).await?;
         return Ok(());
     }
+    if let Command::Up(a) = &cli.command {
+        init_logging(a.log_format);
+        return up(a).await;
+    }
     if let Command::Agent(a) = &cli.command {
         init_logging(a.log_format);
         ferry_agent::run(ferry_agent::AgentOptions {
@@ -427,7 +448,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&client, command).await,
-        Command::UserConfig(_) | Command::Agent(_) | Command::Image { .. } => {
+        Command::UserConfig(_) | Command::Agent(_) | Command::Image { .. } | Command::Up(_) => {
             unreachable!("handled above")
         }
     }
@@ -791,4 +812,43 @@ fn image(c: &ImageCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The host name as a node name (lower case), or `node-1` when it is not a valid one.
+fn default_node_name() -> String {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if !h.is_empty() && ferry_api::validation::dns1123_subdomain_error(&h).is_none() {
+        h
+    } else {
+        "node-1".into()
+    }
+}
+
+/// `ferry up`: a member and an agent in one process.
+async fn up(a: &UpArgs) -> Result<()> {
+    let server_dir = a.data_dir.join("server");
+    let mut opts = ferry_control::server::ServerOptions::new(server_dir.clone(), a.listen);
+    opts.admin_config = config::default_path();
+    let server = ferry_control::server::Server::start(opts).await?;
+    let token = std::fs::read_to_string(server_dir.join("join-token"))
+        .ok()
+        .map(|t| t.trim().to_string());
+    let node_name = a.node_name.clone().unwrap_or_else(default_node_name);
+    let agent = ferry_agent::AgentOptions {
+        server: server.local_addr.to_string(),
+        node_name: node_name.clone(),
+        node_ip: None,
+        data_dir: a.data_dir.join("agent"),
+        token,
+    };
+    println!(
+        "ferry is up: API at {} (admin config in ~/.ferry/config), node {node_name}",
+        server.local_addr
+    );
+    let result = ferry_agent::run(agent).await;
+    server.stop().await;
+    result.map_err(Into::into)
 }
