@@ -69,7 +69,9 @@ impl From<tonic::Status> for ClientError {
 
 /// True when the member could not be reached, so the request never arrived.
 fn unreachable(s: &tonic::Status) -> bool {
-    if s.code() != Code::Unavailable {
+    // A connection that dies under a request (a member killed mid-call) surfaces as UNKNOWN
+    // "transport error" over TLS, a refused connection as UNAVAILABLE.
+    if !matches!(s.code(), Code::Unavailable | Code::Unknown) {
         return false;
     }
     let text = format!("{s:?}").to_ascii_lowercase();
@@ -328,6 +330,30 @@ impl Client {
             .max_encoding_message_size(8 << 20)
     }
 
+    /// One unary `Resources` call with member failover.
+    async fn resources_call<Req, Resp, F, Fut>(&self, req: Req, f: F) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(ResourcesClient<AuthedChannel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call(|ch| f(Self::resources(ch), req.clone()))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// One unary `Cluster` call with member failover.
+    async fn cluster_call<Req, Resp, F, Fut>(&self, req: Req, f: F) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(ClusterClient<AuthedChannel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call(|ch| f(ClusterClient::new(ch), req.clone()))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     pub async fn create(
         &self,
         kind: &str,
@@ -340,12 +366,9 @@ impl Client {
             namespace: namespace.into(),
         };
         let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { Self::resources(ch).create(req).await }
-            })
+            .resources_call(req, |mut c, r| async move { c.create(r).await })
             .await?;
-        parse(&r.into_inner().object)
+        parse(&r.object)
     }
 
     pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, ClientError> {
@@ -355,12 +378,9 @@ impl Client {
             name: name.into(),
         };
         let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { Self::resources(ch).get(req).await }
-            })
+            .resources_call(req, |mut c, r| async move { c.get(r).await })
             .await?;
-        parse(&r.into_inner().object)
+        parse(&r.object)
     }
 
     /// A `List` object: `{"kind": "<Kind>List", "metadata": {"resourceVersion"}, "items": [...]}`.
@@ -372,12 +392,9 @@ impl Client {
             field_selector: opts.field_selector.clone(),
         };
         let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { Self::resources(ch).list(req).await }
-            })
+            .resources_call(req, |mut c, r| async move { c.list(r).await })
             .await?;
-        parse(&r.into_inner().list)
+        parse(&r.list)
     }
 
     /// Events after `resource_version` ("" for from now).
@@ -397,12 +414,9 @@ impl Client {
             allow_bookmarks: bookmarks,
         };
         let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { Self::resources(ch).watch(req).await }
-            })
+            .resources_call(req, |mut c, r| async move { c.watch(r).await })
             .await?;
-        let stream = r.into_inner().map(|item| match item {
+        let stream = r.map(|item| match item {
             Ok(ev) => Ok(WatchEvent {
                 kind: ev.r#type,
                 object: parse(&ev.object)?,
@@ -427,12 +441,9 @@ impl Client {
             subresource: sub.into(),
         };
         let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { Self::resources(ch).update(req).await }
-            })
+            .resources_call(req, |mut c, r| async move { c.update(r).await })
             .await?;
-        parse(&r.into_inner().object)
+        parse(&r.object)
     }
 
     /// JSON merge patch (RFC 7386).
@@ -451,12 +462,9 @@ impl Client {
             subresource: String::new(),
         };
         let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { Self::resources(ch).patch(req).await }
-            })
+            .resources_call(req, |mut c, r| async move { c.patch(r).await })
             .await?;
-        parse(&r.into_inner().object)
+        parse(&r.object)
     }
 
     pub async fn delete(
@@ -474,12 +482,9 @@ impl Client {
             resource_version: String::new(),
         };
         let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { Self::resources(ch).delete(req).await }
-            })
+            .resources_call(req, |mut c, r| async move { c.delete(r).await })
             .await?;
-        parse(&r.into_inner().object)
+        parse(&r.object)
     }
 
     /// May the caller do `verb` on `kind` (`ferry auth can-i`)?
@@ -498,25 +503,16 @@ impl Client {
             name: name.into(),
             subresource: subresource.into(),
         };
-        let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { Self::resources(ch).access_review(req).await }
-            })
-            .await?;
-        Ok(r.into_inner())
+        self.resources_call(req, |mut c, r| async move { c.access_review(r).await })
+            .await
     }
 
     /// New Secret encryption key; every Secret is re-encrypted with it (administrators only).
     pub async fn rotate_encryption_key(&self) -> Result<proto::RotateKeyResponse, ClientError> {
-        let r = self
-            .call(|ch| async move {
-                Self::resources(ch)
-                    .rotate_encryption_key(proto::RotateKeyRequest {})
-                    .await
-            })
-            .await?;
-        Ok(r.into_inner())
+        self.resources_call(proto::RotateKeyRequest {}, |mut c, r| async move {
+            c.rotate_encryption_key(r).await
+        })
+        .await
     }
 
     pub async fn create_token(
@@ -528,46 +524,30 @@ impl Client {
             usages: usages.to_vec(),
             ttl_seconds,
         };
-        let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { ClusterClient::new(ch).create_token(req).await }
-            })
-            .await?;
-        Ok(r.into_inner())
+        self.cluster_call(req, |mut c, r| async move { c.create_token(r).await })
+            .await
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<proto::TokenInfo>, ClientError> {
         let r = self
-            .call(|ch| async move {
-                ClusterClient::new(ch)
-                    .list_tokens(proto::ListTokensRequest {})
-                    .await
+            .cluster_call(proto::ListTokensRequest {}, |mut c, r| async move {
+                c.list_tokens(r).await
             })
             .await?;
-        Ok(r.into_inner().tokens)
+        Ok(r.tokens)
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<proto::TokenInfo, ClientError> {
         let req = proto::RevokeTokenRequest { id: id.into() };
-        let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { ClusterClient::new(ch).revoke_token(req).await }
-            })
-            .await?;
-        Ok(r.into_inner())
+        self.cluster_call(req, |mut c, r| async move { c.revoke_token(r).await })
+            .await
     }
 
     pub async fn members(&self) -> Result<proto::MembersResponse, ClientError> {
-        let r = self
-            .call(|ch| async move {
-                ClusterClient::new(ch)
-                    .members(proto::MembersRequest {})
-                    .await
-            })
-            .await?;
-        Ok(r.into_inner())
+        self.cluster_call(proto::MembersRequest {}, |mut c, r| async move {
+            c.members(r).await
+        })
+        .await
     }
 
     pub async fn add_member(
@@ -579,21 +559,14 @@ impl Client {
             id,
             addr: addr.into(),
         };
-        let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { ClusterClient::new(ch).add_member(req).await }
-            })
-            .await?;
-        Ok(r.into_inner())
+        self.cluster_call(req, |mut c, r| async move { c.add_member(r).await })
+            .await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<proto::MembersResponse, ClientError> {
         let req = proto::RemoveMemberRequest { id };
-        let r = self
-            .call(|ch| async move { ClusterClient::new(ch).remove_member(req).await })
-            .await?;
-        Ok(r.into_inner())
+        self.cluster_call(req, |mut c, r| async move { c.remove_member(r).await })
+            .await
     }
 }
 
