@@ -407,6 +407,11 @@ impl Node {
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(
                     ForwardToLeader { .. },
                 ))) => Err(ForwardFailure::NotLeader),
+                // Right after an election or restart the followers may not have answered a
+                // heartbeat yet: transient, so retried like a leader change.
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    Err(ForwardFailure::NotLeader)
+                }
                 Err(e) => Err(ForwardFailure::Failed(e.to_string())),
             },
             Forward::AddMember { id, addr } => {

@@ -89,8 +89,12 @@ async fn pods_are_placed_by_resources_taints_and_selectors() -> Result<()> {
     }
     let mut placed = std::collections::BTreeMap::<String, usize>::new();
     for i in 0..6 {
-        let p = wait_pod(&c, &format!("web-{i}"), "a node", |p| {
+        // Binding and the PodScheduled condition are two writes: wait for both.
+        let p = wait_pod(&c, &format!("web-{i}"), "a node and PodScheduled", |p| {
             !node_of(p).is_empty()
+                && p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "PodScheduled"))
         })
         .await?;
         *placed.entry(node_of(&p)).or_default() += 1;
