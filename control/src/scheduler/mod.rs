@@ -10,13 +10,14 @@
 
 pub mod predicates;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use ferry_api::client::{Api, ListOptions};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
-pub use predicates::{Fit, NodeInfo, PodRequest, decide};
+pub use predicates::{Fit, NodeInfo, Pick, PodRequest, decide, pick};
 
 fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
@@ -84,55 +85,151 @@ async fn event<A: Api>(api: &A, pod: &Value, kind: &str, reason: &str, message: 
     }
 }
 
-/// One pass: schedule every pending pod, oldest first. Returns how many were bound.
-pub async fn schedule_pending<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    let nodes = api.list("Node", &ListOptions::default()).await?;
-    let pods = api.list("Pod", &ListOptions::default()).await?;
-    let nodes: Vec<Value> = nodes["items"].as_array().cloned().unwrap_or_default();
-    let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
-    let mut infos: BTreeMap<String, NodeInfo> = nodes
-        .iter()
-        .map(|n| (s(n, "/metadata/name").to_string(), NodeInfo::from_node(n)))
-        .collect();
-    for p in &pods {
-        if let Some(info) = infos.get_mut(s(p, "/spec/nodeName"))
-            && !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
-        {
-            info.add(&PodRequest::from_pod(p));
+/// Pods bound (or marked unschedulable) concurrently in a pass. The store folds concurrent
+/// writes into one raft entry, so binding one pod at a time would pay a raft round (and an
+/// fsync) per write; with this many in flight a pass costs a few rounds per few hundred pods.
+const IN_FLIGHT: usize = 256;
+
+/// What a pass does for one pending pod.
+enum Action<'a> {
+    Bind(&'a Value, String),
+    Unschedulable(&'a Value, String),
+}
+
+/// Binds `pod` to `node` (resourceVersion-guarded, so a pod changed since the pass listed it is
+/// left to the next pass and never bound twice), then sets PodScheduled and records the Event.
+async fn bind<A: Api>(api: &A, pod: &Value, node: &str) -> bool {
+    let (ns, name) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
+    let patch = json!({"metadata": {"resourceVersion": s(pod, "/metadata/resourceVersion")},
+                       "spec": {"nodeName": node}});
+    match api.patch("Pod", ns, name, &patch).await {
+        Ok(bound_pod) => {
+            let message = format!("Successfully assigned {ns}/{name} to {node}");
+            tokio::join!(
+                set_scheduled_condition(api, &bound_pod, "True", "", ""),
+                event(api, pod, "Normal", "Scheduled", &message),
+            );
+            true
+        }
+        Err(e) => {
+            tracing::debug!(pod = name, "binding: {e}");
+            false
         }
     }
-    let mut pending: Vec<&Value> = pods.iter().filter(|p| wants_scheduling(p)).collect();
-    pending.sort_by(|a, b| {
-        s(a, "/metadata/creationTimestamp").cmp(s(b, "/metadata/creationTimestamp"))
-    });
-    let mut bound = 0;
-    for pod in pending {
-        let (ns, name) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
-        let req = PodRequest::from_pod(pod);
-        match decide(pod, &req, infos.values()) {
-            Fit::Node(node) => {
-                let patch = json!({"metadata": {"resourceVersion": s(pod, "/metadata/resourceVersion")},
-                                   "spec": {"nodeName": node}});
-                match api.patch("Pod", ns, name, &patch).await {
-                    Ok(bound_pod) => {
-                        if let Some(info) = infos.get_mut(&node) {
-                            info.add(&req);
-                        }
-                        set_scheduled_condition(api, &bound_pod, "True", "", "").await;
-                        event(
-                            api,
-                            pod,
-                            "Normal",
-                            "Scheduled",
-                            &format!("Successfully assigned {ns}/{name} to {node}"),
-                        )
-                        .await;
-                        bound += 1;
-                    }
-                    Err(e) => tracing::debug!(pod = name, "binding: {e}"),
-                }
+}
+
+async fn execute<A: Api>(api: &A, action: Action<'_>) -> bool {
+    match action {
+        Action::Bind(pod, node) => bind(api, pod, &node).await,
+        Action::Unschedulable(pod, message) => {
+            tokio::join!(
+                set_scheduled_condition(api, pod, "False", "Unschedulable", &message),
+                event(api, pod, "Warning", "FailedScheduling", &message),
+            );
+            false
+        }
+    }
+}
+
+fn items(mut list: Value) -> Vec<Value> {
+    match list.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// The scheduler's state between passes: where the next sampled node search starts.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    next_start: usize,
+}
+
+impl Scheduler {
+    /// One pass: schedule every pending pod, oldest first. Returns how many were bound.
+    ///
+    /// Decisions are made one pod at a time against node usage that includes every pod placed
+    /// earlier in the pass (so a node is never overcommitted), and the writes of up to
+    /// [`IN_FLIGHT`] pods run concurrently behind them. A bind that fails leaves its
+    /// reservation in place until the pass ends: conservative, never an overcommit.
+    pub async fn schedule_pending<A: Api>(
+        &mut self,
+        api: &A,
+    ) -> Result<usize, ferry_api::client::ClientError> {
+        let started = std::time::Instant::now();
+        let all = ListOptions::default();
+        let (nodes, pods) = tokio::try_join!(api.list("Node", &all), api.list("Pod", &all))?;
+        let (nodes, pods) = (items(nodes), items(pods));
+        let mut infos: Vec<NodeInfo> = nodes.iter().map(NodeInfo::from_node).collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        let index: HashMap<String, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        let mut pending: Vec<&Value> = Vec::new();
+        for p in &pods {
+            if wants_scheduling(p) {
+                pending.push(p);
+            } else if let Some(&i) = index.get(s(p, "/spec/nodeName"))
+                && !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
+            {
+                infos[i].add(&PodRequest::from_pod(p));
             }
-            Fit::None(message) => {
+        }
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        pending.sort_by(|a, b| {
+            s(a, "/metadata/creationTimestamp").cmp(s(b, "/metadata/creationTimestamp"))
+        });
+        let listed = started.elapsed();
+        let considered = pending.len();
+        // Each decision is made when a slot for its writes frees up, so binding starts with the
+        // first pod rather than after the last decision.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut bound = 0;
+        for pod in pending {
+            let Some(action) = self.place(&mut infos, pod) else {
+                continue;
+            };
+            if in_flight.len() >= IN_FLIGHT
+                && let Some(ok) = in_flight.next().await
+            {
+                bound += usize::from(ok);
+            }
+            in_flight.push(execute(api, action));
+        }
+        while let Some(ok) = in_flight.next().await {
+            bound += usize::from(ok);
+        }
+        tracing::debug!(
+            nodes = infos.len(),
+            pods = pods.len(),
+            pending = considered,
+            bound,
+            list_ms = listed.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "scheduling pass"
+        );
+        Ok(bound)
+    }
+}
+
+impl Scheduler {
+    /// Decides one pod: reserves its requests on the chosen node, or says why none fits (unless
+    /// the pod already says so).
+    fn place<'a>(&mut self, infos: &mut [NodeInfo], pod: &'a Value) -> Option<Action<'a>> {
+        let req = PodRequest::from_pod(pod);
+        let picked = predicates::pick(pod, &req, infos, self.next_start);
+        if !infos.is_empty() {
+            self.next_start = (self.next_start + picked.scanned) % infos.len();
+        }
+        match picked.fit {
+            Ok(i) => {
+                infos[i].add(&req);
+                Some(Action::Bind(pod, infos[i].name.clone()))
+            }
+            Err(message) => {
                 let already = pod
                     .pointer("/status/conditions")
                     .and_then(Value::as_array)
@@ -141,14 +238,15 @@ pub async fn schedule_pending<A: Api>(api: &A) -> Result<usize, ferry_api::clien
                             c["type"] == "PodScheduled" && c["message"] == message.as_str()
                         })
                     });
-                if !already {
-                    set_scheduled_condition(api, pod, "False", "Unschedulable", &message).await;
-                    event(api, pod, "Warning", "FailedScheduling", &message).await;
-                }
+                (!already).then_some(Action::Unschedulable(pod, message))
             }
         }
     }
-    Ok(bound)
+}
+
+/// One pass with fresh state (node searches start at the first node).
+pub async fn schedule_pending<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
+    Scheduler::default().schedule_pending(api).await
 }
 
 /// Runs passes while `is_leader()`, whenever the store changes (at most every 100 ms).
@@ -157,9 +255,10 @@ pub async fn run<A: Api>(
     mut changes: tokio::sync::watch::Receiver<u64>,
     is_leader: impl Fn() -> bool,
 ) {
+    let mut scheduler = Scheduler::default();
     loop {
         if is_leader()
-            && let Err(e) = schedule_pending(&api).await
+            && let Err(e) = scheduler.schedule_pending(&api).await
         {
             tracing::debug!("scheduling pass: {e}");
         }
@@ -167,6 +266,9 @@ pub async fn run<A: Api>(
             r = changes.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+        // Coalesce changes: every pass lists all nodes and pods, which on a large cluster costs
+        // more CPU than binding a few pods (back-to-back passes starved pod creates in the
+        // benchmark; docs/benchmarks.md).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -1,5 +1,6 @@
 //! Pure scheduling decisions: filters and scores over a snapshot of nodes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use ferry_api::validation::parse_quantity;
@@ -154,64 +155,84 @@ fn expression_matches(labels: &BTreeMap<String, String>, e: &Value) -> bool {
     }
 }
 
-/// nodeSelector and required node affinity (terms are ORed, expressions ANDed).
-fn selector_matches(pod: &Value, node: &NodeInfo) -> bool {
-    let selector_ok = pod
-        .pointer("/spec/nodeSelector")
-        .and_then(Value::as_object)
-        .is_none_or(|sel| {
+/// The pod-level inputs of the filters, looked up once per pod rather than once per node.
+struct PodTerms<'a> {
+    tolerations: &'a [Value],
+    node_selector: Option<&'a serde_json::Map<String, Value>>,
+    affinity_terms: Option<&'a Vec<Value>>,
+}
+
+impl<'a> PodTerms<'a> {
+    fn new(pod: &'a Value) -> Self {
+        PodTerms {
+            tolerations: pod
+                .pointer("/spec/tolerations")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            node_selector: pod.pointer("/spec/nodeSelector").and_then(Value::as_object),
+            affinity_terms: pod
+                .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+                .and_then(Value::as_array),
+        }
+    }
+
+    /// nodeSelector and required node affinity (terms are ORed, expressions ANDed).
+    fn selector_matches(&self, node: &NodeInfo) -> bool {
+        let selector_ok = self.node_selector.is_none_or(|sel| {
             sel.iter()
                 .all(|(k, v)| node.labels.get(k).map(String::as_str) == v.as_str())
         });
-    let terms = pod
-        .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
-        .and_then(Value::as_array);
-    let affinity_ok = terms.is_none_or(|terms| {
-        terms.iter().any(|t| {
-            t["matchExpressions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .all(|e| expression_matches(&node.labels, e))
-        })
-    });
-    selector_ok && affinity_ok
+        let affinity_ok = self.affinity_terms.is_none_or(|terms| {
+            terms.iter().any(|t| {
+                t["matchExpressions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .all(|e| expression_matches(&node.labels, e))
+            })
+        });
+        selector_ok && affinity_ok
+    }
+
+    /// Why `node` cannot take the pod, if it cannot. Static reasons do not allocate: on a large
+    /// cluster this runs for hundreds of nodes per pod.
+    fn check(&self, req: &PodRequest, node: &NodeInfo) -> Option<Cow<'static, str>> {
+        if node.unschedulable {
+            return Some(Cow::Borrowed("node(s) were unschedulable"));
+        }
+        for taint in &node.taints {
+            if matches!(taint["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+                && !tolerates(self.tolerations, taint)
+            {
+                return Some(Cow::Owned(format!(
+                    "node(s) had untolerated taint {{{}: {}}}",
+                    taint["key"].as_str().unwrap_or(""),
+                    taint["value"].as_str().unwrap_or("")
+                )));
+            }
+        }
+        if !self.selector_matches(node) {
+            return Some(Cow::Borrowed(
+                "node(s) didn't match Pod's node affinity/selector",
+            ));
+        }
+        if node.used_pods + 1.0 > node.alloc_pods {
+            return Some(Cow::Borrowed("Too many pods"));
+        }
+        if req.cpu > 0.0 && node.used_cpu + req.cpu > node.alloc_cpu + 1e-9 {
+            return Some(Cow::Borrowed("Insufficient cpu"));
+        }
+        if req.memory > 0.0 && node.used_memory + req.memory > node.alloc_memory + 1e-9 {
+            return Some(Cow::Borrowed("Insufficient memory"));
+        }
+        None
+    }
 }
 
 /// Why `node` cannot take the pod, if it cannot (one reason, in kube-scheduler's wording).
 pub fn filter(pod: &Value, req: &PodRequest, node: &NodeInfo) -> Option<String> {
-    if node.unschedulable {
-        return Some("node(s) were unschedulable".into());
-    }
-    let tolerations: Vec<Value> = pod
-        .pointer("/spec/tolerations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for taint in &node.taints {
-        if matches!(taint["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
-            && !tolerates(&tolerations, taint)
-        {
-            return Some(format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                taint["key"].as_str().unwrap_or(""),
-                taint["value"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    if !selector_matches(pod, node) {
-        return Some("node(s) didn't match Pod's node affinity/selector".into());
-    }
-    if node.used_pods + 1.0 > node.alloc_pods {
-        return Some("Too many pods".into());
-    }
-    if req.cpu > 0.0 && node.used_cpu + req.cpu > node.alloc_cpu + 1e-9 {
-        return Some("Insufficient cpu".into());
-    }
-    if req.memory > 0.0 && node.used_memory + req.memory > node.alloc_memory + 1e-9 {
-        return Some("Insufficient memory".into());
-    }
-    None
+    PodTerms::new(pod).check(req, node).map(Cow::into_owned)
 }
 
 /// kube-scheduler's least-allocated plus balanced-allocation scores (0..=200).
@@ -230,18 +251,28 @@ pub fn score(req: &PodRequest, node: &NodeInfo) -> f64 {
     least + balanced
 }
 
-/// The best node for the pod, or why there is none.
+/// Kubernetes' summary of why no node fits: "0/3 nodes are available: 2 Insufficient cpu, ...".
+fn unavailable(total: usize, reasons: &BTreeMap<Cow<'static, str>, usize>) -> String {
+    if reasons.is_empty() {
+        return format!("0/{total} nodes are available: no nodes registered.");
+    }
+    let why: Vec<String> = reasons.iter().map(|(r, c)| format!("{c} {r}")).collect();
+    format!("0/{total} nodes are available: {}.", why.join(", "))
+}
+
+/// The best node for the pod, or why there is none (every node filtered and scored).
 pub fn decide<'a>(
     pod: &Value,
     req: &PodRequest,
     nodes: impl IntoIterator<Item = &'a NodeInfo>,
 ) -> Fit {
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let terms = PodTerms::new(pod);
+    let mut reasons: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
     let mut total = 0;
     let mut best: Option<(f64, &NodeInfo)> = None;
     for n in nodes {
         total += 1;
-        match filter(pod, req, n) {
+        match terms.check(req, n) {
             Some(r) => *reasons.entry(r).or_default() += 1,
             None => {
                 let s = score(req, n);
@@ -256,19 +287,65 @@ pub fn decide<'a>(
     }
     match best {
         Some((_, n)) => Fit::Node(n.name.clone()),
-        None => {
-            let why: Vec<String> = reasons.iter().map(|(r, c)| format!("{c} {r}")).collect();
-            if why.is_empty() {
-                Fit::None(format!(
-                    "0/{total} nodes are available: no nodes registered."
-                ))
-            } else {
-                Fit::None(format!(
-                    "0/{total} nodes are available: {}.",
-                    why.join(", ")
-                ))
+        None => Fit::None(unavailable(total, &reasons)),
+    }
+}
+
+/// How many feasible nodes to find before scoring, as kube-scheduler's `numFeasibleNodesToFind`
+/// with the adaptive `percentageOfNodesToScore`: every node below 100, else 50% minus one point
+/// per 125 nodes (42% at 1,000, 10% at 5,000), never below 5% nor below 100 nodes.
+pub fn nodes_to_find(total: usize) -> usize {
+    const MIN_NODES: usize = 100;
+    if total < MIN_NODES {
+        return total;
+    }
+    let percent = 50usize.saturating_sub(total / 125).max(5);
+    (total * percent / 100).max(MIN_NODES)
+}
+
+/// The result of a sampled search ([`pick`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pick {
+    /// Index into `nodes` of the chosen node, or Kubernetes' summary of why none fits.
+    pub fit: Result<usize, String>,
+    /// Nodes looked at: the next search starts this many nodes after this one's start.
+    pub scanned: usize,
+}
+
+/// Sampled placement, as kube-scheduler does on large clusters: filters nodes in order from
+/// `start` (wrapping around) until [`nodes_to_find`] feasible ones are found, then picks the
+/// best-scored of those (ties: the first found). Successive searches starting where the last one
+/// stopped spread pods over the whole cluster. With no feasible node every node was filtered, so
+/// the summary is the same as [`decide`]'s.
+pub fn pick(pod: &Value, req: &PodRequest, nodes: &[NodeInfo], start: usize) -> Pick {
+    let total = nodes.len();
+    let want = nodes_to_find(total);
+    let terms = PodTerms::new(pod);
+    let mut reasons: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
+    let mut best: Option<(f64, usize)> = None;
+    let mut feasible = 0;
+    let mut scanned = 0;
+    let start = if total == 0 { 0 } else { start % total };
+    while scanned < total && feasible < want {
+        let i = (start + scanned) % total;
+        scanned += 1;
+        let n = &nodes[i];
+        match terms.check(req, n) {
+            Some(r) => *reasons.entry(r).or_default() += 1,
+            None => {
+                feasible += 1;
+                let s = score(req, n);
+                if best.is_none_or(|(b, _)| s > b + 1e-9) {
+                    best = Some((s, i));
+                }
             }
         }
+    }
+    Pick {
+        fit: best
+            .map(|(_, i)| i)
+            .ok_or_else(|| unavailable(total, &reasons)),
+        scanned,
     }
 }
 
@@ -381,6 +458,64 @@ mod tests {
         assert_eq!(
             filter(&p, &PodRequest::default(), &full).as_deref(),
             Some("Too many pods")
+        );
+    }
+
+    #[test]
+    fn sample_sizes_follow_kube_scheduler() {
+        assert_eq!(nodes_to_find(0), 0);
+        assert_eq!(nodes_to_find(50), 50);
+        assert_eq!(nodes_to_find(100), 100);
+        assert_eq!(
+            nodes_to_find(150),
+            100,
+            "49% of 150 is below the floor of 100"
+        );
+        assert_eq!(nodes_to_find(1000), 420);
+        assert_eq!(nodes_to_find(5000), 500);
+        assert_eq!(nodes_to_find(20000), 1000);
+    }
+
+    #[test]
+    fn sampled_pick_round_robins_and_never_overcommits() {
+        let mut nodes: Vec<NodeInfo> = (0..300)
+            .map(|i| node(&format!("n{i:03}"), "1", "1Gi", json!({}), json!([])))
+            .collect();
+        let p = pod("600m", "1Mi", json!({}));
+        let r = PodRequest::from_pod(&p);
+        // 48% of 300: windows of 144 nodes, each search starting where the last stopped.
+        assert_eq!(nodes_to_find(300), 144);
+        let first = pick(&p, &r, &nodes, 0);
+        assert_eq!(
+            first,
+            Pick {
+                fit: Ok(0),
+                scanned: 144
+            }
+        );
+        nodes[0].add(&r);
+        assert_eq!(pick(&p, &r, &nodes, 100).fit, Ok(100));
+        assert_eq!(pick(&p, &r, &nodes, 299).fit, Ok(299), "wraps around");
+        // Fill every node: each takes exactly one 600m pod, then none fits and all were looked at.
+        let mut start = 1;
+        for _ in 1..300 {
+            let got = pick(&p, &r, &nodes, start);
+            let i = got.fit.expect("a node with room");
+            nodes[i].add(&r);
+            start += got.scanned;
+        }
+        assert!(nodes.iter().all(|n| n.used_pods == 1.0));
+        let none = pick(&p, &r, &nodes, start);
+        assert_eq!(
+            none,
+            Pick {
+                fit: Err("0/300 nodes are available: 300 Insufficient cpu.".into()),
+                scanned: 300
+            }
+        );
+        assert_eq!(
+            pick(&p, &r, &[], 7).fit,
+            Err("0/0 nodes are available: no nodes registered.".into())
         );
     }
 }

@@ -4,6 +4,7 @@
 //! builds the release binaries first. Method and figures: docs/benchmarks.md.
 
 mod etcd;
+mod scheduler;
 mod store;
 
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ struct Cli {
 enum Bench {
     /// Store writes: Ferry's API (create) against etcd's KV Put, 3-member clusters on loopback.
     Store(store::StoreArgs),
+    /// Scheduler throughput: bind a burst of pods onto 1,000 and 5,000 simulated nodes.
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 /// The `ferry` binary the benchmark starts: `$FERRY_BIN`, else `ferry` next to this executable
@@ -36,7 +39,7 @@ fn locate_ferry() -> Result<PathBuf> {
     };
     if !path.is_file() {
         bail!(
-            "ferry binary not found at {}: run `tests/bench/run store` (it builds it) or set FERRY_BIN",
+            "ferry binary not found at {}: run `tests/bench/run NAME` (it builds it) or set FERRY_BIN",
             path.display()
         );
     }
@@ -89,6 +92,7 @@ fn main() -> std::process::ExitCode {
 async fn run(bench: Bench, ferry: PathBuf) -> Result<()> {
     match bench {
         Bench::Store(args) => store::run(args, &ferry).await,
+        Bench::Scheduler(args) => scheduler::run(args).await,
     }
 }
 
