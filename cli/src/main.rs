@@ -188,6 +188,9 @@ struct ServerArgs {
     /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line (Kubernetes' format).
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Addresses for LoadBalancer Services, e.g. 192.168.100.0/24 (default: none, they stay pending).
+    #[arg(long)]
+    loadbalancer_ip_pool: Option<String>,
     /// Where Service ClusterIPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
@@ -397,6 +400,7 @@ async fn run(cli: Cli) -> Result<()> {
         opts.history_retention = a.history.max(100);
         opts.cluster_cidr = a.cluster_cidr.clone();
         opts.service_cidr = a.service_cluster_ip_range.clone();
+        opts.loadbalancer_pool = a.loadbalancer_ip_pool.clone();
         opts.token_auth_file = a.token_auth_file.clone();
         opts.node_monitor_grace =
             std::time::Duration::from_secs(a.node_monitor_grace_seconds.max(1));

@@ -52,6 +52,8 @@ pub struct ServerOptions {
     pub node_monitor_grace: Duration,
     /// Static bearer tokens (Kubernetes' token file format).
     pub token_auth_file: Option<PathBuf>,
+    /// Addresses for LoadBalancer Services (None: they stay pending).
+    pub loadbalancer_pool: Option<String>,
     /// Where Service ClusterIPs come from.
     pub service_cidr: String,
     /// Pod network of the cluster and the size of each node's share (node IPAM).
@@ -77,6 +79,7 @@ impl ServerOptions {
             history_retention: 50_000,
             token_auth_file: None,
             node_monitor_grace: Duration::from_secs(10),
+            loadbalancer_pool: None,
             service_cidr: "10.96.0.0/12".into(),
             cluster_cidr: "10.244.0.0/16".into(),
             node_cidr_mask: 24,
@@ -308,6 +311,12 @@ impl Server {
             None => auth::StaticTokens::default(),
         };
         let authn = auth::Authenticator { tokens };
+        let lb_pool = opts
+            .loadbalancer_pool
+            .as_deref()
+            .map(crate::controllers::loadbalancer::Pool::parse)
+            .transpose()
+            .map_err(|e| ServerError::Config(format!("--loadbalancer-ip-pool: {e}")))?;
         let cidr_plan = crate::nodeipam::CidrPlan::parse(&opts.cluster_cidr, opts.node_cidr_mask)
             .map_err(|e| ServerError::Config(format!("--cluster-cidr: {e}")))?;
         let listener =
@@ -460,6 +469,15 @@ impl Server {
             node.sm.subscribe(),
             move || sched_node.is_leader(),
         ));
+        if let Some(pool) = lb_pool {
+            let lb_node = node.clone();
+            tokio::spawn(crate::controllers::loadbalancer::run(
+                crate::apiserver::local::LocalApi(api.clone()),
+                pool,
+                node.sm.subscribe(),
+                move || lb_node.is_leader(),
+            ));
+        }
         let eps_node = node.clone();
         tokio::spawn(crate::controllers::endpointslice::run(
             crate::apiserver::local::LocalApi(api.clone()),

@@ -741,3 +741,50 @@ async fn endpoint_slices_follow_pods_and_services() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancer_services_get_addresses_from_the_pool() -> Result<()> {
+    let cluster = Cluster::start(1, &["--loadbalancer-ip-pool", "192.0.2.0/29"]).await?;
+    let c = cluster.client();
+    let lb = |name: &str, extra: Value| {
+        let mut spec =
+            json!({"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+    };
+    c.create("svc", "", &lb("a", json!({}))).await?;
+    c.create("svc", "", &lb("b", json!({"loadBalancerIP": "192.0.2.6"})))
+        .await?;
+    let ip_of = |name: &'static str| {
+        let c = c.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let s = c.get("svc", "default", name).await?;
+                if let Some(ip) = s
+                    .pointer("/status/loadBalancer/ingress/0/ip")
+                    .and_then(Value::as_str)
+                {
+                    return Ok::<String, anyhow::Error>(ip.to_string());
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{name} never got an address"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(ip_of("a").await?, "192.0.2.1");
+    assert_eq!(ip_of("b").await?, "192.0.2.6");
+    // `ferry get svc` shows it as EXTERNAL-IP.
+    let out = Command::new(ferry_bin())
+        .args(["--config"])
+        .arg(cluster.config_path())
+        .args(["--server", &cluster.addrs(), "get", "svc", "a"])
+        .output()?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("192.0.2.1"));
+    Ok(())
+}

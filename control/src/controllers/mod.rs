@@ -3,4 +3,5 @@
 //! function, unit-tested, and a small executor that applies its actions.
 
 pub mod endpointslice;
+pub mod loadbalancer;
 pub mod nodelifecycle;
