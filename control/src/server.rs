@@ -478,6 +478,12 @@ impl Server {
                 move || lb_node.is_leader(),
             ));
         }
+        let rs_node = node.clone();
+        tokio::spawn(crate::controllers::replicaset::run(
+            crate::apiserver::local::LocalApi(api.clone()),
+            node.sm.subscribe(),
+            move || rs_node.is_leader(),
+        ));
         let eps_node = node.clone();
         tokio::spawn(crate::controllers::endpointslice::run(
             crate::apiserver::local::LocalApi(api.clone()),

@@ -167,3 +167,91 @@ async fn pods_are_placed_by_resources_taints_and_selectors() -> Result<()> {
     );
     Ok(())
 }
+
+async fn pods_of(c: &Client, app: &str) -> Result<Vec<Value>> {
+    let l = c
+        .list(
+            "Pod",
+            &ListOptions {
+                namespace: Some("default".into()),
+                label_selector: format!("app={app}"),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(l["items"].as_array().cloned().unwrap_or_default())
+}
+
+async fn until(what: &str, mut f: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await? {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_sets_keep_their_pods_scheduled_and_counted() -> Result<()> {
+    let cluster = Cluster::start(1, &["--node-monitor-grace-seconds", "3600"]).await?;
+    let c = cluster.client();
+    for n in ["n1", "n2", "n3"] {
+        add_node(&c, n, "4", "8Gi", json!({}), json!([])).await?;
+    }
+    c.create("ReplicaSet", "default", &json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                                       "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}}}]}}}}))
+        .await?;
+    until("6 pods spread over 3 nodes", async || {
+        let pods = pods_of(&c, "web").await?;
+        let mut per = std::collections::BTreeMap::<String, usize>::new();
+        for p in &pods {
+            *per.entry(node_of(p)).or_default() += 1;
+        }
+        Ok(pods.len() == 6
+            && per.len() == 3
+            && per.values().all(|n| *n == 2)
+            && !per.contains_key(""))
+    })
+    .await?;
+    let p = &pods_of(&c, "web").await?[0];
+    assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+    assert!(
+        p["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("web-"))
+    );
+    until("status replicas 6", async || {
+        Ok(c.get("ReplicaSet", "default", "web").await?["status"]["replicas"] == 6)
+    })
+    .await?;
+
+    // Scale down, then lose a pod: the ReplicaSet converges both times.
+    c.patch(
+        "ReplicaSet",
+        "default",
+        "web",
+        &json!({"spec": {"replicas": 2}}),
+    )
+    .await?;
+    until("2 pods", async || Ok(pods_of(&c, "web").await?.len() == 2)).await?;
+    let victim = pods_of(&c, "web").await?[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    c.delete("Pod", "default", &victim, "").await?;
+    until("a replacement", async || {
+        let pods = pods_of(&c, "web").await?;
+        Ok(pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p["metadata"]["name"] != victim.as_str() && !node_of(p).is_empty()))
+    })
+    .await?;
+    Ok(())
+}

@@ -5,3 +5,4 @@
 pub mod endpointslice;
 pub mod loadbalancer;
 pub mod nodelifecycle;
+pub mod replicaset;

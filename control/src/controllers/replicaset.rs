@@ -1,0 +1,307 @@
+//! ReplicaSets: keep `spec.replicas` pods from `spec.template` running for each ReplicaSet.
+//!
+//! A pod belongs to a ReplicaSet when its controller ownerReference names the ReplicaSet's uid;
+//! matching orphans are adopted, as in Kubernetes. Missing pods are created (`<rs>-<random>`,
+//! labels and spec from the template); surplus pods are deleted, least valuable first
+//! (unscheduled, then not ready, then newest). Status reports replicas, readyReplicas,
+//! availableReplicas, fullyLabeledReplicas and observedGeneration. Level-triggered on the leader
+//! through [`Api`]; [`plan`] is pure.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_api::client::{Api, ListOptions};
+use ferry_api::selector::LabelSelector;
+use serde_json::{Value, json};
+
+fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+fn labels(v: &Value) -> BTreeMap<String, String> {
+    v.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn controller_uid(pod: &Value) -> Option<&str> {
+    pod.pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
+        .and_then(|r| r["uid"].as_str())
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+fn is_active(pod: &Value) -> bool {
+    s(pod, "/metadata/deletionTimestamp").is_empty()
+        && !matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
+}
+
+/// What a ReplicaSet needs now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Orphan pods to adopt (names).
+    pub adopt: Vec<String>,
+    /// How many pods to create.
+    pub create: usize,
+    /// Pods to delete (names), least valuable first.
+    pub delete: Vec<String>,
+    pub status: Value,
+}
+
+/// The pure decision for one ReplicaSet over the pods of its namespace.
+pub fn plan(rs: &Value, pods: &[Value]) -> Result<Plan, String> {
+    let uid = s(rs, "/metadata/uid");
+    let sel = rs.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
+    let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+        serde_json::from_value(sel).map_err(|e| format!("spec.selector: {e}"))?;
+    let selector = LabelSelector::from_k8s(&sel).map_err(|e| format!("spec.selector: {e}"))?;
+    let want = rs
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+        .max(0) as usize;
+    let mut owned: Vec<&Value> = Vec::new();
+    let mut adopt = Vec::new();
+    for p in pods
+        .iter()
+        .filter(|p| is_active(p) && selector.matches(&labels(p)))
+    {
+        match controller_uid(p) {
+            Some(u) if u == uid => owned.push(p),
+            None => {
+                adopt.push(s(p, "/metadata/name").to_string());
+                owned.push(p);
+            }
+            Some(_) => {}
+        }
+    }
+    let have = owned.len();
+    let mut delete = Vec::new();
+    if have > want {
+        let mut ranked = owned.clone();
+        // Kubernetes' ranking: unscheduled first, then not ready, then the newest.
+        ranked.sort_by(|a, b| {
+            let key = |p: &Value| {
+                (
+                    !s(p, "/spec/nodeName").is_empty(),
+                    is_ready(p),
+                    std::cmp::Reverse(s(p, "/metadata/creationTimestamp").to_string()),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        delete = ranked
+            .iter()
+            .take(have - want)
+            .map(|p| s(p, "/metadata/name").to_string())
+            .collect();
+    }
+    let ready = owned.iter().filter(|p| is_ready(p)).count();
+    let status = json!({
+        "replicas": have,
+        "fullyLabeledReplicas": have,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "observedGeneration": rs.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
+    });
+    Ok(Plan {
+        adopt,
+        create: want.saturating_sub(have),
+        delete,
+        status,
+    })
+}
+
+fn pod_from_template(rs: &Value) -> Value {
+    let name = s(rs, "/metadata/name");
+    let mut meta = rs
+        .pointer("/spec/template/metadata")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    meta["generateName"] = json!(format!("{name}-"));
+    meta["namespace"] = json!(s(rs, "/metadata/namespace"));
+    meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name,
+        "uid": s(rs, "/metadata/uid"), "controller": true, "blockOwnerDeletion": true}]);
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("name");
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+           "spec": rs.pointer("/spec/template/spec").cloned().unwrap_or_else(|| json!({}))})
+}
+
+/// One pass over every ReplicaSet.
+pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
+    let all = ListOptions::default();
+    let sets = api.list("ReplicaSet", &all).await?;
+    let pods = api.list("Pod", &all).await?;
+    let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
+    let mut acted = 0;
+    for rs in sets["items"].as_array().into_iter().flatten() {
+        if !s(rs, "/metadata/deletionTimestamp").is_empty() {
+            continue;
+        }
+        let ns = s(rs, "/metadata/namespace");
+        let name = s(rs, "/metadata/name");
+        let in_ns: Vec<Value> = pods
+            .iter()
+            .filter(|p| s(p, "/metadata/namespace") == ns)
+            .cloned()
+            .collect();
+        let plan = match plan(rs, &in_ns) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(replicaset = name, "{e}");
+                continue;
+            }
+        };
+        for pod in &plan.adopt {
+            let owner = json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": name, "uid": s(rs, "/metadata/uid"), "controller": true, "blockOwnerDeletion": true}]}});
+            if api.patch("Pod", ns, pod, &owner).await.is_ok() {
+                acted += 1;
+            }
+        }
+        let template = pod_from_template(rs);
+        let creates = (0..plan.create).map(|_| api.create("Pod", ns, &template));
+        for r in futures::future::join_all(creates).await {
+            match r {
+                Ok(_) => acted += 1,
+                Err(e) => tracing::debug!(replicaset = name, "creating a pod: {e}"),
+            }
+        }
+        let deletes = plan.delete.iter().map(|p| api.delete("Pod", ns, p));
+        for r in futures::future::join_all(deletes).await {
+            match r {
+                Ok(_) => acted += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::debug!(replicaset = name, "deleting a pod: {e}"),
+            }
+        }
+        let current = rs.get("status").cloned().unwrap_or(Value::Null);
+        let fields = [
+            "replicas",
+            "readyReplicas",
+            "availableReplicas",
+            "fullyLabeledReplicas",
+            "observedGeneration",
+        ];
+        if fields.iter().any(|f| current[*f] != plan.status[*f]) {
+            let mut updated = rs.clone();
+            updated["status"] = plan.status.clone();
+            if let Err(e) = api.update_status("ReplicaSet", &updated).await {
+                tracing::debug!(replicaset = name, "status: {e}");
+            }
+        }
+    }
+    Ok(acted)
+}
+
+/// Runs passes on the leader whenever the store changes (at most every 100 ms).
+pub async fn run<A: Api>(
+    api: A,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    is_leader: impl Fn() -> bool,
+) {
+    loop {
+        if is_leader()
+            && let Err(e) = reconcile_all(&api).await
+        {
+            tracing::debug!("replicaset pass: {e}");
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(replicas: i64) -> Value {
+        json!({"metadata": {"name": "web", "namespace": "default", "uid": "rs-uid", "generation": 2},
+               "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}})
+    }
+
+    fn pod(name: &str, owner: Option<&str>, node: &str, ready: bool, created: &str) -> Value {
+        let mut p = json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}, "creationTimestamp": created},
+            "spec": {"nodeName": node}, "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}});
+        if let Some(o) = owner {
+            p["metadata"]["ownerReferences"] = json!([{"uid": o, "controller": true}]);
+        }
+        p
+    }
+
+    #[test]
+    fn scales_up_adopts_and_scales_down_least_valuable_first() {
+        let pods = vec![
+            pod("a", Some("rs-uid"), "n1", true, "2026-01-01T00:00:01Z"),
+            pod("orphan", None, "n1", true, "2026-01-01T00:00:02Z"),
+            pod(
+                "other",
+                Some("someone-else"),
+                "n1",
+                true,
+                "2026-01-01T00:00:03Z",
+            ),
+        ];
+        let p = plan(&rs(4), &pods).expect("plan");
+        assert_eq!(p.adopt, vec!["orphan"]);
+        assert_eq!(p.create, 2);
+        assert!(p.delete.is_empty());
+        assert_eq!(p.status["replicas"], 2);
+        assert_eq!(p.status["observedGeneration"], 2);
+        let pods = vec![
+            pod(
+                "old-ready",
+                Some("rs-uid"),
+                "n1",
+                true,
+                "2026-01-01T00:00:01Z",
+            ),
+            pod(
+                "new-ready",
+                Some("rs-uid"),
+                "n1",
+                true,
+                "2026-01-01T00:00:05Z",
+            ),
+            pod(
+                "not-ready",
+                Some("rs-uid"),
+                "n1",
+                false,
+                "2026-01-01T00:00:02Z",
+            ),
+            pod(
+                "unscheduled",
+                Some("rs-uid"),
+                "",
+                false,
+                "2026-01-01T00:00:03Z",
+            ),
+        ];
+        let p = plan(&rs(1), &pods).expect("plan");
+        assert_eq!(p.delete, vec!["unscheduled", "not-ready", "new-ready"]);
+        assert_eq!(p.create, 0);
+        assert_eq!(p.status["readyReplicas"], 2);
+    }
+}
