@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::apiserver::ApiServer;
+use ferry_api::client::{Api, ListOptions};
 
 /// A cluster CIDR split into per-node ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,25 +71,20 @@ impl CidrPlan {
 }
 
 /// One pass: allocate a range to every Node that lacks one. Returns how many were allocated.
-pub async fn allocate_once(api: &ApiServer, plan: &CidrPlan) -> Result<usize, String> {
+pub async fn allocate_once<A: Api>(api: &A, plan: &CidrPlan) -> Result<usize, String> {
     let list = api
-        .list(None, "Node", "", "", "")
+        .list("Node", &ListOptions::default())
         .await
         .map_err(|e| e.to_string())?;
     let nodes = list["items"].as_array().cloned().unwrap_or_default();
-    let mut used: Vec<String> = nodes
-        .iter()
-        .filter_map(|n| {
-            n.pointer("/spec/podCIDR")
-                .and_then(Value::as_str)
-                .map(String::from)
-        })
-        .collect();
+    let pod_cidr = |n: &Value| {
+        n.pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let mut used: Vec<String> = nodes.iter().filter_map(pod_cidr).collect();
     let mut n = 0;
-    for node in nodes
-        .iter()
-        .filter(|n| n.pointer("/spec/podCIDR").and_then(Value::as_str).is_none())
-    {
+    for node in nodes.iter().filter(|n| pod_cidr(n).is_none()) {
         let name = node
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -104,18 +99,7 @@ pub async fn allocate_once(api: &ApiServer, plan: &CidrPlan) -> Result<usize, St
             ));
         };
         let patch = json!({"metadata": {"resourceVersion": rv}, "spec": {"podCIDR": range, "podCIDRs": [range]}});
-        let bytes = serde_json::to_vec(&patch).unwrap_or_default();
-        match api
-            .patch(
-                None,
-                "Node",
-                "",
-                name,
-                &bytes,
-                crate::apiserver::objects::Subresource::Main,
-            )
-            .await
-        {
+        match api.patch("Node", "", name, &patch).await {
             Ok(_) => {
                 tracing::info!(node = name, pod_cidr = %range, "allocated pod CIDR");
                 used.push(range);
@@ -128,19 +112,16 @@ pub async fn allocate_once(api: &ApiServer, plan: &CidrPlan) -> Result<usize, St
 }
 
 /// Runs allocation passes on the leader whenever the store changes (at most every 200 ms).
-pub async fn run(api: ApiServer, plan: CidrPlan) {
-    let mut notify = api.node().sm.subscribe();
-    loop {
-        if api.node().is_leader()
-            && let Err(e) = allocate_once(&api, &plan).await
-        {
-            tracing::warn!("node IPAM: {e}");
+pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>, plan: CidrPlan) {
+    let pace = crate::controllers::Pace {
+        idle: Duration::from_secs(5),
+        throttle: Duration::from_millis(200),
+    };
+    let mut turns = crate::controllers::Turns::new("nodeipam", node, pace);
+    while turns.next().await {
+        if let Err(e) = allocate_once(&api, &plan).await {
+            turns.failed(e);
         }
-        tokio::select! {
-            _ = notify.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

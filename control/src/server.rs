@@ -462,40 +462,14 @@ impl Server {
             create_credentials(&opts, &node, &m.pki, &advertise).await?;
         }
         tokio::spawn(ensure_system_objects(api.clone()));
-        tokio::spawn(crate::nodeipam::run(api.clone(), cidr_plan));
-        let sched_node = node.clone();
-        tokio::spawn(crate::scheduler::run(
-            crate::apiserver::local::LocalApi(api.clone()),
-            node.sm.subscribe(),
-            move || sched_node.is_leader(),
-        ));
-        if let Some(pool) = lb_pool {
-            let lb_node = node.clone();
-            tokio::spawn(crate::controllers::loadbalancer::run(
-                crate::apiserver::local::LocalApi(api.clone()),
-                pool,
-                node.sm.subscribe(),
-                move || lb_node.is_leader(),
-            ));
-        }
-        let rs_node = node.clone();
-        tokio::spawn(crate::controllers::replicaset::run(
-            crate::apiserver::local::LocalApi(api.clone()),
-            node.sm.subscribe(),
-            move || rs_node.is_leader(),
-        ));
-        let eps_node = node.clone();
-        tokio::spawn(crate::controllers::endpointslice::run(
-            crate::apiserver::local::LocalApi(api.clone()),
-            node.sm.subscribe(),
-            move || eps_node.is_leader(),
-        ));
-        let leader_node = node.clone();
-        tokio::spawn(crate::controllers::nodelifecycle::run(
-            crate::apiserver::local::LocalApi(api.clone()),
-            opts.node_monitor_grace,
-            move || leader_node.is_leader(),
-        ));
+        crate::controllers::spawn_all(
+            &api,
+            crate::controllers::Settings {
+                pod_cidrs: cidr_plan,
+                node_monitor_grace: opts.node_monitor_grace,
+                lb_pool,
+            },
+        );
         tokio::spawn(async move {
             // Idempotent on every member: whoever comes first creates the Secret key ring.
             while let Err(e) = encryptor.ensure_key().await {

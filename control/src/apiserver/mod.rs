@@ -280,10 +280,6 @@ impl ApiServer {
         });
     }
 
-    pub fn encryptor(&self) -> &Encryptor {
-        &self.encryptor
-    }
-
     fn decode_stored(&self, kv: &KeyValue) -> ApiResult<Value> {
         decode_with(&self.encryptor, kv)
     }

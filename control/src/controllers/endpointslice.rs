@@ -19,20 +19,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "ferry-endpointslice-controller";
 
-fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
-    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
-}
+use crate::controllers::str_at as s;
 
-fn labels(v: &Value) -> BTreeMap<String, String> {
-    v.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::apiserver::objects::labels;
 
 fn pod_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
@@ -200,22 +189,16 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
 }
 
 /// Runs passes on the leader whenever the store changes (at most every 50 ms).
-pub async fn run<A: Api>(
-    api: A,
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    is_leader: impl Fn() -> bool,
-) {
-    loop {
-        if is_leader()
-            && let Err(e) = reconcile_all(&api).await
-        {
-            tracing::debug!("endpointslice pass: {e}");
+pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+    let pace = super::Pace {
+        idle: Duration::from_secs(5),
+        throttle: Duration::from_millis(50),
+    };
+    let mut turns = super::Turns::new("endpointslice", node, pace);
+    while turns.next().await {
+        if let Err(e) = reconcile_all(&api).await {
+            turns.failed(e);
         }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -135,23 +135,16 @@ pub async fn reconcile_all<A: Api>(
 }
 
 /// Runs passes on the leader whenever the store changes (at most every 100 ms).
-pub async fn run<A: Api>(
-    api: A,
-    pool: Pool,
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    is_leader: impl Fn() -> bool,
-) {
-    loop {
-        if is_leader()
-            && let Err(e) = reconcile_all(&api, &pool).await
-        {
-            tracing::debug!("loadbalancer pass: {e}");
+pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>, pool: Pool) {
+    let pace = super::Pace {
+        idle: Duration::from_secs(5),
+        throttle: Duration::from_millis(100),
+    };
+    let mut turns = super::Turns::new("loadbalancer", node, pace);
+    while turns.next().await {
+        if let Err(e) = reconcile_all(&api, &pool).await {
+            turns.failed(e);
         }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

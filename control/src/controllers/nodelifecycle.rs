@@ -185,15 +185,17 @@ pub async fn reconcile_all<A: Api>(
     Ok(acted)
 }
 
-/// Runs passes every second while `is_leader()`.
-pub async fn run<A: Api>(api: A, grace: Duration, is_leader: impl Fn() -> bool) {
-    loop {
-        if is_leader()
-            && let Err(e) = reconcile_all(&api, grace).await
-        {
-            tracing::debug!("node lifecycle pass: {e}");
+/// Runs a pass every second on the leader (heartbeats age with time, not with store changes).
+pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>, grace: Duration) {
+    let pace = super::Pace {
+        idle: Duration::from_secs(1),
+        throttle: Duration::from_secs(1),
+    };
+    let mut turns = super::Turns::new("nodelifecycle", node, pace);
+    while turns.next().await {
+        if let Err(e) = reconcile_all(&api, grace).await {
+            turns.failed(e);
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -19,9 +19,7 @@ use serde_json::{Value, json};
 
 pub use predicates::{Fit, NodeInfo, Pick, PodRequest, decide, pick};
 
-fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
-    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
-}
+use crate::controllers::str_at as s;
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -249,26 +247,20 @@ pub async fn schedule_pending<A: Api>(api: &A) -> Result<usize, ferry_api::clien
     Scheduler::default().schedule_pending(api).await
 }
 
-/// Runs passes while `is_leader()`, whenever the store changes (at most every 100 ms).
-pub async fn run<A: Api>(
-    api: A,
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    is_leader: impl Fn() -> bool,
-) {
+/// Runs passes on the leader whenever the store changes. Changes are coalesced (at most one
+/// pass per 100 ms): every pass lists all nodes and pods, which on a large cluster costs more
+/// CPU than binding a few pods (back-to-back passes starved pod creates in the benchmark;
+/// docs/benchmarks.md).
+pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
     let mut scheduler = Scheduler::default();
-    loop {
-        if is_leader()
-            && let Err(e) = scheduler.schedule_pending(&api).await
-        {
-            tracing::debug!("scheduling pass: {e}");
+    let pace = crate::controllers::Pace {
+        idle: Duration::from_secs(5),
+        throttle: Duration::from_millis(100),
+    };
+    let mut turns = crate::controllers::Turns::new("scheduler", node, pace);
+    while turns.next().await {
+        if let Err(e) = scheduler.schedule_pending(&api).await {
+            turns.failed(e);
         }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        // Coalesce changes: every pass lists all nodes and pods, which on a large cluster costs
-        // more CPU than binding a few pods (back-to-back passes starved pod creates in the
-        // benchmark; docs/benchmarks.md).
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
