@@ -67,6 +67,11 @@ pub enum ImageError {
     #[error("no image `{reference}` in the store")]
     NotFound { reference: String },
 
+    /// The registry (or the way to it) failed a pull: `message` is the registry's own error
+    /// message when it sent one (`manifest unknown`), else the HTTP or connection error.
+    #[error("pulling {reference}: {message}")]
+    Pull { reference: String, message: String },
+
     #[error("{op} {path}")]
     Io {
         op: &'static str,

@@ -40,9 +40,11 @@
 //! A puller feeds blobs with [`ImageStore::put_blob`] and then calls [`ImageStore::install`];
 //! it must not run concurrently with [`ImageStore::remove`] (whose garbage collection would
 //! delete blobs not yet referenced) — the agent's image manager runs one of them at a time.
+//! [`pull`] is that puller for OCI distribution registries ([`ImageStore::pull`]).
 
 pub mod error;
 pub mod oci;
+pub mod pull;
 pub mod reference;
 mod unpack;
 
@@ -63,6 +65,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     error::ImageError,
     oci::ContainerConfig,
+    pull::{PullOptions, PullReport},
     reference::{Digest, Reference},
 };
 use self::{
