@@ -222,6 +222,17 @@ enum ImageCommand {
         #[arg(long, default_value = "/var/lib/ferry/agent")]
         data_dir: PathBuf,
     },
+    /// Pull an image from its registry (`busybox:1.36` is `docker.io/library/busybox:1.36`).
+    Pull {
+        reference: String,
+        /// A registry (`host[:port]`) to reach over plain HTTP; repeatable. Loopback registries
+        /// (localhost, 127.0.0.0/8, [::1]) always are.
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
+        /// The agent's data directory.
+        #[arg(long, default_value = "/var/lib/ferry/agent")]
+        data_dir: PathBuf,
+    },
     /// List stored images.
     List {
         #[arg(long, default_value = "/var/lib/ferry/agent")]
@@ -427,7 +438,7 @@ async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if let Command::Image { command } = &cli.command {
-        return image(command);
+        return image(command).await;
     }
     if let Command::UserConfig(a) = &cli.command {
         return user_config(a);
@@ -785,8 +796,8 @@ fn user_config(a: &UserConfigArgs) -> Result<()> {
     Ok(())
 }
 
-fn image(c: &ImageCommand) -> Result<()> {
-    use ferry_agent::image::ImageStore;
+async fn image(c: &ImageCommand) -> Result<()> {
+    use ferry_agent::image::{ImageStore, PullOptions};
     match c {
         ImageCommand::Import {
             file,
@@ -806,6 +817,25 @@ fn image(c: &ImageCommand) -> Result<()> {
                     img.manifest_digest, img.layers_unpacked
                 );
             }
+        }
+        ImageCommand::Pull {
+            reference,
+            insecure_registries,
+            data_dir,
+        } => {
+            let store = std::sync::Arc::new(ImageStore::open(data_dir)?);
+            let opts = PullOptions {
+                insecure_registries: insecure_registries.clone(),
+                auth: None,
+            };
+            let r = store.pull_with_report(reference, &opts).await?;
+            println!(
+                "pulled {} {} ({} blob(s), {} bytes downloaded)",
+                r.reference,
+                r.info.manifest_digest,
+                r.blobs_fetched.len(),
+                r.bytes_fetched
+            );
         }
         ImageCommand::List { data_dir } => {
             let store = ImageStore::open(data_dir)?;
