@@ -6,7 +6,8 @@ pub mod datapath;
 pub mod image;
 pub mod network;
 pub mod node;
+pub mod pods;
 pub mod runtime;
 pub mod sysinfo;
 
-pub use node::{AgentOptions, run};
+pub use node::{AgentOptions, cleanup, run};

@@ -29,6 +29,28 @@ pub struct AgentOptions {
     pub node_ip: Option<IpAddr>,
     pub data_dir: PathBuf,
     pub token: Option<String>,
+    /// The bridge pods' veths join (one per node namespace).
+    pub pod_bridge: String,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Registries (`host[:port]`) pulled from over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
+}
+
+impl AgentOptions {
+    /// Options with the defaults for everything but the essentials.
+    pub fn new(server: &str, node_name: &str, data_dir: impl Into<PathBuf>) -> Self {
+        AgentOptions {
+            server: server.into(),
+            node_name: node_name.into(),
+            node_ip: None,
+            data_dir: data_dir.into(),
+            token: None,
+            pod_bridge: crate::network::DEFAULT_BRIDGE.into(),
+            cluster_domain: "cluster.local".into(),
+            insecure_registries: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +184,131 @@ pub async fn renew_lease(client: &Client, node: &str) -> Result<(), AgentError> 
     }
 }
 
+/// Keeps the Lease fresh and the Node's status current.
+async fn heartbeat(
+    client: Client,
+    opts: AgentOptions,
+    ip: Option<IpAddr>,
+    transition: String,
+    mut node: Value,
+) {
+    let mut lease_tick = tokio::time::interval(LEASE_RENEW);
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    status_tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = lease_tick.tick() => {
+                if let Err(e) = renew_lease(&client, &opts.node_name).await {
+                    tracing::warn!("renewing the node lease: {e}");
+                }
+            }
+            _ = status_tick.tick() => {
+                match client.get("Node", "", &opts.node_name).await {
+                    Ok(n) => match update_status(&client, n, &opts, ip, &transition).await {
+                        Ok(n) => node = n,
+                        Err(e) => tracing::warn!("updating node status: {e}"),
+                    },
+                    Err(e) if e.is_not_found() => {
+                        // Deleted by an operator: register again, as the kubelet does.
+                        if let Ok(n) = register(&client, &opts, ip, &transition).await {
+                            node = n;
+                        }
+                    }
+                    Err(e) => tracing::warn!("reading the node: {e}"),
+                }
+            }
+        }
+        let _ = &node;
+    }
+}
+
+/// The node's pod CIDR, once the control plane has assigned one.
+async fn wait_pod_cidr(client: &Client, name: &str, mut node: Value) -> String {
+    loop {
+        if let Some(c) = node.pointer("/spec/podCIDR").and_then(Value::as_str) {
+            tracing::info!(pod_cidr = %c, "pod CIDR assigned");
+            return c.to_owned();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(n) = client.get("Node", "", name).await {
+            node = n;
+        }
+    }
+}
+
+/// Nameservers and search domains from the node's resolv.conf, for pods (loopback resolvers
+/// are unreachable from a pod's namespace and are left out).
+fn node_dns() -> crate::network::DnsConfig {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut dns = crate::network::DnsConfig::default();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        match parts.next() {
+            Some("nameserver") => {
+                if let Some(ip) = parts.next().and_then(|p| p.parse::<IpAddr>().ok())
+                    && !ip.is_loopback()
+                {
+                    dns.nameservers.push(ip);
+                }
+            }
+            Some("search") => dns.searches.extend(parts.map(String::from)),
+            _ => {}
+        }
+    }
+    dns
+}
+
+async fn start_pods(
+    client: &Client,
+    opts: &AgentOptions,
+    ip: Option<IpAddr>,
+    pod_cidr: &str,
+) -> Result<std::sync::Arc<crate::pods::Shared>, AgentError> {
+    use crate::network::{Ipv4Cidr, PodNetwork, PodNetworkOptions};
+    let cfg = |e: String| AgentError::Config(e);
+    let (net, prefix) = pod_cidr
+        .split_once('/')
+        .ok_or_else(|| cfg(format!("pod CIDR {pod_cidr:?} is not ADDRESS/PREFIX")))?;
+    let cidr = Ipv4Cidr::new(
+        net.parse()
+            .map_err(|e| cfg(format!("pod CIDR {pod_cidr:?}: {e}")))?,
+        prefix
+            .parse()
+            .map_err(|e| cfg(format!("pod CIDR {pod_cidr:?}: {e}")))?,
+    )
+    .map_err(|e| cfg(e.to_string()))?;
+    let mut net_opts = PodNetworkOptions::new(cidr, &opts.data_dir);
+    net_opts.bridge = opts.pod_bridge.clone();
+    let network = PodNetwork::new(net_opts)
+        .await
+        .map_err(|e| cfg(format!("pod network: {e}")))?;
+    let runtime = crate::runtime::Runc::new(crate::runtime::RuncOptions::new(
+        opts.data_dir.join("runtime"),
+        &opts.node_name,
+    ))
+    .map_err(|e| cfg(format!("container runtime: {e}")))?;
+    let images = crate::image::ImageStore::open(&opts.data_dir)
+        .map_err(|e| cfg(format!("image store: {e}")))?;
+    let pods_dir = opts.data_dir.join("pods");
+    std::fs::create_dir_all(&pods_dir)
+        .map_err(|e| cfg(format!("creating {}: {e}", pods_dir.display())))?;
+    Ok(std::sync::Arc::new(crate::pods::Shared {
+        client: client.clone(),
+        node_name: opts.node_name.clone(),
+        node_ip: ip,
+        runtime: std::sync::Arc::new(runtime),
+        images: std::sync::Arc::new(images),
+        network: std::sync::Arc::new(network),
+        pods_dir,
+        dns: node_dns(),
+        cluster_domain: opts.cluster_domain.clone(),
+        pull: crate::image::PullOptions {
+            insecure_registries: opts.insecure_registries.clone(),
+            auth: None,
+        },
+    }))
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     if let Some(e) = ferry_api::validation::dns1123_subdomain_error(&opts.node_name) {
@@ -182,7 +329,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         .node_ip
         .or_else(|| sysinfo::local_ip_towards(&opts.server));
     let transition = now();
-    let mut node = loop {
+    let node = loop {
         match register(&client, &opts, ip, &transition).await {
             Ok(n) => break n,
             Err(AgentError::Api(e)) if e.is_unavailable() => {
@@ -193,50 +340,110 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         }
     };
     tracing::info!(node = %opts.node_name, ip = ?ip, "node registered");
-    let mut pod_cidr = node
-        .pointer("/spec/podCIDR")
-        .and_then(Value::as_str)
-        .map(String::from);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Config(e.to_string()))?;
-    let mut lease_tick = tokio::time::interval(LEASE_RENEW);
-    let mut status_tick = tokio::time::interval(STATUS_EVERY);
-    status_tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = lease_tick.tick() => {
-                if let Err(e) = renew_lease(&client, &opts.node_name).await {
-                    tracing::warn!("renewing the node lease: {e}");
-                }
-                if pod_cidr.is_none() {
-                    if let Ok(n) = client.get("Node", "", &opts.node_name).await {
-                        node = n;
-                    }
-                    pod_cidr = node.pointer("/spec/podCIDR").and_then(Value::as_str).map(String::from);
-                    if let Some(c) = &pod_cidr {
-                        tracing::info!(pod_cidr = %c, "pod CIDR assigned");
-                    }
-                }
+    let heartbeat = tokio::spawn(heartbeat(
+        client.clone(),
+        opts.clone(),
+        ip,
+        transition,
+        node.clone(),
+    ));
+    let pods = async {
+        let pod_cidr = wait_pod_cidr(&client, &opts.node_name, node).await;
+        match start_pods(&client, &opts, ip, &pod_cidr).await {
+            Ok(shared) => {
+                tracing::info!(pod_cidr = %pod_cidr, "running this node's pods");
+                crate::pods::run(shared).await
             }
-            _ = status_tick.tick() => {
-                match client.get("Node", "", &opts.node_name).await {
-                    Ok(n) => match update_status(&client, n, &opts, ip, &transition).await {
-                        Ok(n) => node = n,
-                        Err(e) => tracing::warn!("updating node status: {e}"),
-                    },
-                    Err(e) if e.is_not_found() => {
-                        // Deleted by an operator: register again, as the kubelet does.
-                        if let Ok(n) = register(&client, &opts, ip, &transition).await {
-                            node = n;
-                        }
-                    }
-                    Err(e) => tracing::warn!("reading the node: {e}"),
-                }
+            Err(e) => {
+                tracing::error!("cannot run pods on this node: {e}");
+                std::future::pending::<()>().await
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
         }
+    };
+    tokio::select! {
+        _ = pods => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
+    heartbeat.abort();
     tracing::info!("agent stopping");
     Ok(())
+}
+
+/// `ferry agent --cleanup`: removes everything this agent made on the node: its containers
+/// (stopped and deleted) and their cgroups, the pods' root filesystems, volumes and
+/// directories, the pods' network namespaces, veths and addresses, and the bridge. The Node
+/// object stays (delete it with `ferry delete node`). Safe to run twice.
+pub async fn cleanup(opts: &AgentOptions) -> Result<(), AgentError> {
+    use crate::runtime::ContainerRuntime as _;
+    let cfg = |e: String| AgentError::Config(e);
+    let mut problems = Vec::new();
+    let runtime_dir = opts.data_dir.join("runtime");
+    if runtime_dir.exists() {
+        let runtime = crate::runtime::Runc::new(crate::runtime::RuncOptions::new(
+            runtime_dir,
+            &opts.node_name,
+        ))
+        .map_err(|e| cfg(format!("container runtime: {e}")))?;
+        let list = runtime.list("").map_err(|e| cfg(e.to_string()))?;
+        for c in list {
+            if let Err(e) = runtime.delete(&c.id) {
+                problems.push(format!("container {}: {e}", c.id));
+            }
+        }
+        for dir in runtime.remove_cgroup_parent() {
+            problems.push(format!("cgroup {} is still in use", dir.display()));
+        }
+    }
+    let pods_dir = opts.data_dir.join("pods");
+    if let Ok(entries) = std::fs::read_dir(&pods_dir) {
+        for e in entries.flatten() {
+            let dir = e.path();
+            if let Err(err) = crate::pods::volumes::unmount_all(&dir.join("volumes")) {
+                problems.push(format!("{}: {err}", dir.display()));
+            }
+            if let Ok(cs) = std::fs::read_dir(dir.join("containers")) {
+                for c in cs.flatten() {
+                    if let Err(err) = crate::pods::rootfs::remove(&c.path()) {
+                        problems.push(format!("{}: {err}", c.path().display()));
+                    }
+                }
+            }
+            if let Err(err) = std::fs::remove_dir_all(&dir) {
+                problems.push(format!("{}: {err}", dir.display()));
+            }
+        }
+    }
+    let ipam_path = opts.data_dir.join("network/ipam.json");
+    let cidr = std::fs::read(&ipam_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["cidr"].as_str().and_then(|c| c.parse().ok()));
+    if let Some(cidr) = cidr {
+        let mut net_opts = crate::network::PodNetworkOptions::new(cidr, &opts.data_dir);
+        net_opts.bridge = opts.pod_bridge.clone();
+        let net = crate::network::PodNetwork::new(net_opts)
+            .await
+            .map_err(|e| cfg(format!("pod network: {e}")))?;
+        let pods: Vec<_> = net
+            .ipam_state()
+            .allocations()
+            .map(|(_, k)| k.clone())
+            .collect();
+        for p in pods {
+            if let Err(e) = net.teardown(&p).await {
+                problems.push(format!("pod network of {p}: {e}"));
+            }
+        }
+        if let Err(e) = net.remove_bridge().await {
+            problems.push(format!("bridge {}: {e}", opts.pod_bridge));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(cfg(format!("cleanup left: {}", problems.join("; "))))
+    }
 }

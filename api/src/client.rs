@@ -189,6 +189,17 @@ pub struct ListOptions {
     pub field_selector: String,
 }
 
+/// Options of a delete.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// Background (default), Foreground or Orphan.
+    pub propagation: String,
+    /// Precondition: delete only this version; empty for none.
+    pub resource_version: String,
+    /// Pods on a node: how long the containers get to stop; `Some(0)` removes at once.
+    pub grace_period_seconds: Option<i64>,
+}
+
 /// Adds `authorization: Bearer <token>` to every request when the client has a token.
 #[derive(Clone, Default)]
 pub struct BearerAuth {
@@ -474,12 +485,27 @@ impl Client {
         name: &str,
         propagation: &str,
     ) -> Result<Value, ClientError> {
+        let opts = DeleteOptions {
+            propagation: propagation.into(),
+            ..DeleteOptions::default()
+        };
+        self.delete_with(kind, namespace, name, &opts).await
+    }
+
+    pub async fn delete_with(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ClientError> {
         let req = proto::DeleteRequest {
             kind: kind.into(),
             namespace: namespace.into(),
             name: name.into(),
-            propagation_policy: propagation.into(),
-            resource_version: String::new(),
+            propagation_policy: opts.propagation.clone(),
+            resource_version: opts.resource_version.clone(),
+            grace_period_seconds: opts.grace_period_seconds,
         };
         let r = self
             .resources_call(req, |mut c, r| async move { c.delete(r).await })

@@ -250,6 +250,12 @@ struct UpArgs {
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// The bridge pods' veths join.
+    #[arg(long, default_value = "ferry0")]
+    pod_bridge: String,
+    /// Pod addresses: one /24 of it per node.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -257,8 +263,8 @@ struct UpArgs {
 #[derive(Args)]
 struct AgentArgs {
     /// Member addresses, comma-separated host:port.
-    #[arg(long)]
-    server: String,
+    #[arg(long, required_unless_present = "cleanup")]
+    server: Option<String>,
     /// This node's name (DNS-1123 subdomain).
     #[arg(long)]
     node_name: String,
@@ -271,6 +277,20 @@ struct AgentArgs {
     /// Join token (first start only; from `ferry token create --usage node`), or $FERRY_TOKEN.
     #[arg(long, env = "FERRY_TOKEN")]
     token: Option<String>,
+    /// The bridge that pods' veths join in the node's network namespace.
+    #[arg(long, default_value = "ferry0")]
+    pod_bridge: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// A registry (HOST[:PORT]) to pull from over plain HTTP; loopback registries always are
+    /// (repeatable).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Remove everything this agent made on the node (containers, pod networks, the bridge,
+    /// pod directories) and exit.
+    #[arg(long)]
+    cleanup: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -345,6 +365,14 @@ struct DeleteArgs {
     /// Succeed when the object is already gone.
     #[arg(long)]
     ignore_not_found: bool,
+    /// Pods: seconds the containers get to stop (default: the pod's
+    /// terminationGracePeriodSeconds).
+    #[arg(long)]
+    grace_period: Option<i64>,
+    /// Pods: remove at once, without waiting for the node to stop the containers
+    /// (same as --grace-period 0).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -427,14 +455,22 @@ async fn run(cli: Cli) -> Result<()> {
     }
     if let Command::Agent(a) = &cli.command {
         init_logging(a.log_format);
-        ferry_agent::run(ferry_agent::AgentOptions {
-            server: a.server.clone(),
+        let opts = ferry_agent::AgentOptions {
+            server: a.server.clone().unwrap_or_default(),
             node_name: a.node_name.clone(),
             node_ip: a.node_ip,
             data_dir: a.data_dir.clone(),
             token: a.token.clone(),
-        })
-        .await?;
+            pod_bridge: a.pod_bridge.clone(),
+            cluster_domain: a.cluster_domain.clone(),
+            insecure_registries: a.insecure_registries.clone(),
+        };
+        if a.cleanup {
+            ferry_agent::cleanup(&opts).await?;
+            println!("node {} cleaned up", a.node_name);
+        } else {
+            ferry_agent::run(opts).await?;
+        }
         return Ok(());
     }
     if let Command::Image { command } = &cli.command {
@@ -674,10 +710,15 @@ async fn delete(client: &Client, a: DeleteArgs) -> Result<()> {
             targets.push((info, default_ns.clone(), n.clone()));
         }
     }
+    let opts = ferry_api::client::DeleteOptions {
+        propagation: policy.into(),
+        grace_period_seconds: if a.force { Some(0) } else { a.grace_period },
+        ..Default::default()
+    };
     let single = targets.len() == 1;
     let mut failed = 0;
     for (info, ns, name) in targets {
-        match client.delete(info.kind, &ns, &name, policy).await {
+        match client.delete_with(info.kind, &ns, &name, &opts).await {
             Ok(_) => println!("{} \"{name}\" deleted", output::qualified(info)),
             Err(e) if e.is_not_found() && a.ignore_not_found => {}
             Err(e) if single => return Err(e.into()),
@@ -866,6 +907,7 @@ async fn up(a: &UpArgs) -> Result<()> {
     let server_dir = a.data_dir.join("server");
     let mut opts = ferry_control::server::ServerOptions::new(server_dir.clone(), a.listen);
     opts.admin_config = config::default_path();
+    opts.cluster_cidr = a.cluster_cidr.clone();
     let server = ferry_control::server::Server::start(opts).await?;
     let token = std::fs::read_to_string(server_dir.join("join-token"))
         .ok()
@@ -877,6 +919,8 @@ async fn up(a: &UpArgs) -> Result<()> {
         node_ip: None,
         data_dir: a.data_dir.join("agent"),
         token,
+        pod_bridge: a.pod_bridge.clone(),
+        ..ferry_agent::AgentOptions::new("", "", "")
     };
     println!(
         "ferry is up: API at {} (admin config in ~/.ferry/config), node {node_name}",

@@ -5,6 +5,9 @@
 //! [`Cluster`] guard kills them all and removes the directory when it is dropped, also when a
 //! test fails.
 
+pub mod agent;
+pub mod image;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -13,6 +13,16 @@ use tonic::Code;
 struct Agent {
     child: Child,
     data_dir: Option<tempfile::TempDir>,
+    name: String,
+}
+
+/// A pod bridge name unique to this run and node, so agents never share one.
+fn bridge_for(name: &str) -> String {
+    let mut h: u32 = 2166136261;
+    for b in format!("{}-{name}", std::process::id()).bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(16777619);
+    }
+    format!("fb{:08x}", h)
 }
 
 impl Agent {
@@ -32,6 +42,21 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Whatever the agent made on this machine (its bridge above all) goes with it.
+        if let Some(dir) = &self.data_dir {
+            let _ = Command::new(ferry_bin())
+                .args([
+                    "agent",
+                    "--cleanup",
+                    "--node-name",
+                    &self.name,
+                    "--pod-bridge",
+                ])
+                .arg(bridge_for(&self.name))
+                .arg("--data-dir")
+                .arg(dir.path())
+                .output();
+        }
     }
 }
 
@@ -53,6 +78,8 @@ fn agent(
         &cluster.members[0].addr,
         "--node-name",
         name,
+        "--pod-bridge",
+        &bridge_for(name),
         "--data-dir",
     ])
     .arg(data_dir.path())
@@ -67,6 +94,7 @@ fn agent(
     Ok(Agent {
         child: cmd.spawn()?,
         data_dir: Some(data_dir),
+        name: name.to_owned(),
     })
 }
 

@@ -244,7 +244,12 @@ async fn replica_sets_keep_their_pods_scheduled_and_counted() -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    c.delete("Pod", "default", &victim, "").await?;
+    // No agent runs on these nodes to finish a graceful deletion: force it, as one would.
+    let force = ferry_api::client::DeleteOptions {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    c.delete_with("Pod", "default", &victim, &force).await?;
     until("a replacement", async || {
         let pods = pods_of(&c, "web").await?;
         Ok(pods.len() == 2

@@ -17,6 +17,31 @@ impl Drop for Up {
     }
 }
 
+/// This run's pod bridge (never the default `ferry0`, which a real `ferry up` may own).
+fn bridge() -> String {
+    format!("fu{}", std::process::id())
+}
+
+/// Removes what the agent of `ferry up` made on this machine.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new(ferry_bin())
+            .args([
+                "agent",
+                "--cleanup",
+                "--node-name",
+                "solo",
+                "--pod-bridge",
+                &bridge(),
+            ])
+            .arg("--data-dir")
+            .arg(self.0.join("data/agent"))
+            .output();
+    }
+}
+
 fn start(dir: &std::path::Path, port: u16) -> Result<Up> {
     let log = std::fs::File::create(dir.join(format!("up-{port}.log")))?;
     Ok(Up(Command::new(ferry_bin())
@@ -24,6 +49,10 @@ fn start(dir: &std::path::Path, port: u16) -> Result<Up> {
             "up",
             "--node-name",
             "solo",
+            "--pod-bridge",
+            &bridge(),
+            "--cluster-cidr",
+            "10.243.0.0/16",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",
@@ -59,6 +88,7 @@ async fn ready_node(dir: &std::path::Path) -> Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_a_single_node_cluster_and_restarts_into_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    let _cleanup = Cleanup(dir.path().to_path_buf());
     let port = free_port();
     let up = start(dir.path(), port)?;
     let first = ready_node(dir.path()).await?;

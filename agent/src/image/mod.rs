@@ -664,6 +664,19 @@ impl ImageStore {
         Ok(info)
     }
 
+    /// Adds the references another process recorded since this store was opened.
+    fn reload_refs(&self, refs: &mut BTreeMap<String, Digest>) {
+        let path = self.root.join("refs.json");
+        if let Some(disk) = fs::read(&path)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<RefsFile>(&d).ok())
+        {
+            for (k, v) in disk.refs {
+                refs.entry(k).or_insert(v);
+            }
+        }
+    }
+
     fn save_refs(&self, refs: &BTreeMap<String, Digest>) -> Result<()> {
         let path = self.root.join("refs.json");
         let data =
@@ -717,7 +730,11 @@ impl ImageStore {
     /// The image `reference` names, or `None` when the store does not have it.
     pub fn resolve(&self, reference: &str) -> Result<Option<ImageInfo>> {
         let reference: Reference = reference.parse()?;
-        let refs = self.lock();
+        let mut refs = self.lock();
+        if Self::lookup(&refs, &reference).is_none() {
+            // Another process (`ferry image import` beside a running agent) may have added it.
+            self.reload_refs(&mut refs);
+        }
         match Self::lookup(&refs, &reference) {
             Some(d) => self.image_info(&d).map(Some),
             None => Ok(None),

@@ -135,8 +135,10 @@ impl ImageStore {
             wanted.push(layer);
         }
         wanted.retain(|d| seen.insert(d.digest.clone()) && !self.has_blob(&d.digest));
-        let fetched: Vec<(Digest, u64)> = stream::iter(wanted)
-            .map(|desc| puller.fetch_blob(desc))
+        // The futures are built before the stream so that no closure over borrowed data is
+        // part of the stream's type: that keeps the pull future `Send` for `tokio::spawn`.
+        let downloads: Vec<_> = wanted.into_iter().map(|d| puller.fetch_blob(d)).collect();
+        let fetched: Vec<(Digest, u64)> = stream::iter(downloads)
             .buffer_unordered(CONCURRENT_DOWNLOADS)
             .try_collect()
             .await?;

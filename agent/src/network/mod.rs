@@ -330,7 +330,7 @@ impl PodNetwork {
         let etc_dir = pod_dir.join("etc");
         etc::write_pod_etc(&etc_dir, &req.hostname, ip, &req.dns)?;
         tracing::debug!(pod = %pod, %ip, %host_veth, netns = %netns_path.display(), "pod network set up");
-        Ok(PodNetConfig {
+        let cfg = PodNetConfig {
             ip,
             gateway,
             prefix: cidr.prefix(),
@@ -338,7 +338,23 @@ impl PodNetwork {
             mac: link::format_mac(&mac),
             netns_path,
             etc_dir,
-        })
+        };
+        let cfg_json = serde_json::to_vec_pretty(&cfg).map_err(|e| NetworkError::StateInvalid {
+            path: pod_dir.join("config.json"),
+            reason: e.to_string(),
+        })?;
+        write_atomically(&pod_dir.join("config.json"), &cfg_json)?;
+        Ok(cfg)
+    }
+
+    /// The pod's network if a setup completed earlier (also by an earlier agent process) and
+    /// is still in place: its address is allocated to it and its namespace exists. The pod sync
+    /// loop uses it instead of [`PodNetwork::setup`], which would recreate the veth pair.
+    pub fn existing(&self, pod: &PodKey) -> Option<PodNetConfig> {
+        let bytes = std::fs::read(self.pod_dir(pod).join("config.json")).ok()?;
+        let cfg: PodNetConfig = serde_json::from_slice(&bytes).ok()?;
+        let allocated = self.lock_ipam().get(pod) == Some(cfg.ip);
+        (allocated && netns::is_netns(&cfg.netns_path)).then_some(cfg)
     }
 
     /// Removes the pod's veth pair, its namespace (if this module created it), its directory

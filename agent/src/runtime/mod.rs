@@ -39,7 +39,11 @@ pub mod error;
 pub mod runc;
 pub mod spec;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +84,23 @@ pub trait ContainerRuntime: Send + Sync {
     /// All containers whose id starts with `prefix`, sorted by id (for adoption after an agent
     /// restart).
     fn list(&self, prefix: &str) -> Result<Vec<ContainerInfo>>;
+
+    /// Runs `args` inside the running container `id` (its namespaces, cgroup, environment
+    /// and user), without a terminal, and returns its exit code and combined output (at most
+    /// [`EXEC_OUTPUT_LIMIT`] bytes kept). A command still running after `timeout` is killed and
+    /// is [`RuntimeError::Timeout`]. Exec probes and `ferry exec` use it.
+    fn exec(&self, id: &str, args: &[String], timeout: Duration) -> Result<ExecOutput>;
+}
+
+/// Output kept of an exec, as Kubernetes keeps of an exec probe.
+pub const EXEC_OUTPUT_LIMIT: usize = 10 * 1024;
+
+/// What an exec returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    /// stdout and stderr, interleaved as they arrived, truncated to [`EXEC_OUTPUT_LIMIT`].
+    pub output: Vec<u8>,
 }
 
 /// What to run.
@@ -156,6 +177,10 @@ pub struct ContainerInfo {
     pub status: ContainerStatus,
     pub labels: BTreeMap<String, String>,
     pub log_path: PathBuf,
+    /// When its process started; `None` before it did.
+    pub started_at: Option<SystemTime>,
+    /// When it exited, as far as the runtime knows; `None` while it runs.
+    pub finished_at: Option<SystemTime>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,13 +29,14 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, Result, RuntimeError,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, EXEC_OUTPUT_LIMIT, ExecOutput,
+    Result, RuntimeError,
     cgroup::{self, Hierarchy},
     spec::{self, SpecContext},
     validate_id,
@@ -263,6 +264,19 @@ impl Runc {
         if let Some(code) = self.read_exit(id) {
             return Ok(self.exited(meta, Some(code)));
         }
+        // Fast path, taken on every sync of every pod: a started container whose process is
+        // alive runs. The monitor writes the exit file as soon as runc returns, so a missing
+        // exit file plus a live pid is a running container (pid reuse within the moment
+        // between the exit and the exit file only delays the answer to the next look).
+        if let Some(pid) = fs::read_to_string(bundle.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0)
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && !bundle.join("exit").exists()
+        {
+            return Ok(ContainerStatus::Running { pid: pid as u32 });
+        }
         if !self.runc_knows(id) {
             return Ok(if bundle.join("pid").exists() {
                 // Started, then removed from runc behind our back.
@@ -312,11 +326,23 @@ impl Runc {
         }
         let meta = self.read_meta(id);
         let status = self.status(id, &meta)?;
+        let bundle = self.bundle_dir(id);
+        let mtime = |name: &str| {
+            fs::metadata(bundle.join(name))
+                .and_then(|m| m.modified())
+                .ok()
+        };
         Ok(ContainerInfo {
             id: id.to_owned(),
             status,
             labels: meta.labels,
             log_path: meta.log_path,
+            started_at: mtime("pid"),
+            finished_at: if status.is_exited() {
+                mtime("exit").or_else(|| Some(SystemTime::now()))
+            } else {
+                None
+            },
         })
     }
 
@@ -533,6 +559,83 @@ impl ContainerRuntime for Runc {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Self::io(id, "removing bundle", &bundle)(e)),
         }
+    }
+
+    fn exec(&self, id: &str, args: &[String], timeout: Duration) -> Result<ExecOutput> {
+        validate_id(id)?;
+        if args.is_empty() {
+            return Err(RuntimeError::InvalidSpec {
+                id: id.to_owned(),
+                field: "command",
+                reason: "must not be empty".into(),
+            });
+        }
+        let (reader, writer) = io::pipe().map_err(Self::io(id, "creating pipe", Path::new("")))?;
+        let mut cmd = self.command();
+        cmd.arg("exec")
+            .arg(id)
+            .args(args)
+            .stdout(
+                writer
+                    .try_clone()
+                    .map_err(Self::io(id, "cloning pipe", Path::new("")))?,
+            )
+            .stderr(writer);
+        let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+            id: id.to_owned(),
+            command: format!("runc exec {id} {}", args.join(" ")),
+            source,
+        })?;
+        // The command's own children may keep the pipe open after it exits; drop cmd's copies
+        // of the write end so EOF comes when they are done.
+        drop(cmd);
+        let collected = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        {
+            let collected = collected.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut reader = reader;
+                while let Ok(n @ 1..) = io::Read::read(&mut reader, &mut buf) {
+                    let mut out = collected.lock().unwrap_or_else(|p| p.into_inner());
+                    let keep = n.min(EXEC_OUTPUT_LIMIT.saturating_sub(out.len()));
+                    out.extend_from_slice(&buf[..keep]);
+                }
+                let _ = done_tx.send(());
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(RuntimeError::Timeout {
+                        id: id.to_owned(),
+                        what: "the exec'd command to finish",
+                        waited_ms: timeout.as_millis(),
+                    });
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(5)),
+                Err(source) => {
+                    return Err(RuntimeError::Spawn {
+                        id: id.to_owned(),
+                        command: format!("runc exec {id}"),
+                        source,
+                    });
+                }
+            }
+        };
+        // Background processes the command left behind may hold the pipe open: take what
+        // arrived shortly after the exit rather than wait for them.
+        let _ = done_rx.recv_timeout(Duration::from_millis(200));
+        let output = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
+        let exit_code = status
+            .code()
+            .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
+            .unwrap_or(-1);
+        Ok(ExecOutput { exit_code, output })
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ContainerInfo>> {

@@ -69,7 +69,7 @@ impl Api for LocalApi {
     }
     async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, ClientError> {
         self.0
-            .delete(None, kind, namespace, name, "", "")
+            .delete(None, kind, namespace, name, &Default::default())
             .await
             .map_err(err)
     }

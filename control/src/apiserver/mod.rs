@@ -89,6 +89,13 @@ impl From<ApiError> for Status {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// What deleting a pod does (see [`ApiServer::pod_grace`]).
+enum PodDeletion {
+    Now,
+    Pending,
+    Graceful(i64),
+}
+
 /// The API server. One per member; all members serve every request.
 #[derive(Clone)]
 pub struct ApiServer {
@@ -647,8 +654,17 @@ impl ApiServer {
         expected: u64,
     ) -> ApiResult<Result<Value, Option<KeyValue>>> {
         let name = objects::meta_str(obj, "name").to_string();
+        // A pod in its grace period (deletionGracePeriodSeconds > 0) stays until its node
+        // deletes it with grace 0; anything else marked for deletion goes with its last
+        // finalizer.
+        let graceful = obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0;
         let finalize = !objects::meta_str(obj, "deletionTimestamp").is_empty()
-            && objects::finalizers(obj).is_empty();
+            && objects::finalizers(obj).is_empty()
+            && !graceful;
         let cmd = if finalize {
             Command::Delete {
                 key,
@@ -832,10 +848,19 @@ impl ApiServer {
         kind: &str,
         namespace: &str,
         name: &str,
-        policy: &str,
-        rv: &str,
+        opts: &ferry_api::client::DeleteOptions,
     ) -> ApiResult<Value> {
+        let (policy, rv, grace_period_seconds) = (
+            opts.propagation.as_str(),
+            opts.resource_version.as_str(),
+            opts.grace_period_seconds,
+        );
         let info = kind_info(kind)?;
+        if grace_period_seconds.is_some_and(|g| g < 0) {
+            return Err(ApiError::BadRequest(
+                "gracePeriodSeconds: Invalid value: must be 0 or more".into(),
+            ));
+        }
         if !matches!(policy, "" | "Background" | "Foreground" | "Orphan") {
             return Err(ApiError::BadRequest(format!(
                 "propagationPolicy: Unsupported value: {policy:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
@@ -868,6 +893,32 @@ impl ApiServer {
             }
             let mut obj = self.decode_stored(&current)?;
             self.node_owns(user, info, &obj)?;
+            if info.kind == "Pod" {
+                match self.pod_grace(&obj, grace_period_seconds).await? {
+                    PodDeletion::Now => {}
+                    PodDeletion::Pending => return Ok(obj),
+                    PodDeletion::Graceful(grace) => {
+                        // The node's agent stops the containers, then deletes the pod with
+                        // grace 0 (or a shorter grace period shortens the wait).
+                        let deadline = chrono::Utc::now() + chrono::Duration::seconds(grace);
+                        let m = objects::metadata_mut(&mut obj);
+                        m.insert(
+                            "deletionTimestamp".into(),
+                            Value::String(
+                                deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            ),
+                        );
+                        m.insert("deletionGracePeriodSeconds".into(), Value::from(grace));
+                        match self
+                            .commit_update(info, key.clone(), &obj, current.mod_revision)
+                            .await?
+                        {
+                            Ok(v) => return Ok(v),
+                            Err(_) => continue,
+                        }
+                    }
+                }
+            }
             let result = if objects::finalizers(&obj).is_empty() {
                 let cmd = Command::Delete {
                     key: key.clone(),
@@ -888,7 +939,12 @@ impl ApiServer {
                 }
             } else {
                 // Finalizers pending: mark for deletion; the last finalizer removed deletes it.
-                if !objects::meta_str(&obj, "deletionTimestamp").is_empty() {
+                let in_grace = obj
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    > 0;
+                if !objects::meta_str(&obj, "deletionTimestamp").is_empty() && !in_grace {
                     return Ok(obj);
                 }
                 let m = objects::metadata_mut(&mut obj);
@@ -908,6 +964,42 @@ impl ApiServer {
         Err(ApiError::Conflict {
             plural: info.plural.into(),
             name: name.into(),
+        })
+    }
+
+    /// How a pod is deleted, as in Kubernetes: a pod running on a node is first marked
+    /// (deletionTimestamp = now + grace) so its agent can stop the containers and then delete
+    /// it for good; pods that never ran on a node, have finished, or whose Node is gone go at
+    /// once, as does a request with grace 0 (`--force`).
+    async fn pod_grace(&self, pod: &Value, requested: Option<i64>) -> ApiResult<PodDeletion> {
+        let node = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let marked = pod
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if requested == Some(0) || node.is_empty() || matches!(phase, "Succeeded" | "Failed") {
+            return Ok(PodDeletion::Now);
+        }
+        let nodes = kinds::lookup("Node").expect("Node is a known kind");
+        if self.get_kv(&objects::key(nodes, "", node)).await?.is_none() {
+            return Ok(PodDeletion::Now);
+        }
+        let grace = requested.unwrap_or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        });
+        Ok(match marked {
+            // Already terminating: only a shorter grace period changes anything.
+            Some(m) if grace >= m => PodDeletion::Pending,
+            _ if grace == 0 => PodDeletion::Now,
+            _ => PodDeletion::Graceful(grace),
         })
     }
 
@@ -1129,8 +1221,11 @@ impl Resources for ApiServer {
             &req.kind,
             &req.namespace,
             &req.name,
-            &req.propagation_policy,
-            &req.resource_version,
+            &ferry_api::client::DeleteOptions {
+                propagation: req.propagation_policy.clone(),
+                resource_version: req.resource_version.clone(),
+                grace_period_seconds: req.grace_period_seconds,
+            },
         )
         .await;
         self.observe("delete", start, &r);
