@@ -29,6 +29,8 @@ pub struct AgentOptions {
     pub node_ip: Option<IpAddr>,
     pub data_dir: PathBuf,
     pub token: Option<String>,
+    /// Cross-node pod routing: direct routes or VXLAN (`network::routes`).
+    pub tunnel: crate::network::routes::Tunnel,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         }
     };
     tracing::info!(node = %opts.node_name, ip = ?ip, "node registered");
+    // Routes to the other nodes' pod CIDRs: a task of its own, resyncing on Node events.
+    tokio::spawn(crate::network::routes::run(
+        client.clone(),
+        crate::network::routes::RouteOptions {
+            node_name: opts.node_name.clone(),
+            node_ip: ip,
+            tunnel: opts.tunnel,
+        },
+    ));
     let mut pod_cidr = node
         .pointer("/spec/podCIDR")
         .and_then(Value::as_str)

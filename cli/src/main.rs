@@ -262,6 +262,10 @@ struct AgentArgs {
     token: Option<String>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// How pod traffic reaches other nodes: `none` (routes via the nodes' addresses, nodes on
+    /// one L2 segment) or `vxlan` (VXLAN device ferry.vxlan, VNI 1, UDP 8472).
+    #[arg(long, default_value = "none", value_parser = ["none", "vxlan"])]
+    tunnel: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -422,6 +426,7 @@ async fn run(cli: Cli) -> Result<()> {
             node_ip: a.node_ip,
             data_dir: a.data_dir.clone(),
             token: a.token.clone(),
+            tunnel: a.tunnel.parse().map_err(anyhow::Error::msg)?,
         })
         .await?;
         return Ok(());
@@ -847,6 +852,7 @@ async fn up(a: &UpArgs) -> Result<()> {
         node_ip: None,
         data_dir: a.data_dir.join("agent"),
         token,
+        tunnel: ferry_agent::network::routes::Tunnel::None,
     };
     println!(
         "ferry is up: API at {} (admin config in ~/.ferry/config), node {node_name}",
