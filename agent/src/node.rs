@@ -35,6 +35,8 @@ pub struct AgentOptions {
     pub cluster_domain: String,
     /// Registries (`host[:port]`) pulled from over plain HTTP (loopback ones always are).
     pub insecure_registries: Vec<String>,
+    /// Cross-node pod routing: direct routes or VXLAN (`network::routes`).
+    pub tunnel: crate::network::routes::Tunnel,
 }
 
 impl AgentOptions {
@@ -49,6 +51,7 @@ impl AgentOptions {
             pod_bridge: crate::network::DEFAULT_BRIDGE.into(),
             cluster_domain: "cluster.local".into(),
             insecure_registries: Vec::new(),
+            tunnel: crate::network::routes::Tunnel::None,
         }
     }
 }
@@ -340,6 +343,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         }
     };
     tracing::info!(node = %opts.node_name, ip = ?ip, "node registered");
+    // Routes to the other nodes' pod CIDRs: a task of its own, resyncing on Node events.
+    tokio::spawn(crate::network::routes::run(
+        client.clone(),
+        crate::network::routes::RouteOptions {
+            node_name: opts.node_name.clone(),
+            node_ip: ip,
+            tunnel: opts.tunnel,
+        },
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Config(e.to_string()))?;
     let heartbeat = tokio::spawn(heartbeat(

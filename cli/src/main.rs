@@ -293,6 +293,10 @@ struct AgentArgs {
     cleanup: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// How pod traffic reaches other nodes: `none` (routes via the nodes' addresses, nodes on
+    /// one L2 segment) or `vxlan` (VXLAN device ferry.vxlan, VNI 1, UDP 8472).
+    #[arg(long, default_value = "none", value_parser = ["none", "vxlan"])]
+    tunnel: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -464,6 +468,7 @@ async fn run(cli: Cli) -> Result<()> {
             pod_bridge: a.pod_bridge.clone(),
             cluster_domain: a.cluster_domain.clone(),
             insecure_registries: a.insecure_registries.clone(),
+            tunnel: a.tunnel.parse().map_err(anyhow::Error::msg)?,
         };
         if a.cleanup {
             ferry_agent::cleanup(&opts).await?;

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ferry_api::client::{Client, ClientConfig};
 
+pub mod netns;
+
 /// The `ferry` binary under test: `$FERRY_BIN`, else `target/<profile>/ferry` next to the test
 /// executable (built by `cargo build` before `cargo test`, as the README's test command does).
 pub fn ferry_bin() -> PathBuf {
@@ -29,7 +31,12 @@ pub fn ferry_bin() -> PathBuf {
 
 /// A loopback port that is free right now.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    free_port_on(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// A port on `ip` that is free right now.
+pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
+    let l = std::net::TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
 }
 
@@ -123,6 +130,8 @@ pub struct Cluster {
     pub config: Option<ClientConfig>,
     /// The join token the first member wrote.
     pub token: String,
+    /// The address members listen on (each on a port of its own).
+    listen_ip: std::net::IpAddr,
     dir: tempfile::TempDir,
     _slot: tokio::sync::OwnedMutexGuard<()>,
 }
@@ -139,12 +148,20 @@ impl Cluster {
     /// Starts `n` members: the first bootstraps, the others join through it. `extra` flags go to
     /// every member (e.g. `--snapshot-every 100`).
     pub async fn start(n: usize, extra: &[&str]) -> Result<Cluster> {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), n, extra).await
+    }
+
+    /// Like [`Cluster::start`], with the members listening on `ip` instead of loopback (e.g.
+    /// the host's address on a [`netns::Fabric`], so that agents in node namespaces reach
+    /// them). Clients verify the members' certificate by name, not address.
+    pub async fn start_on(ip: std::net::IpAddr, n: usize, extra: &[&str]) -> Result<Cluster> {
         let slot = CLUSTER_SLOT.clone().lock_owned().await;
         let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir()?;
         let mut cluster = Cluster {
             members: Vec::new(),
             config: None,
             token: String::new(),
+            listen_ip: ip,
             dir,
             _slot: slot,
         };
@@ -196,7 +213,8 @@ impl Cluster {
         let data_dir = self.dir.path().join(format!("member-{i}"));
         let log = self.dir.path().join(format!("member-{i}.log"));
         self.members.push(Member {
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr: std::net::SocketAddr::new(self.listen_ip, free_port_on(self.listen_ip))
+                .to_string(),
             data_dir,
             log,
             child: None,

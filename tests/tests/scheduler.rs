@@ -179,7 +179,15 @@ async fn pods_of(c: &Client, app: &str) -> Result<Vec<Value>> {
             },
         )
         .await?;
-    Ok(l["items"].as_array().cloned().unwrap_or_default())
+    // Pods a ReplicaSet deleted stay Terminating (no agent runs on these simulated nodes to
+    // finish the graceful deletion, as with a Kubernetes node without kubelet): not counted.
+    Ok(l["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect())
 }
 
 async fn until(what: &str, mut f: impl AsyncFnMut() -> Result<bool>) -> Result<()> {

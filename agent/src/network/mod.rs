@@ -20,9 +20,9 @@
 //! - touch links, namespaces or files it did not name itself (the bridge, links with its veth
 //!   prefix, namespaces it created);
 //! - change node-wide settings. Forwarding (`net.ipv4.ip_forward`), NAT for traffic leaving the
-//!   node and routes to other nodes' pod CIDRs are not set here: forwarding belongs to node
-//!   setup, cross-node routing to a later slice. Pod-to-pod traffic on one node and pod-to-node
-//!   traffic need none of them (the bridge switches it).
+//!   node and routes to other nodes' pod CIDRs are not set by [`PodNetwork`]: forwarding and
+//!   cross-node routing belong to [`routes`], NAT to a later slice. Pod-to-pod traffic on one
+//!   node and pod-to-node traffic need none of them (the bridge switches it).
 //!
 //! Both [`PodNetwork::setup`] and [`PodNetwork::teardown`] are idempotent, so the pod sync loop
 //! can call them whenever it is unsure: setup on a pod that is already set up keeps its address
@@ -39,6 +39,7 @@ pub mod etc;
 pub mod ipam;
 pub mod link;
 pub mod netns;
+pub mod routes;
 
 use std::{
     net::Ipv4Addr,

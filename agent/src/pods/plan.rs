@@ -704,4 +704,3 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
         "Burstable"
     }
 }
-

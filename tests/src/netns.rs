@@ -1,0 +1,727 @@
+//! Several nodes on one machine: network namespaces on a shared L2 fabric, each node running a
+//! real `ferry agent` process.
+//!
+//! ```text
+//!   host namespace ── <p>h ═══ <p>hf ─┐
+//!   (control-plane members            │   fabric namespace <p>-fabric: bridge <p>br
+//!    listen on the host address)      ├── <p>n0f ═══ eth0  node namespace <p>-node0 (agent)
+//!                                     ├── <p>n1f ═══ eth0  node namespace <p>-node1 (agent)
+//!                                     ├── ...
+//!                                     └── <p>cf  ═══ eth0  client namespace <p>-client
+//! ```
+//!
+//! All on one /24 ([`Fabric::subnet`]): the host is `.1`, node `i` is `.(10 + i)`, the client
+//! `.250`. The subnet is `172.30.X.0/24` with X picked at random among those no route of the
+//! host overlaps. Every node namespace has `net.ipv4.ip_forward=1`.
+//!
+//! Names: `<p>` is `fmn` + this process's pid in 6 hex digits + one character per harness of
+//! the process, so every run has its own names, the longest interface name (`<p>n99f`) has 14
+//! bytes, and the owning process of any leftover can be told from its name. The [`Fabric`]
+//! guard tears everything with its prefix down when dropped (also when a test panics): agents
+//! are killed by PID, the host's veth is deleted, every namespace with the prefix is deleted.
+//! [`Fabric::new`] first sweeps what dead runs left behind (names of the `fmn` family whose
+//! process is gone), including processes still running in their namespaces and their
+//! temporary directories (`$TMPDIR/<p>-*`, agent data and logs).
+//!
+//! Agents are entered with `nsenter --net=/run/netns/NAME` and exec'd (same PID), never with
+//! `ip netns exec`, which remounts /sys and hides /sys/fs/bpf and the cgroup hierarchy. They
+//! get `PR_SET_PDEATHSIG` = SIGKILL, so they also die if the test process is killed; note the
+//! signal follows the *thread* that spawned them, so start them from the test's own thread (a
+//! `#[tokio::test]` body is), not from a blocking-pool thread.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_api::client::Client;
+use serde_json::Value;
+
+use crate::{Cluster, ferry_bin};
+
+/// Every harness name starts with this.
+pub const PREFIX_FAMILY: &str = "fmn";
+const NETNS_DIR: &str = "/run/netns";
+const HOST_OCTET: u8 = 1;
+const FIRST_NODE_OCTET: u8 = 10;
+const CLIENT_OCTET: u8 = 250;
+/// Interface name inside node and client namespaces.
+pub const NODE_IFNAME: &str = "eth0";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the harness can run here (root, `ip` and `nsenter` present). Tests skip with a
+/// message when not.
+pub fn available() -> std::result::Result<(), String> {
+    // The effective uid, second field of `Uid:` (nix's Uid needs a feature this crate lacks).
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned));
+    if euid.as_deref() != Some("0") {
+        return Err("needs root (network namespaces)".into());
+    }
+    for tool in ["ip", "nsenter"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Err(format!("needs `{tool}` on PATH"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command and fails with its output when it does not succeed.
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// The creating process of a harness name, if it is one.
+fn owner_pid(name: &str) -> Option<i32> {
+    let hex = name.strip_prefix(PREFIX_FAMILY)?.get(..6)?;
+    i32::from_str_radix(hex, 16).ok()
+}
+
+fn host_links() -> Vec<String> {
+    fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn namespaces() -> Vec<String> {
+    fs::read_dir(NETNS_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Namespaces (in /run/netns) and host links whose name starts with `prefix`.
+pub fn leftovers(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .map(|n| format!("netns {n}"))
+        .collect();
+    v.extend(
+        host_links()
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .map(|n| format!("link {n}")),
+    );
+    v
+}
+
+/// SIGKILLs every process whose network namespace is the one bound at `path`. Only used on
+/// namespaces of this harness family (agents of a run that died before its teardown).
+fn kill_processes_in(path: &Path) {
+    let Ok(target) = fs::metadata(path) else {
+        return;
+    };
+    let me = std::process::id();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(m) = fs::metadata(p.path().join("ns/net"))
+            && m.dev() == target.dev()
+            && m.ino() == target.ino()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Removes namespaces and host links of this harness family whose name satisfies `doomed`:
+/// processes inside the namespaces are killed first, host links are deleted before the
+/// namespaces (deleting a veth end takes the peer with it at once, whereas a namespace's links
+/// go with the namespace asynchronously).
+fn remove_where(doomed: impl Fn(&str) -> bool) {
+    for link in host_links() {
+        if link.starts_with(PREFIX_FAMILY) && doomed(&link) {
+            let _ = ip(&["link", "del", &link]);
+        }
+    }
+    for ns in namespaces() {
+        if ns.starts_with(PREFIX_FAMILY) && doomed(&ns) {
+            kill_processes_in(&netns_path(&ns));
+            let _ = ip(&["netns", "del", &ns]);
+        }
+    }
+}
+
+/// Removes what runs of this harness family left behind when their process is gone: their
+/// namespaces (and processes in them), host links and temporary directories (agent data and
+/// logs, `$TMPDIR/<prefix>-*`).
+pub fn sweep_stale() {
+    let me = std::process::id() as i32;
+    let dead = move |name: &str| {
+        owner_pid(name).is_some_and(|pid| pid != me && !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    remove_where(dead);
+    let tmp = std::env::temp_dir();
+    for e in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(PREFIX_FAMILY) && dead(&name) && e.path().is_dir() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// A fresh /24 in 172.30.0.0/16 that no route of the host overlaps.
+fn pick_subnet() -> Result<Ipv4Addr> {
+    let routes = ip(&["-4", "-o", "route", "show", "table", "all"])?;
+    let mut taken: Vec<(u32, u8)> = Vec::new();
+    for line in routes.lines() {
+        let mut words = line.split_whitespace();
+        let mut dst = words.next().unwrap_or("");
+        if matches!(
+            dst,
+            "local"
+                | "broadcast"
+                | "unicast"
+                | "unreachable"
+                | "blackhole"
+                | "prohibit"
+                | "throw"
+                | "multicast"
+                | "anycast"
+                | "nat"
+        ) {
+            dst = words.next().unwrap_or("");
+        }
+        if dst == "default" {
+            continue;
+        }
+        let (addr, len) = dst.split_once('/').unwrap_or((dst, "32"));
+        if let (Ok(a), Ok(l)) = (addr.parse::<Ipv4Addr>(), len.parse::<u8>())
+            && l > 0
+        {
+            taken.push((u32::from(a), l));
+        }
+    }
+    let mask = |l: u8| {
+        if l == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(l))
+        }
+    };
+    let overlaps = |net: u32| {
+        taken.iter().any(|&(a, l)| {
+            let m = mask(l.min(24));
+            a & m == net & m
+        })
+    };
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for i in 0..256u32 {
+        let x = ((seed.wrapping_add(i.wrapping_mul(97))) % 256) as u8;
+        let net = Ipv4Addr::new(172, 30, x, 0);
+        if !overlaps(u32::from(net)) {
+            return Ok(net);
+        }
+    }
+    bail!("every 172.30.X.0/24 overlaps a route of this host")
+}
+
+/// One `ferry agent` process in a node namespace.
+struct AgentProcess {
+    child: Option<Child>,
+    log: PathBuf,
+    /// Everything after `ferry`: restarts reuse it.
+    args: Vec<OsString>,
+}
+
+impl AgentProcess {
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A simulated node: a namespace on the fabric, and its agent once started.
+pub struct SimNode {
+    /// The Node's name in the cluster (`node-<i>`).
+    pub name: String,
+    /// The namespace (a file in /run/netns).
+    pub netns: String,
+    /// Its fabric address (the agent's `--node-ip`).
+    pub ip: Ipv4Addr,
+    agent: Option<AgentProcess>,
+}
+
+impl SimNode {
+    pub fn netns_path(&self) -> PathBuf {
+        netns_path(&self.netns)
+    }
+}
+
+/// The harness: see the module docs. Dropping it tears everything down.
+pub struct Fabric {
+    prefix: String,
+    subnet: Ipv4Addr,
+    fabric_ns: String,
+    host_link: String,
+    client_ns: String,
+    nodes: Vec<SimNode>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(a) = &mut n.agent {
+                a.kill9();
+            }
+        }
+        let prefix = self.prefix.clone();
+        remove_where(|name| name.starts_with(&prefix));
+    }
+}
+
+impl Fabric {
+    /// Builds the fabric with `nodes` node namespaces (no agents yet), after sweeping what
+    /// dead runs left behind.
+    pub fn new(nodes: usize) -> Result<Fabric> {
+        if nodes > 99 {
+            bail!("at most 99 nodes (interface names have 15 bytes)");
+        }
+        sweep_stale();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 36;
+        let seq = char::from_digit(seq, 36).unwrap_or('0');
+        let prefix = format!("{PREFIX_FAMILY}{:06x}{seq}", std::process::id());
+        let subnet = pick_subnet()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()?;
+        let mut f = Fabric {
+            fabric_ns: format!("{prefix}-fabric"),
+            host_link: format!("{prefix}h"),
+            client_ns: format!("{prefix}-client"),
+            prefix,
+            subnet,
+            nodes: Vec::new(),
+            dir,
+        };
+        // From here on a failure drops `f`, which removes whatever was made.
+        f.build(nodes)?;
+        Ok(f)
+    }
+
+    fn addr(&self, last: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.subnet.octets();
+        Ipv4Addr::new(a, b, c, last)
+    }
+
+    fn build(&mut self, nodes: usize) -> Result<()> {
+        let p = self.prefix.clone();
+        let fab = self.fabric_ns.clone();
+        let br = format!("{p}br");
+        ip(&["netns", "add", &fab])?;
+        ip(&["-n", &fab, "link", "set", "lo", "up"])?;
+        ip(&["-n", &fab, "link", "add", &br, "type", "bridge"])?;
+        ip(&["-n", &fab, "link", "set", &br, "up"])?;
+
+        // The host's leg, for the control-plane members.
+        let hf = format!("{p}hf");
+        let host_cidr = format!("{}/24", self.host_ip());
+        ip(&[
+            "link",
+            "add",
+            &self.host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &hf,
+            "netns",
+            &fab,
+        ])?;
+        ip(&["-n", &fab, "link", "set", &hf, "master", &br, "up"])?;
+        ip(&["addr", "add", &host_cidr, "dev", &self.host_link])?;
+        ip(&["link", "set", &self.host_link, "up"])?;
+
+        let client_ns = self.client_ns.clone();
+        self.add_leaf(&client_ns, &format!("{p}cf"), self.client_ip(), false)?;
+        for i in 0..nodes {
+            let netns = format!("{p}-node{i}");
+            let node_ip = self.addr(FIRST_NODE_OCTET + i as u8);
+            self.add_leaf(&netns, &format!("{p}n{i}f"), node_ip, true)?;
+            self.nodes.push(SimNode {
+                name: format!("node-{i}"),
+                netns,
+                ip: node_ip,
+                agent: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// A namespace with `eth0` on the fabric bridge holding `addr/24`.
+    fn add_leaf(
+        &mut self,
+        netns: &str,
+        fabric_end: &str,
+        addr: Ipv4Addr,
+        forward: bool,
+    ) -> Result<()> {
+        let fab = &self.fabric_ns;
+        let br = format!("{}br", self.prefix);
+        ip(&["netns", "add", netns])?;
+        ip(&[
+            "-n",
+            fab,
+            "link",
+            "add",
+            fabric_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            NODE_IFNAME,
+            "netns",
+            netns,
+        ])?;
+        ip(&["-n", fab, "link", "set", fabric_end, "master", &br, "up"])?;
+        ip(&["-n", netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            NODE_IFNAME,
+        ])?;
+        ip(&["-n", netns, "link", "set", NODE_IFNAME, "up"])?;
+        if forward {
+            run(Command::new("nsenter")
+                .arg(format!("--net={}", netns_path(netns).display()))
+                .args(["/bin/busybox", "sysctl", "-w", "net.ipv4.ip_forward=1"]))?;
+        }
+        Ok(())
+    }
+
+    /// This run's name prefix: every namespace and host link of the run starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The fabric's network address (a /24).
+    pub fn subnet(&self) -> Ipv4Addr {
+        self.subnet
+    }
+
+    /// The host's address on the fabric: where control-plane members should listen.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        self.addr(HOST_OCTET)
+    }
+
+    pub fn client_ip(&self) -> Ipv4Addr {
+        self.addr(CLIENT_OCTET)
+    }
+
+    pub fn client_netns(&self) -> &str {
+        &self.client_ns
+    }
+
+    pub fn fabric_netns(&self) -> &str {
+        &self.fabric_ns
+    }
+
+    pub fn nodes(&self) -> &[SimNode] {
+        &self.nodes
+    }
+
+    pub fn node(&self, i: usize) -> &SimNode {
+        &self.nodes[i]
+    }
+
+    /// Where node `i`'s agent keeps its state (kept across restarts).
+    pub fn agent_data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{i}"))
+    }
+
+    fn agent_log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{i}.log"))
+    }
+
+    /// Starts an agent on every node (see [`Fabric::start_agent`]).
+    pub fn start_agents(&mut self, cluster: &Cluster, extra: &[&str]) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i, cluster, extra)?;
+        }
+        Ok(())
+    }
+
+    /// Starts `ferry agent` in node `i`'s namespace: `--node-name node-<i> --node-ip <its
+    /// fabric address>`, the cluster's members as servers, the cluster's join token, its own
+    /// data directory, plus `extra` flags (e.g. `--tunnel vxlan`).
+    pub fn start_agent(&mut self, i: usize, cluster: &Cluster, extra: &[&str]) -> Result<()> {
+        if self.nodes[i]
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.child.is_some())
+        {
+            bail!("node {i}'s agent is already running");
+        }
+        let data_dir = self.agent_data_dir(i);
+        fs::create_dir_all(&data_dir)?;
+        let node = &self.nodes[i];
+        let mut args: Vec<OsString> = vec![
+            "agent".into(),
+            "--server".into(),
+            cluster.addrs().into(),
+            "--node-name".into(),
+            node.name.clone().into(),
+            "--node-ip".into(),
+            node.ip.to_string().into(),
+            "--data-dir".into(),
+            data_dir.into(),
+            "--token".into(),
+            cluster.token.clone().into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        let mut agent = AgentProcess {
+            child: None,
+            log: self.agent_log(i),
+            args,
+        };
+        self.spawn_agent(i, &mut agent)?;
+        self.nodes[i].agent = Some(agent);
+        Ok(())
+    }
+
+    fn spawn_agent(&self, i: usize, agent: &mut AgentProcess) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&agent.log)?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.nodes[i].netns_path().display()))
+            .arg("--")
+            .arg(ferry_bin())
+            .args(&agent.args)
+            .env("FERRY_LOG", "info")
+            .env_remove("FERRY_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        agent.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("starting the agent of node {i}"))?,
+        );
+        Ok(())
+    }
+
+    /// The PID of node `i`'s agent (nsenter exec's the agent, so it is the agent's own).
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i]
+            .agent
+            .as_ref()
+            .and_then(|a| a.child.as_ref())
+            .map(Child::id)
+    }
+
+    /// SIGKILLs node `i`'s agent by its PID and reaps it; its data directory stays.
+    pub fn kill9_agent(&mut self, i: usize) {
+        if let Some(a) = &mut self.nodes[i].agent {
+            a.kill9();
+        }
+    }
+
+    /// Starts node `i`'s agent again with the same flags and data directory.
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        let mut agent = self.nodes[i]
+            .agent
+            .take()
+            .context("node's agent was never started")?;
+        agent.kill9();
+        let result = self.spawn_agent(i, &mut agent);
+        self.nodes[i].agent = Some(agent);
+        result
+    }
+
+    /// Whether node `i`'s agent is still running (not exited).
+    pub fn agent_running(&mut self, i: usize) -> bool {
+        match self.nodes[i].agent.as_mut().and_then(|a| a.child.as_mut()) {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The last `lines` lines of node `i`'s agent log (all its runs), for failure messages.
+    pub fn agent_log_tail(&self, i: usize, lines: usize) -> String {
+        let text = fs::read_to_string(self.agent_log(i)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Every agent's log tail, headed by the node name.
+    pub fn agent_logs(&self, lines: usize) -> String {
+        (0..self.nodes.len())
+            .map(|i| {
+                format!(
+                    "--- {} agent log\n{}",
+                    self.nodes[i].name,
+                    self.agent_log_tail(i, lines)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Runs `argv` in namespace `netns` (entered with nsenter; the test's own mount namespace,
+    /// so /sys stays as it is). Does not check the exit status.
+    pub fn exec_in(&self, netns: &str, argv: &[&str]) -> Result<Output> {
+        let (program, args) = argv.split_first().context("empty command")?;
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(netns).display()))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {argv:?} in {netns}"))
+    }
+
+    /// Runs `argv` in node `i`'s namespace.
+    pub fn node_exec(&self, i: usize, argv: &[&str]) -> Result<Output> {
+        self.exec_in(&self.nodes[i].netns, argv)
+    }
+
+    /// Runs `argv` in node `i`'s namespace and returns its stdout; fails on a non-zero exit.
+    pub fn node_check(&self, i: usize, argv: &[&str]) -> Result<String> {
+        let out = self.node_exec(i, argv)?;
+        if !out.status.success() {
+            bail!(
+                "{argv:?} in {} failed ({}): {}",
+                self.nodes[i].name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `argv` in the external client's namespace.
+    pub fn client_exec(&self, argv: &[&str]) -> Result<Output> {
+        self.exec_in(&self.client_ns, argv)
+    }
+
+    /// Node `i`'s routes, neighbours, links and VXLAN FDB, for failure messages.
+    pub fn describe_node(&self, i: usize) -> String {
+        let show = |argv: &[&str]| {
+            self.node_exec(i, argv)
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        format!(
+            "--- {} ({})\n$ ip -br addr\n{}$ ip route\n{}$ ip neigh\n{}$ bridge fdb show dev ferry.vxlan\n{}",
+            self.nodes[i].name,
+            self.nodes[i].netns,
+            show(&["ip", "-br", "addr"]),
+            show(&["ip", "route"]),
+            show(&["ip", "neigh"]),
+            show(&["bridge", "fdb", "show", "dev", "ferry.vxlan"]),
+        )
+    }
+
+    /// Waits until every node of the fabric is a Ready Node with a pod CIDR; returns the pod
+    /// CIDRs by node name.
+    pub async fn wait_nodes_ready(
+        &self,
+        admin: &Client,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut cidrs = BTreeMap::new();
+            if let Ok(list) = admin.list("Node", &Default::default()).await {
+                for n in list["items"].as_array().into_iter().flatten() {
+                    let ready = n["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    });
+                    if let (true, Some(name), Some(cidr)) = (
+                        ready,
+                        n.pointer("/metadata/name").and_then(Value::as_str),
+                        n.pointer("/spec/podCIDR").and_then(Value::as_str),
+                    ) {
+                        cidrs.insert(name.to_string(), cidr.to_string());
+                    }
+                }
+            }
+            if self.nodes.iter().all(|n| cidrs.contains_key(&n.name)) {
+                return Ok(cidrs);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nodes not all Ready with a pod CIDR after {timeout:?} (have {cidrs:?})\n{}",
+                    self.agent_logs(15)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
