@@ -322,3 +322,84 @@ pub fn config_map_binary(cm: &Value) -> BTreeMap<String, Vec<u8>> {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}},
+                "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+                "env": [
+                    {"name": "A", "value": "1"},
+                    {"name": "B", "value": "$(A)-$(IMG)"},
+                    {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+                    {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "x", "optional": true}}},
+                ]}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn builds_the_environment_in_kubernetes_order() {
+        let p = pod();
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let mut sources = Sources::default();
+        sources.config_maps.insert(
+            "cm".into(),
+            Some(BTreeMap::from([("x".to_string(), "y".to_string())])),
+        );
+        sources.config_maps.insert("gone".into(), None);
+        sources.secrets.insert(
+            "s".into(),
+            Some(BTreeMap::from([("k".to_string(), b"secret".to_vec())])),
+        );
+        let facts = PodFacts {
+            pod_ip: "10.0.0.5".into(),
+            host_ip: "192.0.2.1".into(),
+            node_name: "n1".into(),
+        };
+        let env = container_env(
+            &p,
+            c,
+            &["IMG=from-image".into(), "A=0".into()],
+            &sources,
+            &facts,
+        )
+        .unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("A"),
+            Some("1"),
+            "the container's env overrides the image's"
+        );
+        assert_eq!(get("B"), Some("1-from-image"));
+        assert_eq!(get("CM_x"), Some("y"));
+        assert_eq!(get("S"), Some("secret"));
+        assert_eq!(get("IP"), Some("10.0.0.5"));
+        assert_eq!(get("APP"), Some("web"));
+        assert_eq!(get("MEM"), Some("64"));
+        assert_eq!(get("CPU"), Some("500"));
+        assert_eq!(get("OPT"), None);
+        assert_eq!(
+            referenced(&p),
+            (vec!["cm".into(), "gone".into()], vec!["s".into()])
+        );
+
+        // A missing required source names what is missing.
+        sources.secrets.insert("s".into(), None);
+        let e = container_env(&p, c, &[], &sources, &facts).unwrap_err();
+        assert!(e.0.contains("secret \"s\" not found"), "{e}");
+        sources.secrets.insert("s".into(), Some(BTreeMap::new()));
+        let e = container_env(&p, c, &[], &sources, &facts).unwrap_err();
+        assert!(e.0.contains("couldn't find key k in Secret ns/s"), "{e}");
+    }
+}

@@ -704,3 +704,320 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
         "Burstable"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: Value) -> PodSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    fn running(c: &str, attempt: u32) -> Instance {
+        Instance {
+            id: container_id("u", c, attempt),
+            container: c.into(),
+            init: false,
+            attempt,
+            image: "img".into(),
+            image_id: String::new(),
+            state: InstanceState::Running { started_at: t(0) },
+        }
+    }
+
+    fn exited(c: &str, attempt: u32, code: i32, ran: u64, finished: u64) -> Instance {
+        Instance {
+            state: InstanceState::Exited {
+                exit_code: code,
+                oom_killed: false,
+                started_at: Some(t(finished - ran)),
+                finished_at: t(finished),
+            },
+            ..running(c, attempt)
+        }
+    }
+
+    fn init(i: Instance) -> Instance {
+        Instance { init: true, ..i }
+    }
+
+    fn input<'a>(
+        now: u64,
+        live: &'a BTreeSet<String>,
+        hold: &'a BTreeMap<String, SystemTime>,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            reported_phase: None,
+            liveness_failed: live,
+            not_before: hold,
+            now: Some(t(now)),
+        }
+    }
+
+    fn two() -> PodSpec {
+        spec(json!({"containers": [{"name": "a", "image": "img"}, {"name": "b", "image": "img"}]}))
+    }
+
+    #[test]
+    fn starts_every_container_then_runs() {
+        let (l, h) = (BTreeSet::new(), BTreeMap::new());
+        let p = plan(&two(), &[], &input(0, &l, &h));
+        assert_eq!(p.starts.len(), 2);
+        assert_eq!(p.phase, Phase::Pending);
+        let p = plan(
+            &two(),
+            &[running("a", 0), running("b", 0)],
+            &input(0, &l, &h),
+        );
+        assert!(p.starts.is_empty() && p.kills.is_empty());
+        assert_eq!(p.phase, Phase::Running);
+        assert!(p.initialized);
+    }
+
+    #[test]
+    fn init_containers_run_one_at_a_time_in_order() {
+        let s = spec(json!({
+            "initContainers": [{"name": "i1", "image": "img"}, {"name": "i2", "image": "img"}],
+            "containers": [{"name": "a", "image": "img"}],
+        }));
+        let (l, h) = (BTreeSet::new(), BTreeMap::new());
+        let p = plan(&s, &[], &input(0, &l, &h));
+        assert_eq!(
+            p.starts,
+            vec![Start {
+                container: "i1".into(),
+                init: true,
+                attempt: 0
+            }]
+        );
+        assert!(!p.initialized);
+        // i1 running: wait.
+        let p = plan(&s, &[init(running("i1", 0))], &input(0, &l, &h));
+        assert!(p.starts.is_empty());
+        // i1 done: i2 next.
+        let p = plan(&s, &[init(exited("i1", 0, 0, 1, 5))], &input(10, &l, &h));
+        assert_eq!(p.starts[0].container, "i2");
+        // Both done: the app container.
+        let done = [
+            init(exited("i1", 0, 0, 1, 5)),
+            init(exited("i2", 0, 0, 1, 6)),
+        ];
+        let p = plan(&s, &done, &input(10, &l, &h));
+        assert_eq!(
+            p.starts,
+            vec![Start {
+                container: "a".into(),
+                init: false,
+                attempt: 0
+            }]
+        );
+        assert!(p.initialized);
+        // A failed init container is retried (Always) or fails the pod (Never).
+        let failed = [init(exited("i1", 0, 1, 1, 5))];
+        let p = plan(&s, &failed, &input(10, &l, &h));
+        assert_eq!(p.starts[0].attempt, 1);
+        let mut never = s.clone();
+        never.restart_policy = Some("Never".into());
+        assert_eq!(
+            plan(&never, &failed, &input(10, &l, &h)).phase,
+            Phase::Failed
+        );
+    }
+
+    #[test]
+    fn restart_policies_and_phases() {
+        let (l, h) = (BTreeSet::new(), BTreeMap::new());
+        let one = |policy: &str| {
+            spec(json!({"restartPolicy": policy, "containers": [{"name": "a", "image": "img"}]}))
+        };
+        let ok = [exited("a", 0, 0, 5, 100)];
+        let bad = [exited("a", 0, 3, 5, 100)];
+        // Never: finished is final.
+        assert_eq!(
+            plan(&one("Never"), &ok, &input(200, &l, &h)).phase,
+            Phase::Succeeded
+        );
+        assert_eq!(
+            plan(&one("Never"), &bad, &input(200, &l, &h)).phase,
+            Phase::Failed
+        );
+        assert!(
+            plan(&one("Never"), &bad, &input(200, &l, &h))
+                .starts
+                .is_empty()
+        );
+        // OnFailure: success is final, failure restarts.
+        assert_eq!(
+            plan(&one("OnFailure"), &ok, &input(200, &l, &h)).phase,
+            Phase::Succeeded
+        );
+        let p = plan(&one("OnFailure"), &bad, &input(200, &l, &h));
+        assert_eq!((p.phase, p.starts.len()), (Phase::Running, 1));
+        // Always: both restart.
+        let p = plan(&one("Always"), &ok, &input(200, &l, &h));
+        assert_eq!((p.phase, p.starts[0].attempt), (Phase::Running, 1));
+        // A reported terminal phase is final whatever the instances say.
+        let mut i = input(200, &l, &h);
+        i.reported_phase = Some(Phase::Succeeded);
+        let p = plan(&one("Always"), &ok, &i);
+        assert!(p.starts.is_empty());
+        assert_eq!(p.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn crash_backoff_doubles_and_holds() {
+        assert_eq!(backoff_delay(1, Duration::ZERO), Duration::ZERO);
+        assert_eq!(backoff_delay(2, Duration::ZERO), Duration::from_secs(10));
+        assert_eq!(backoff_delay(3, Duration::ZERO), Duration::from_secs(20));
+        assert_eq!(backoff_delay(30, Duration::ZERO), BACKOFF_MAX);
+        assert_eq!(backoff_delay(30, BACKOFF_RESET), Duration::ZERO);
+        let s = spec(json!({"containers": [{"name": "a", "image": "img"}]}));
+        let (l, h) = (BTreeSet::new(), BTreeMap::new());
+        // Third crash (attempt 2 exited): restart 3 waits 20 s after the exit.
+        let crashed = [exited("a", 1, 1, 1, 50), exited("a", 2, 1, 1, 100)];
+        let p = plan(&s, &crashed, &input(110, &l, &h));
+        assert!(p.starts.is_empty());
+        assert_eq!(p.backoff.get("a"), Some(&t(120)));
+        assert_eq!(p.phase, Phase::Running);
+        let p = plan(&s, &crashed, &input(121, &l, &h));
+        assert_eq!(p.starts[0].attempt, 3);
+        // A hold (image or creation failure) delays too.
+        let hold = BTreeMap::from([("a".to_string(), t(300))]);
+        assert!(plan(&s, &[], &input(121, &l, &hold)).starts.is_empty());
+        assert_eq!(plan(&s, &[], &input(301, &l, &hold)).starts.len(), 1);
+    }
+
+    #[test]
+    fn liveness_failure_and_image_change_kill() {
+        let s = two();
+        let live = BTreeSet::from([container_id("u", "a", 0)]);
+        let h = BTreeMap::new();
+        let p = plan(
+            &s,
+            &[running("a", 0), running("b", 0)],
+            &input(0, &live, &h),
+        );
+        assert_eq!(p.kills.len(), 1);
+        assert!(p.kills[0].1.contains("liveness"));
+        let mut changed = s.clone();
+        changed.containers[1].image = Some("img:2".into());
+        let none = BTreeSet::new();
+        let p = plan(
+            &changed,
+            &[running("a", 0), running("b", 0)],
+            &input(0, &none, &h),
+        );
+        assert_eq!(p.kills[0].0, container_id("u", "b", 0));
+    }
+
+    #[test]
+    fn command_lines_follow_kubernetes_rules() {
+        let c = |v: Value| -> Container { serde_json::from_value(v).unwrap() };
+        let (ep, cmd) = (vec!["/ep".to_string()], vec!["run".to_string()]);
+        let env = vec![("X".to_string(), "1".to_string())];
+        let line = |v: Value| command_line(&c(v), &ep, &cmd, &env);
+        assert_eq!(line(json!({"name": "a"})), ["/ep", "run"]);
+        assert_eq!(line(json!({"name": "a", "args": ["x"]})), ["/ep", "x"]);
+        assert_eq!(line(json!({"name": "a", "command": ["sh"]})), ["sh"]);
+        assert_eq!(
+            line(json!({"name": "a", "command": ["sh"], "args": ["-c", "$(X) $(Y) $$(X)"]})),
+            ["sh", "-c", "1 $(Y) $(X)"]
+        );
+    }
+
+    #[test]
+    fn status_reports_states_and_conditions() {
+        let s = spec(json!({"containers": [{"name": "a", "image": "img"}]}));
+        let (l, h) = (BTreeSet::new(), BTreeMap::new());
+        let instances = [exited("a", 0, 137, 5, 100), running("a", 1)];
+        let p = plan(&s, &instances, &input(200, &l, &h));
+        let probes = ProbeView {
+            ready: BTreeSet::from([container_id("u", "a", 1)]),
+            started: BTreeSet::from([container_id("u", "a", 1)]),
+        };
+        let current = json!({"conditions": [{"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "old"}]});
+        let waiting = BTreeMap::new();
+        let st = pod_status(
+            &s,
+            &instances,
+            &StatusInput {
+                current: Some(&current),
+                plan: Some(&p),
+                waiting: &waiting,
+                probes: &probes,
+                pod_ip: Some("10.0.0.2".into()),
+                host_ip: Some("192.0.2.1".into()),
+                start_time: "t0".into(),
+                now: "now".into(),
+                message: None,
+                reason: None,
+            },
+        );
+        assert_eq!(st["phase"], "Running");
+        let cs = &st["containerStatuses"][0];
+        assert_eq!(cs["restartCount"], 1);
+        assert_eq!(cs["ready"], true);
+        assert_eq!(cs["lastState"]["terminated"]["exitCode"], 137);
+        assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
+        assert!(cs["state"]["running"].is_object());
+        let conds = st["conditions"].as_array().unwrap();
+        assert_eq!(conds[0]["type"], "PodScheduled", "kept");
+        let ready = conds.iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(
+            ready["lastTransitionTime"], "old",
+            "unchanged status keeps its time"
+        );
+        assert_eq!(st["qosClass"], "BestEffort");
+
+        // Not ready: the condition flips and gets a new time; a crash loop shows as such.
+        let crashed = [exited("a", 1, 1, 1, 100), exited("a", 2, 1, 1, 100)];
+        let p = plan(&s, &crashed, &input(101, &l, &h));
+        let st = pod_status(
+            &s,
+            &crashed,
+            &StatusInput {
+                current: Some(&current),
+                plan: Some(&p),
+                waiting: &waiting,
+                probes: &ProbeView::default(),
+                pod_ip: None,
+                host_ip: None,
+                start_time: "t0".into(),
+                now: "now".into(),
+                message: None,
+                reason: None,
+            },
+        );
+        let cs = &st["containerStatuses"][0];
+        assert_eq!(cs["state"]["waiting"]["reason"], "CrashLoopBackOff");
+        let ready = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()
+            .clone();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["lastTransitionTime"], "now");
+    }
+
+    #[test]
+    fn qos_classes() {
+        let q = |r: Value| {
+            qos_class(&spec(
+                json!({"containers": [{"name": "a", "resources": r}]}),
+            ))
+        };
+        assert_eq!(q(json!({})), "BestEffort");
+        assert_eq!(
+            q(json!({"limits": {"cpu": "1", "memory": "1Gi"}})),
+            "Guaranteed"
+        );
+        assert_eq!(q(json!({"requests": {"cpu": "1"}})), "Burstable");
+    }
+}
