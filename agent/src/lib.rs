@@ -8,6 +8,7 @@ pub mod network;
 pub mod node;
 pub mod pods;
 pub mod runtime;
+pub mod server;
 pub mod sysinfo;
 
 pub use node::{AgentOptions, cleanup, run};

@@ -20,6 +20,8 @@ pub const LEASE_DURATION_SECONDS: i64 = 20;
 /// How often the Node's status (conditions, heartbeat times) is refreshed.
 pub const STATUS_EVERY: Duration = Duration::from_secs(20);
 const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The agent endpoint's default port (the kubelet's).
+pub const DEFAULT_PORT: u16 = 10250;
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -37,6 +39,8 @@ pub struct AgentOptions {
     pub insecure_registries: Vec<String>,
     /// Cross-node pod routing: direct routes or VXLAN (`network::routes`).
     pub tunnel: crate::network::routes::Tunnel,
+    /// Port of the agent's logs/exec endpoint (0: any free port; the Node's status says which).
+    pub port: u16,
 }
 
 impl AgentOptions {
@@ -52,6 +56,7 @@ impl AgentOptions {
             cluster_domain: "cluster.local".into(),
             insecure_registries: Vec::new(),
             tunnel: crate::network::routes::Tunnel::None,
+            port: DEFAULT_PORT,
         }
     }
 }
@@ -92,6 +97,7 @@ pub fn node_status(opts: &AgentOptions, ip: Option<IpAddr>, transition: &str) ->
         "capacity": {"cpu": cpu, "memory": mem, "pods": pods},
         "allocatable": {"cpu": cpu, "memory": mem, "pods": pods},
         "addresses": addresses,
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": opts.port}},
         "conditions": [
             cond("Ready", "True", "FerryAgentReady", "ferry agent is posting ready status"),
             cond("MemoryPressure", "False", "FerryAgentHasSufficientMemory", "ferry agent has sufficient memory available"),
@@ -320,6 +326,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             opts.node_name
         )));
     }
+    // Bound before registering so the Node can name the actual port.
+    let endpoint = tokio::net::TcpListener::bind(("0.0.0.0", opts.port))
+        .await
+        .map_err(|e| AgentError::Config(format!("--port {}: {e}", opts.port)))?;
+    let mut opts = opts;
+    opts.port = endpoint
+        .local_addr()
+        .map_err(|e| AgentError::Config(e.to_string()))?
+        .port();
     let tls = credentials::obtain(
         &opts.data_dir,
         &opts.server,
@@ -365,8 +380,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         let pod_cidr = wait_pod_cidr(&client, &opts.node_name, node).await;
         match start_pods(&client, &opts, ip, &pod_cidr).await {
             Ok(shared) => {
-                tracing::info!(pod_cidr = %pod_cidr, "running this node's pods");
-                crate::pods::run(shared).await
+                tracing::info!(pod_cidr = %pod_cidr, port = opts.port, "running this node's pods");
+                let server = crate::server::serve(endpoint, &tls, shared.clone());
+                tokio::select! {
+                    _ = crate::pods::run(shared) => {}
+                    r = server => if let Err(e) = r {
+                        tracing::error!("{e}");
+                        std::future::pending::<()>().await
+                    },
+                }
             }
             Err(e) => {
                 tracing::error!("cannot run pods on this node: {e}");

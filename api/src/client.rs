@@ -89,6 +89,8 @@ fn unreachable(s: &tonic::Status) -> bool {
 
 /// The DNS name every Ferry serving certificate carries; clients verify servers against it.
 pub const SERVER_NAME: &str = "ferry-apiserver";
+/// The group of control-plane members' certificates (the only callers node agents accept).
+pub const GROUP_MEMBERS: &str = "system:ferry-members";
 
 /// Mutual-TLS material for talking to the cluster: its CA and a client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -511,6 +513,42 @@ impl Client {
             .resources_call(req, |mut c, r| async move { c.delete(r).await })
             .await?;
         parse(&r.object)
+    }
+
+    /// A container's log, as chunks (`ferry logs`); with `follow`, until the container exits.
+    pub async fn pod_logs(
+        &self,
+        req: proto::PodLogsRequest,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<Vec<u8>, ClientError>> + Send>>, ClientError> {
+        let r = self
+            .resources_call(req, |mut c, r| async move { c.pod_logs(r).await })
+            .await?;
+        Ok(Box::pin(
+            r.map(|c| c.map(|c| c.data).map_err(ClientError::from)),
+        ))
+    }
+
+    /// Runs a command in a container (`ferry exec`): its output and exit code.
+    pub async fn pod_exec(
+        &self,
+        req: proto::PodExecRequest,
+    ) -> Result<(Vec<u8>, i32), ClientError> {
+        let mut r = self
+            .resources_call(req, |mut c, r| async move { c.pod_exec(r).await })
+            .await?;
+        let mut output = Vec::new();
+        let mut code = None;
+        while let Some(chunk) = r.next().await {
+            let chunk = chunk.map_err(ClientError::from)?;
+            output.extend_from_slice(&chunk.output);
+            if chunk.exit_code.is_some() {
+                code = chunk.exit_code;
+            }
+        }
+        let code = code.ok_or_else(|| {
+            ClientError::new(Code::Unavailable, "the exec ended without an exit code")
+        })?;
+        Ok((output, code))
     }
 
     /// May the caller do `verb` on `kind` (`ferry auth can-i`)?

@@ -3,6 +3,7 @@
 mod apply;
 mod config;
 mod output;
+mod podio;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -56,6 +57,10 @@ enum Command {
     Describe(DescribeArgs),
     /// Delete objects by name or from manifests.
     Delete(DeleteArgs),
+    /// Print a container's log.
+    Logs(podio::LogsArgs),
+    /// Run a command in a running container: ferry exec POD [-c NAME] -- CMD [ARGS...]
+    Exec(podio::ExecArgs),
     /// Control-plane membership.
     Cluster {
         #[command(subcommand)]
@@ -256,6 +261,9 @@ struct UpArgs {
     /// Pod addresses: one /24 of it per node.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
+    /// Port of the agent's logs/exec endpoint (0: any free port).
+    #[arg(long, default_value_t = ferry_agent::node::DEFAULT_PORT)]
+    agent_port: u16,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -287,6 +295,9 @@ struct AgentArgs {
     /// (repeatable).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Port of the agent's logs/exec endpoint, for control-plane members (0: any free port).
+    #[arg(long, default_value_t = ferry_agent::node::DEFAULT_PORT)]
+    port: u16,
     /// Remove everything this agent made on the node (containers, pod networks, the bridge,
     /// pod directories) and exit.
     #[arg(long)]
@@ -469,6 +480,7 @@ async fn run(cli: Cli) -> Result<()> {
             cluster_domain: a.cluster_domain.clone(),
             insecure_registries: a.insecure_registries.clone(),
             tunnel: a.tunnel.parse().map_err(anyhow::Error::msg)?,
+            port: a.port,
         };
         if a.cleanup {
             ferry_agent::cleanup(&opts).await?;
@@ -491,6 +503,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get(a) => get(&client, a).await,
         Command::Describe(a) => describe(&client, a).await,
         Command::Delete(a) => delete(&client, a).await,
+        Command::Logs(a) => podio::logs(&client, a).await,
+        Command::Exec(a) => {
+            let code = podio::exec(&client, a).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Cluster { command } => cluster(&client, command).await,
         Command::Auth { command } => auth(&client, command).await,
         Command::Secrets {
@@ -925,6 +945,7 @@ async fn up(a: &UpArgs) -> Result<()> {
         data_dir: a.data_dir.join("agent"),
         token,
         pod_bridge: a.pod_bridge.clone(),
+        port: a.agent_port,
         ..ferry_agent::AgentOptions::new("", "", "")
     };
     println!(

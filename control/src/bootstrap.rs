@@ -139,10 +139,17 @@ impl Bootstrap for BootstrapService {
                 req.node_name
             )));
         }
+        if req.node_name == pki::SERVER_NAME {
+            return Err(Status::invalid_argument(format!(
+                "node_name: Invalid value {:?}: reserved for the API server",
+                req.node_name
+            )));
+        }
+        // The agent serves logs and exec to members under its node name.
         let subject = pki::Subject {
             common_name: format!("{}{}", pki::NODE_USER_PREFIX, req.node_name),
             organizations: vec![pki::GROUP_NODES.into()],
-            serve_hosts: vec![],
+            serve_hosts: vec![req.node_name.clone()],
         };
         let cert_pem = self
             .pki

@@ -2,9 +2,10 @@
 //! and (later) nodes, join tokens, and how a certificate maps to a user.
 //!
 //! Files live in `<data-dir>/pki/` (keys 0600). Identities follow Kubernetes: the certificate's
-//! CN is the user name and each O is a group. Every serving certificate carries the DNS name
-//! [`SERVER_NAME`], which clients verify, so a client or node certificate from the same CA can
-//! never pose as a server.
+//! CN is the user name and each O is a group. Members' serving certificates carry the DNS name
+//! [`SERVER_NAME`], which clients verify, and only members' do, so a client or node
+//! certificate from the same CA can never pose as the API server. Node certificates also serve
+//! (the agent's logs and exec endpoint) under the node's name, which members verify.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,7 @@ pub const SERVER_NAME: &str = "ferry-apiserver";
 /// Cluster administrators: full access.
 pub const GROUP_MASTERS: &str = "system:masters";
 /// Control-plane members: raft traffic and forwarding.
-pub const GROUP_MEMBERS: &str = "system:ferry-members";
+pub const GROUP_MEMBERS: &str = ferry_api::client::GROUP_MEMBERS;
 pub const ADMIN_USER: &str = "ferry-admin";
 /// Node agents: group, and the prefix of their user names (`system:node:<node-name>`).
 pub const GROUP_NODES: &str = "system:nodes";
@@ -142,7 +143,11 @@ fn leaf_params(subject: &Subject) -> Result<CertificateParams, PkiError> {
         params
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ServerAuth);
-        let mut sans = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
+        // Only members serve the API: nothing else may carry the name clients verify.
+        let mut sans = Vec::new();
+        if subject.organizations.iter().any(|o| o == GROUP_MEMBERS) {
+            sans.push(SanType::DnsName(SERVER_NAME.try_into()?));
+        }
         for h in &subject.serve_hosts {
             match h.parse::<std::net::IpAddr>() {
                 Ok(ip) => sans.push(SanType::IpAddress(ip)),

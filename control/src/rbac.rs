@@ -45,7 +45,8 @@ fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
                 )
         }
         ("", "pods") => {
-            read || (a.subresource == "status" && matches!(a.verb.as_str(), "update" | "patch"))
+            (read && a.subresource.is_empty())
+                || (a.subresource == "status" && matches!(a.verb.as_str(), "update" | "patch"))
                 || (a.subresource.is_empty() && a.verb == "delete")
         }
         ("", "events") => matches!(a.verb.as_str(), "create" | "patch"),

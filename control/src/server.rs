@@ -361,7 +361,12 @@ impl Server {
             .with_audit(Arc::new(audit))
             .with_rate_limit(opts.rate_limit_qps, opts.rate_limit_burst)
             .with_service_cidr(&opts.service_cidr)
-            .map_err(|e| ServerError::Config(format!("--service-cluster-ip-range: {e}")))?;
+            .map_err(|e| ServerError::Config(format!("--service-cluster-ip-range: {e}")))?
+            .with_agent_tls(ferry_api::client::TlsConfig {
+                ca_pem: m.pki.ca_pem().to_string(),
+                cert_pem: m.creds.cert_pem.clone(),
+                key_pem: m.creds.key_pem.clone(),
+            });
 
         let metrics_node = node.clone();
         let metrics_router = axum::Router::new().route(

@@ -51,6 +51,7 @@ impl TestAgent {
             .arg(self.dir())
             .arg("--pod-bridge")
             .arg(&self.bridge)
+            .args(["--port", "0"])
             .env("FERRY_LOG", "info")
             .env_remove("FERRY_TOKEN")
             .stdin(Stdio::null());
@@ -116,6 +117,19 @@ impl TestAgent {
 
     /// The last `lines` lines of the agent's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
+        self.log_lines(lines)
+    }
+
+    /// Runs `ferry --config CONFIG ARGS...` (the CLI as an administrator of `cluster`).
+    pub fn cli(cluster: &Cluster, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(ferry_bin())
+            .arg("--config")
+            .arg(cluster.config_path())
+            .args(args)
+            .output()?)
+    }
+
+    fn log_lines(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir().join("agent.log")).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")

@@ -80,6 +80,8 @@ fn agent(
         name,
         "--pod-bridge",
         &bridge_for(name),
+        "--port",
+        "0",
         "--data-dir",
     ])
     .arg(data_dir.path())

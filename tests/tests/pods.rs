@@ -178,6 +178,57 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
         );
     }
 
+    // Logs and exec through the API server, which relays to the node's agent.
+    let out = TestAgent::cli(&cluster, &["logs", "web"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("GREETING=hello"),
+        "ferry logs: {out:?}"
+    );
+    let out = TestAgent::cli(&cluster, &["exec", "web", "--", "cat", "/www/index.html"])?;
+    assert!(out.status.success(), "ferry exec: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1");
+    let out = TestAgent::cli(
+        &cluster,
+        &["exec", "web", "--", "sh", "-c", "echo $HOSTNAME; exit 3"],
+    )?;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the command's exit code: {out:?}"
+    );
+    let out = TestAgent::cli(&cluster, &["logs", "web", "-c", "nope"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container nope is not valid for pod web"),
+        "{out:?}"
+    );
+    // Only control-plane members may call the agent itself, even with a cluster certificate.
+    let node = c.get("Node", "", &agent.node_name).await?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .unwrap_or(0);
+    let admin = ferry_api::client::ClientConfig::load(&cluster.config_path())?.tls();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&admin.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &admin.cert_pem,
+            &admin.key_pem,
+        ))
+        .domain_name(agent.node_name.clone());
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let refused = ferry_api::proto::agent_client::AgentClient::new(channel)
+        .exec(ferry_api::proto::PodExecRequest {
+            uid: uid.clone(),
+            container: "web".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("an administrator's certificate is not a member's");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
     // The ConfigMap changes; the mounted file follows without a restart.
     let mut cm = c.get("ConfigMap", "default", "web-content").await?;
     cm["data"]["index.html"] = json!("v2");
@@ -257,6 +308,8 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
         flaky["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 137,
         "{flaky:#}"
     );
+    let out = TestAgent::cli(&cluster, &["logs", "flaky", "--previous"])?;
+    assert!(out.status.success(), "ferry logs --previous: {out:?}");
     let hungry = wait_for(
         "the OOM kill",
         Duration::from_secs(60),

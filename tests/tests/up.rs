@@ -53,6 +53,8 @@ fn start(dir: &std::path::Path, port: u16) -> Result<Up> {
             &bridge(),
             "--cluster-cidr",
             "10.243.0.0/16",
+            "--agent-port",
+            "0",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",

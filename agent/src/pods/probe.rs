@@ -232,10 +232,12 @@ async fn check(
         let args = e.command.clone().unwrap_or_default();
         let runtime = target.runtime.clone();
         let id = id.to_owned();
-        let out = tokio::task::spawn_blocking(move || runtime.exec(&id, &args, timeout))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let out = tokio::task::spawn_blocking(move || {
+            runtime.exec(&id, &args, timeout, crate::runtime::EXEC_OUTPUT_LIMIT)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         return if out.exit_code == 0 {
             Ok(())
         } else {

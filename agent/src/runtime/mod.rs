@@ -87,19 +87,26 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Runs `args` inside the running container `id` (its namespaces, cgroup, environment
     /// and user), without a terminal, and returns its exit code and combined output (at most
-    /// [`EXEC_OUTPUT_LIMIT`] bytes kept). A command still running after `timeout` is killed and
-    /// is [`RuntimeError::Timeout`]. Exec probes and `ferry exec` use it.
-    fn exec(&self, id: &str, args: &[String], timeout: Duration) -> Result<ExecOutput>;
+    /// `output_limit` bytes kept; probes keep [`EXEC_OUTPUT_LIMIT`]). A command still running
+    /// after `timeout` is killed and is [`RuntimeError::Timeout`]. Exec probes and `ferry exec`
+    /// use it.
+    fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+        output_limit: usize,
+    ) -> Result<ExecOutput>;
 }
 
-/// Output kept of an exec, as Kubernetes keeps of an exec probe.
+/// Output kept of an exec probe, as Kubernetes keeps.
 pub const EXEC_OUTPUT_LIMIT: usize = 10 * 1024;
 
 /// What an exec returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecOutput {
     pub exit_code: i32,
-    /// stdout and stderr, interleaved as they arrived, truncated to [`EXEC_OUTPUT_LIMIT`].
+    /// stdout and stderr, interleaved as they arrived, truncated to the limit asked for.
     pub output: Vec<u8>,
 }
 

@@ -35,8 +35,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, EXEC_OUTPUT_LIMIT, ExecOutput,
-    Result, RuntimeError,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, Result,
+    RuntimeError,
     cgroup::{self, Hierarchy},
     spec::{self, SpecContext},
     validate_id,
@@ -561,7 +561,13 @@ impl ContainerRuntime for Runc {
         }
     }
 
-    fn exec(&self, id: &str, args: &[String], timeout: Duration) -> Result<ExecOutput> {
+    fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+        output_limit: usize,
+    ) -> Result<ExecOutput> {
         validate_id(id)?;
         if args.is_empty() {
             return Err(RuntimeError::InvalidSpec {
@@ -598,7 +604,7 @@ impl ContainerRuntime for Runc {
                 let mut reader = reader;
                 while let Ok(n @ 1..) = io::Read::read(&mut reader, &mut buf) {
                     let mut out = collected.lock().unwrap_or_else(|p| p.into_inner());
-                    let keep = n.min(EXEC_OUTPUT_LIMIT.saturating_sub(out.len()));
+                    let keep = n.min(output_limit.saturating_sub(out.len()));
                     out.extend_from_slice(&buf[..keep]);
                 }
                 let _ = done_tx.send(());

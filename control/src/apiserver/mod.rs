@@ -9,6 +9,7 @@
 pub mod local;
 pub mod metrics;
 pub mod objects;
+pub mod proxy;
 mod services;
 mod watch;
 
@@ -66,6 +67,9 @@ pub enum ApiError {
     Gone(String),
     #[error("store unavailable: {0}")]
     Unavailable(#[from] NodeError),
+    /// A node agent the request needs cannot be reached.
+    #[error("{0}")]
+    AgentUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -81,7 +85,7 @@ impl From<ApiError> for Status {
             ApiError::Forbidden(_) => Status::permission_denied(msg),
             ApiError::TooLarge { .. } => Status::resource_exhausted(msg),
             ApiError::Gone(_) => Status::out_of_range(msg),
-            ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::Unavailable(_) | ApiError::AgentUnavailable(_) => Status::unavailable(msg),
             ApiError::Internal(_) => Status::internal(msg),
         }
     }
@@ -106,6 +110,8 @@ pub struct ApiServer {
     audit: Option<Arc<AuditLog>>,
     limiter: Arc<RateLimiter>,
     service_range: services::ServiceRange,
+    /// How this member calls node agents (logs, exec): its own certificate, the cluster CA.
+    agent_tls: Option<Arc<ferry_api::client::TlsConfig>>,
 }
 
 fn kind_info(name: &str) -> ApiResult<&'static KindInfo> {
@@ -164,6 +170,7 @@ impl ApiServer {
             limiter: Arc::new(RateLimiter::new(0.0, 1.0)),
             service_range: services::ServiceRange::parse(services::DEFAULT_SERVICE_CIDR)
                 .expect("the default service CIDR parses"),
+            agent_tls: None,
         }
     }
 
@@ -188,6 +195,12 @@ impl ApiServer {
                 bound
             )))
         }
+    }
+
+    /// Lets this member call node agents (logs, exec) with these credentials.
+    pub fn with_agent_tls(mut self, tls: ferry_api::client::TlsConfig) -> Self {
+        self.agent_tls = Some(Arc::new(tls));
+        self
     }
 
     /// Allocate ClusterIPs from `cidr` instead of the default 10.96.0.0/12.
@@ -360,15 +373,29 @@ impl ApiServer {
         namespace: &str,
         name: &str,
     ) -> ApiResult<()> {
+        let sub = match sub {
+            Subresource::Main => "",
+            Subresource::Status => "status",
+        };
+        self.authorize_sub(user, info, verb, sub, namespace, name)
+    }
+
+    /// [`ApiServer::authorize`] for any subresource (`log`, `exec`, ...).
+    fn authorize_sub(
+        &self,
+        user: Option<&UserInfo>,
+        info: &KindInfo,
+        verb: &str,
+        sub: &str,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<()> {
         let Some(user) = user else { return Ok(()) };
         let attrs = Attributes {
             verb: verb.to_string(),
             api_group: info.group().to_string(),
             resource: info.plural.to_string(),
-            subresource: match sub {
-                Subresource::Main => String::new(),
-                Subresource::Status => "status".into(),
-            },
+            subresource: sub.to_string(),
             namespace: if info.namespaced {
                 namespace.to_string()
             } else {
@@ -1055,7 +1082,7 @@ fn code_name<T>(r: &ApiResult<T>) -> &'static str {
             ApiError::Forbidden(_) => "PermissionDenied",
             ApiError::TooLarge { .. } => "ResourceExhausted",
             ApiError::Gone(_) => "OutOfRange",
-            ApiError::Unavailable(_) => "Unavailable",
+            ApiError::Unavailable(_) | ApiError::AgentUnavailable(_) => "Unavailable",
             ApiError::Internal(_) => "Internal",
         },
     }
@@ -1071,6 +1098,40 @@ fn caller<T>(req: &Request<T>) -> Result<UserInfo, Status> {
 
 #[tonic::async_trait]
 impl Resources for ApiServer {
+    type PodLogsStream = proxy::ProxyStream<ferry_api::proto::LogChunk>;
+    type PodExecStream = proxy::ProxyStream<ferry_api::proto::ExecChunk>;
+
+    async fn pod_logs(
+        &self,
+        req: Request<ferry_api::proto::PodLogsRequest>,
+    ) -> Result<Response<Self::PodLogsStream>, Status> {
+        let start = Instant::now();
+        let user = self.admit_caller(&req)?;
+        let r = self.proxy_logs(Some(&user), req.into_inner()).await;
+        self.observe("pod_logs", start, &r);
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn pod_exec(
+        &self,
+        req: Request<ferry_api::proto::PodExecRequest>,
+    ) -> Result<Response<Self::PodExecStream>, Status> {
+        let start = Instant::now();
+        let user = self.admit_caller(&req)?;
+        let req = req.into_inner();
+        let (ns, name) = (req.namespace.clone(), req.pod.clone());
+        let r = self.proxy_exec(Some(&user), req).await;
+        self.observe("pod_exec", start, &r);
+        // Audited as `create pods/exec` (the command itself is not recorded, like a body).
+        let outcome: ApiResult<Value> = match &r {
+            Ok(_) => Ok(Value::Null),
+            Err(e) => Err(proxy::echo(e)),
+        };
+        self.audit_request(&user, "create", "Pod", "exec", &ns, &name, &outcome, start);
+        let r = r.map_err(Status::from);
+        r.map(Response::new)
+    }
+
     async fn create(
         &self,
         req: Request<CreateRequest>,
