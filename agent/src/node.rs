@@ -41,6 +41,12 @@ pub struct AgentOptions {
     pub tunnel: crate::network::routes::Tunnel,
     /// Port of the agent's logs/exec endpoint (0: any free port; the Node's status says which).
     pub port: u16,
+    /// The cgroup-v2 directory (relative to the cgroup-v2 mount) whose processes get socket
+    /// load balancing: `/` for the whole node, or the node's own subtree (`/ferry/<node>`)
+    /// when several simulated nodes share one kernel.
+    pub cgroup_root: String,
+    /// Where BPF maps and links are pinned (default `/sys/fs/bpf/ferry/<node>`).
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -57,6 +63,8 @@ impl AgentOptions {
             insecure_registries: Vec::new(),
             tunnel: crate::network::routes::Tunnel::None,
             port: DEFAULT_PORT,
+            cgroup_root: "/".into(),
+            bpf_pin_dir: None,
         }
     }
 }
@@ -318,6 +326,51 @@ async fn start_pods(
     }))
 }
 
+/// An error with its causes, `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Where BPF objects of this node are pinned.
+pub fn pin_dir(opts: &AgentOptions) -> PathBuf {
+    opts.bpf_pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/ferry").join(&opts.node_name))
+}
+
+fn datapath_options(
+    opts: &AgentOptions,
+    ip: Option<IpAddr>,
+) -> Result<crate::datapath::sync::SyncOptions, AgentError> {
+    let root = crate::datapath::socklb::cgroup2_root()
+        .ok_or_else(|| AgentError::Config("no cgroup-v2 hierarchy is mounted".into()))?;
+    let rel = opts.cgroup_root.trim_start_matches('/');
+    if rel.split('/').any(|p| p == "..") {
+        return Err(AgentError::Config(format!(
+            "--cgroup-root {:?}: must not contain `..`",
+            opts.cgroup_root
+        )));
+    }
+    let cgroup = root.join(rel);
+    std::fs::create_dir_all(&cgroup)
+        .map_err(|e| AgentError::Config(format!("creating cgroup {}: {e}", cgroup.display())))?;
+    Ok(crate::datapath::sync::SyncOptions {
+        pin_dir: pin_dir(opts),
+        cgroup,
+        node_ips: match ip {
+            Some(IpAddr::V4(v4)) => vec![v4],
+            _ => vec![],
+        },
+    })
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     if let Some(e) = ferry_api::validation::dns1123_subdomain_error(&opts.node_name) {
@@ -358,6 +411,21 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         }
     };
     tracing::info!(node = %opts.node_name, ip = ?ip, "node registered");
+    // Service load balancing: a task of its own, resyncing on Service and EndpointSlice events.
+    match datapath_options(&opts, ip) {
+        Ok(dp) => {
+            let client = client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::datapath::sync::run(client, dp).await {
+                    tracing::error!(
+                        "service load balancing is off on this node: {}",
+                        error_chain(&e)
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::error!("service load balancing is off on this node: {e}"),
+    }
     // Routes to the other nodes' pod CIDRs: a task of its own, resyncing on Node events.
     tokio::spawn(crate::network::routes::run(
         client.clone(),
@@ -474,6 +542,9 @@ pub async fn cleanup(opts: &AgentOptions) -> Result<(), AgentError> {
         if let Err(e) = net.remove_bridge().await {
             problems.push(format!("bridge {}: {e}", opts.pod_bridge));
         }
+    }
+    if let Err(e) = crate::datapath::socklb::remove(&pin_dir(opts)) {
+        problems.push(format!("pinned BPF objects: {e}"));
     }
     if problems.is_empty() {
         Ok(())

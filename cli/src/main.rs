@@ -264,6 +264,9 @@ struct UpArgs {
     /// Port of the agent's logs/exec endpoint (0: any free port).
     #[arg(long, default_value_t = ferry_agent::node::DEFAULT_PORT)]
     agent_port: u16,
+    /// Cgroup-v2 directory whose processes get socket load balancing (`/`: the whole machine).
+    #[arg(long, default_value = "/")]
+    cgroup_root: String,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -298,6 +301,13 @@ struct AgentArgs {
     /// Port of the agent's logs/exec endpoint, for control-plane members (0: any free port).
     #[arg(long, default_value_t = ferry_agent::node::DEFAULT_PORT)]
     port: u16,
+    /// Cgroup-v2 directory whose processes get socket load balancing for Services: `/` for the
+    /// whole node; a subtree such as `/ferry/NODE` when several nodes share one kernel.
+    #[arg(long, default_value = "/")]
+    cgroup_root: String,
+    /// Where BPF maps and links are pinned (default /sys/fs/bpf/ferry/NODE).
+    #[arg(long)]
+    bpf_pin_dir: Option<PathBuf>,
     /// Remove everything this agent made on the node (containers, pod networks, the bridge,
     /// pod directories) and exit.
     #[arg(long)]
@@ -481,6 +491,8 @@ async fn run(cli: Cli) -> Result<()> {
             insecure_registries: a.insecure_registries.clone(),
             tunnel: a.tunnel.parse().map_err(anyhow::Error::msg)?,
             port: a.port,
+            cgroup_root: a.cgroup_root.clone(),
+            bpf_pin_dir: a.bpf_pin_dir.clone(),
         };
         if a.cleanup {
             ferry_agent::cleanup(&opts).await?;
@@ -946,6 +958,7 @@ async fn up(a: &UpArgs) -> Result<()> {
         token,
         pod_bridge: a.pod_bridge.clone(),
         port: a.agent_port,
+        cgroup_root: a.cgroup_root.clone(),
         ..ferry_agent::AgentOptions::new("", "", "")
     };
     println!(

@@ -50,6 +50,8 @@ fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
                 || (a.subresource.is_empty() && a.verb == "delete")
         }
         ("", "events") => matches!(a.verb.as_str(), "create" | "patch"),
+        // Service load balancing and DNS on the node.
+        ("", "services") | ("discovery.k8s.io", "endpointslices") => read,
         // Only `get`, and only of objects its pods reference: the API server checks the
         // reference graph (`pod_references`) before answering.
         ("", "configmaps" | "secrets" | "persistentvolumeclaims") => {

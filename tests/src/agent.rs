@@ -52,6 +52,8 @@ impl TestAgent {
             .arg("--pod-bridge")
             .arg(&self.bridge)
             .args(["--port", "0"])
+            .arg("--cgroup-root")
+            .arg(format!("/ferry/{}", self.node_name))
             .env("FERRY_LOG", "info")
             .env_remove("FERRY_TOKEN")
             .stdin(Stdio::null());
@@ -118,6 +120,38 @@ impl TestAgent {
     /// The last `lines` lines of the agent's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         self.log_lines(lines)
+    }
+
+    /// The cgroup-v2 directory this agent's socket load balancing covers (its containers live
+    /// below it); a test puts its client processes in a child of it.
+    pub fn cgroup_dir(&self) -> Result<PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                (post.split_whitespace().next() == Some("cgroup2"))
+                    .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+                    .flatten()
+            })
+            .ok_or_else(|| anyhow::anyhow!("no cgroup2 mount"))?;
+        Ok(root.join("ferry").join(&self.node_name))
+    }
+
+    /// Runs `sh -c SCRIPT` (busybox) inside a child cgroup of this node's, as a process of the
+    /// node would, and returns its output.
+    pub fn node_sh(&self, script: &str) -> Result<std::process::Output> {
+        let dir = self.cgroup_dir()?.join("test-client");
+        std::fs::create_dir_all(&dir)?;
+        let procs = dir.join("cgroup.procs");
+        let out =
+            Command::new(crate::image::busybox().ok_or_else(|| anyhow::anyhow!("no busybox"))?)
+                .arg("sh")
+                .arg("-c")
+                .arg(format!("echo $$ > {} && {script}", procs.display()))
+                .output()?;
+        let _ = std::fs::remove_dir(&dir);
+        Ok(out)
     }
 
     /// Runs `ferry --config CONFIG ARGS...` (the CLI as an administrator of `cluster`).

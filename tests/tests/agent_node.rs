@@ -82,6 +82,8 @@ fn agent(
         &bridge_for(name),
         "--port",
         "0",
+        "--cgroup-root",
+        &format!("/ferry/{name}"),
         "--data-dir",
     ])
     .arg(data_dir.path())

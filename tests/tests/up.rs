@@ -55,6 +55,8 @@ fn start(dir: &std::path::Path, port: u16) -> Result<Up> {
             "10.243.0.0/16",
             "--agent-port",
             "0",
+            "--cgroup-root",
+            "/ferry/solo",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",

@@ -54,4 +54,53 @@ pub enum DatapathError {
         #[source]
         source: Box<MapError>,
     },
+
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("pinning `{what}` at {}: {message}", path.display())]
+    Pin {
+        what: &'static str,
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl DatapathError {
+    pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        DatapathError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn program(program: &'static str, op: &'static str, e: ProgramError) -> Self {
+        DatapathError::Program {
+            program,
+            op,
+            source: Box::new(e),
+        }
+    }
+
+    pub(crate) fn map(map: &'static str, op: &str, e: MapError) -> Self {
+        DatapathError::Map {
+            map,
+            op: op.to_owned(),
+            source: Box::new(e),
+        }
+    }
+
+    pub(crate) fn pin(what: &'static str, path: &std::path::Path, message: String) -> Self {
+        DatapathError::Pin {
+            what,
+            path: path.to_path_buf(),
+            message,
+        }
+    }
 }

@@ -11,6 +11,9 @@
 //! thread, whichever network namespace that thread is in.
 
 mod error;
+pub mod services;
+pub mod socklb;
+pub mod sync;
 
 use std::fmt;
 
@@ -32,6 +35,15 @@ pub use ferry_ebpf_common::{DropReason, Verdict};
 /// The BPF object built by `build.rs`; 8-byte aligned as the ELF parser requires.
 static FERRY_EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf"));
+
+/// The embedded BPF object, or an error when the build skipped it.
+pub(crate) fn object() -> Result<&'static [u8], DatapathError> {
+    if FERRY_EBPF_OBJECT.is_empty() {
+        Err(DatapathError::ObjectNotBuilt)
+    } else {
+        Ok(FERRY_EBPF_OBJECT)
+    }
+}
 
 /// L4 protocol of a deny rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

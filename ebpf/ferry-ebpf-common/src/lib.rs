@@ -109,8 +109,180 @@ const _: () = assert!(core::mem::size_of::<PacketCounter>() == 16);
 const _: () = assert!(core::mem::size_of::<Verdict>() == 4);
 const _: () = assert!(core::mem::size_of::<DropReason>() == 4);
 
+// ---------------------------------------------------------------------------------------------
+// Service load balancing (socket level: cgroup connect4 / sendmsg4 / recvmsg4 / getpeername4).
+//
+// Addresses and ports are stored in network byte order, exactly as `bpf_sock_addr.user_ip4`
+// and the low 16 bits of `user_port` hold them, so the programs compare and copy without
+// swapping. The layout follows Cilium's (`cilium_lb4_services_v2`): per frontend, slot 0 is the
+// master entry (how many backends, which rev-NAT id, flags) and slots 1..=n name backends.
+
+/// `Svc4Key` -> `Svc4Value`: frontends (ClusterIP, NodePort with address 0, LoadBalancer and
+/// external IPs) and their backend slots.
+pub const SVC4_MAP: &str = "FERRY_SVC4";
+/// `u32` backend id -> `Backend4`.
+pub const BACKENDS4_MAP: &str = "FERRY_BACKENDS4";
+/// `SockRevKey` -> `SockRevValue` (LRU): which frontend a socket's backend stands for, so
+/// replies and `getpeername` show the service address.
+pub const SOCK_REVNAT4_MAP: &str = "FERRY_SOCK_REVNAT4";
+/// `Affinity4Key` -> `Affinity4Value` (LRU): sessionAffinity ClientIP, per client network
+/// namespace (no source address exists at connect time).
+pub const AFFINITY4_MAP: &str = "FERRY_AFFINITY4";
+/// `u32` address -> `u32` flags: this node's own addresses (NodePort frontends match them).
+pub const NODE_IPS4_MAP: &str = "FERRY_NODE_IPS4";
+/// Per-CPU array of `u64` counters indexed by [`SockStat`].
+pub const SOCK_STATS_MAP: &str = "FERRY_SOCK_STATS";
+
+pub const SVC4_MAX_ENTRIES: u32 = 65536;
+pub const BACKENDS4_MAX_ENTRIES: u32 = 65536;
+pub const SOCK_REVNAT4_MAX_ENTRIES: u32 = 262144;
+pub const AFFINITY4_MAX_ENTRIES: u32 = 65536;
+pub const NODE_IPS4_MAX_ENTRIES: u32 = 256;
+
+/// The socket programs, by attach type.
+pub const PROG_CONNECT4: &str = "ferry_connect4";
+pub const PROG_SENDMSG4: &str = "ferry_sendmsg4";
+pub const PROG_RECVMSG4: &str = "ferry_recvmsg4";
+pub const PROG_GETPEERNAME4: &str = "ferry_getpeername4";
+
+/// Bits of [`Svc4Value::flags`].
+pub mod svc_flags {
+    /// sessionAffinity: ClientIP, for `affinity_s` seconds.
+    pub const AFFINITY: u16 = 1;
+}
+
+/// Key of [`SVC4_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Svc4Key {
+    /// Frontend address (network order); 0 for NodePort frontends.
+    pub addr: u32,
+    /// Frontend port (network order).
+    pub port: u16,
+    /// 0: the master entry; 1..: backend slots.
+    pub slot: u16,
+    pub proto: u8,
+    /// Reserved for traffic-policy scopes (external / internal); 0 today.
+    pub scope: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`SVC4_MAP`]. In the master entry: `count` ready backends in slots 1..=count, and
+/// `fb_count` serving-but-terminating ones after them, used only when `count` is 0 (KEP-1669);
+/// in a backend slot: only `backend_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Svc4Value {
+    pub backend_id: u32,
+    pub count: u16,
+    pub fb_count: u16,
+    pub rev_nat_id: u16,
+    /// See [`svc_flags`].
+    pub flags: u16,
+    /// sessionAffinity timeout in seconds.
+    pub affinity_s: u32,
+}
+
+/// Value of [`BACKENDS4_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend4 {
+    /// Network order.
+    pub addr: u32,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    /// 0 active, 1 terminating.
+    pub state: u8,
+}
+
+/// Key of [`SOCK_REVNAT4_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    /// The backend (network order), as the socket sees its peer.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`SOCK_REVNAT4_MAP`]: the frontend the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    pub addr: u32,
+    pub port: u16,
+    pub rev_nat_id: u16,
+}
+
+/// Key of [`AFFINITY4_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Affinity4Key {
+    /// The client's network namespace cookie.
+    pub client: u64,
+    pub rev_nat_id: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of [`AFFINITY4_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity4Value {
+    /// `bpf_ktime_get_ns` of the last connection.
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// Index into [`SOCK_STATS_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockStat {
+    /// A connect or send to a frontend was sent to a backend.
+    Translated = 0,
+    /// A frontend without any usable backend: refused (EPERM to the caller).
+    NoBackend = 1,
+    /// A reply or getpeername was shown the frontend address.
+    Reversed = 2,
+    /// A session-affinity entry picked the backend.
+    AffinityHit = 3,
+}
+
+impl SockStat {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [SockStat; Self::COUNT as usize] = [
+        SockStat::Translated,
+        SockStat::NoBackend,
+        SockStat::Reversed,
+        SockStat::AffinityHit,
+    ];
+}
+
+const _: () = assert!(core::mem::size_of::<Svc4Key>() == 12);
+const _: () = assert!(core::mem::size_of::<Svc4Value>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend4>() == 8);
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
+const _: () = assert!(core::mem::size_of::<Affinity4Key>() == 16);
+const _: () = assert!(core::mem::size_of::<Affinity4Value>() == 16);
+const _: () = assert!(core::mem::size_of::<SockStat>() == 4);
+
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: #[repr(C)], integers only, no implicit padding (size asserts above).
+    unsafe impl aya::Pod for super::Svc4Key {}
+    unsafe impl aya::Pod for super::Svc4Value {}
+    unsafe impl aya::Pod for super::Backend4 {}
+    unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::SockRevValue {}
+    unsafe impl aya::Pod for super::Affinity4Key {}
+    unsafe impl aya::Pod for super::Affinity4Value {}
+}
+
+#[cfg(feature = "user")]
+mod user_tc {
     // SAFETY: all three are #[repr(C)], contain only integers, have no implicit padding (checked
     // by the size asserts above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::DenyKey {}

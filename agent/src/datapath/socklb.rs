@@ -1,0 +1,444 @@
+//! Socket-level service load balancing: loads the cgroup sock_addr programs (connect4,
+//! sendmsg4, recvmsg4, getpeername4), attaches them to a cgroup-v2 directory, and keeps the
+//! service maps equal to what [`super::services::desired`] computes.
+//!
+//! Everything lives under a pin directory (`/sys/fs/bpf/ferry/<node>/` by default): the maps,
+//! and the links that keep the programs attached. A restarted agent reopens the pinned maps
+//! (their content stays, so connections keep being balanced while it is down), attaches fresh
+//! programs beside the old ones, and only then detaches the old ones: no gap.
+//!
+//! Map writes are ordered so a concurrent connect always sees a usable entry: new backends
+//! first, then the backend slots, then the master entry with the new counts, then stale slots,
+//! frontends and backends are deleted.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
+};
+use ferry_ebpf_common::{
+    AFFINITY4_MAP, BACKENDS4_MAP, Backend4, NODE_IPS4_MAP, PROG_CONNECT4, PROG_GETPEERNAME4,
+    PROG_RECVMSG4, PROG_SENDMSG4, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC4_MAP, SockStat, Svc4Key,
+    Svc4Value, svc_flags,
+};
+
+use super::{
+    DatapathError,
+    services::{BackendAddr, Entry, Frontend},
+};
+
+const PINNED_MAPS: [&str; 6] = [
+    SVC4_MAP,
+    BACKENDS4_MAP,
+    SOCK_REVNAT4_MAP,
+    AFFINITY4_MAP,
+    NODE_IPS4_MAP,
+    SOCK_STATS_MAP,
+];
+const PROGRAMS: [&str; 4] = [
+    PROG_CONNECT4,
+    PROG_SENDMSG4,
+    PROG_RECVMSG4,
+    PROG_GETPEERNAME4,
+];
+
+/// Where the cgroup-v2 hierarchy is mounted: `/sys/fs/cgroup/unified` on hybrid machines,
+/// `/sys/fs/cgroup` on pure v2 ones.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next() == Some("cgroup2"))
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it is there.
+pub fn ensure_bpffs() -> Result<(), DatapathError> {
+    let path = Path::new("/sys/fs/bpf");
+    let is_bpffs = nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+    if is_bpffs {
+        return Ok(());
+    }
+    fs::create_dir_all(path).map_err(|e| DatapathError::io("creating", path, e))?;
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| DatapathError::io("mounting bpffs at", path, e.into()))
+}
+
+fn be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn from_be(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v.to_ne_bytes())
+}
+
+/// What is installed for one frontend.
+#[derive(Clone, Debug, Default)]
+struct Installed {
+    rev_nat_id: u16,
+    slots: u16,
+}
+
+/// The loaded, attached socket load balancer of this node.
+pub struct SockLb {
+    _ebpf: Ebpf,
+    pin_dir: PathBuf,
+    svc: HashMap<MapData, Svc4Key, Svc4Value>,
+    backends: HashMap<MapData, u32, Backend4>,
+    node_ips: HashMap<MapData, u32, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    installed: BTreeMap<Frontend, Installed>,
+    backend_ids: BTreeMap<BackendAddr, u32>,
+    next_backend: u32,
+    next_rev_nat: u16,
+}
+
+/// What a sync changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub frontends: usize,
+    pub backends: usize,
+    pub writes: usize,
+    pub deletes: usize,
+}
+
+impl SockLb {
+    /// Loads the programs with their maps pinned in `pin_dir` (reusing maps pinned there) and
+    /// attaches them to the cgroup-v2 directory `cgroup`.
+    pub fn load(pin_dir: &Path, cgroup: &Path) -> Result<Self, DatapathError> {
+        ensure_bpffs()?;
+        fs::create_dir_all(pin_dir.join("links"))
+            .map_err(|e| DatapathError::io("creating", pin_dir, e))?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> =
+            PINNED_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(super::object()?)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let cgroup_dir =
+            fs::File::open(cgroup).map_err(|e| DatapathError::io("opening cgroup", cgroup, e))?;
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram { program: name })?
+                .try_into()
+                .map_err(|e| DatapathError::program(name, "type", e))?;
+            prog.load()
+                .map_err(|e| DatapathError::program(name, "load", e))?;
+            // A BPF link: always one of several on the cgroup (link_create takes no flags).
+            let id = prog
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(|e| DatapathError::program(name, "attach to the cgroup", e))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|e| DatapathError::program(name, "take link", e))?
+                .try_into()
+                .map_err(|_| DatapathError::MissingProgram { program: name })?;
+            // The new link is in place before the old one (a previous agent's); bpffs allows no `.` in names goes.
+            let final_path = pin_dir.join("links").join(name);
+            let new_path = pin_dir.join("links").join(format!("{name}_new"));
+            let _ = fs::remove_file(&new_path);
+            link.pin(&new_path)
+                .map_err(|e| DatapathError::pin(name, &new_path, e.to_string()))?;
+            if let Ok(old) = PinnedLink::from_pin(&final_path)
+                && let Ok(fd) = old.unpin()
+            {
+                drop(fd);
+            }
+            fs::rename(&new_path, &final_path)
+                .map_err(|e| DatapathError::io("renaming pinned link", &new_path, e))?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or(DatapathError::MissingMap { map: name })
+        };
+        let svc = HashMap::try_from(take(&mut ebpf, SVC4_MAP)?)
+            .map_err(|e| DatapathError::map(SVC4_MAP, "open", e))?;
+        let backends = HashMap::try_from(take(&mut ebpf, BACKENDS4_MAP)?)
+            .map_err(|e| DatapathError::map(BACKENDS4_MAP, "open", e))?;
+        let node_ips = HashMap::try_from(take(&mut ebpf, NODE_IPS4_MAP)?)
+            .map_err(|e| DatapathError::map(NODE_IPS4_MAP, "open", e))?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, SOCK_STATS_MAP)?)
+            .map_err(|e| DatapathError::map(SOCK_STATS_MAP, "open", e))?;
+        let mut lb = SockLb {
+            _ebpf: ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            svc,
+            backends,
+            node_ips,
+            stats,
+            installed: BTreeMap::new(),
+            backend_ids: BTreeMap::new(),
+            next_backend: 1,
+            next_rev_nat: 1,
+        };
+        lb.recover();
+        Ok(lb)
+    }
+
+    /// Rebuilds the bookkeeping from pinned maps a previous agent filled.
+    fn recover(&mut self) {
+        for (id, b) in self.backends.iter().flatten() {
+            self.backend_ids.insert(
+                BackendAddr {
+                    addr: from_be(b.addr),
+                    port: u16::from_be(b.port),
+                    proto: b.proto,
+                },
+                id,
+            );
+            self.next_backend = self.next_backend.max(id.wrapping_add(1));
+        }
+        for (k, v) in self.svc.iter().flatten() {
+            if k.slot != 0 {
+                continue;
+            }
+            let f = Frontend {
+                addr: from_be(k.addr),
+                port: u16::from_be(k.port),
+                proto: k.proto,
+            };
+            self.installed.insert(
+                f,
+                Installed {
+                    rev_nat_id: v.rev_nat_id,
+                    slots: v.count + v.fb_count,
+                },
+            );
+            self.next_rev_nat = self.next_rev_nat.max(v.rev_nat_id.wrapping_add(1));
+        }
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// This node's own addresses: NodePort frontends answer on them (and on loopback).
+    pub fn set_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<(), DatapathError> {
+        let want: BTreeSet<u32> = ips.iter().map(|ip| be(*ip)).collect();
+        let have: BTreeSet<u32> = self.node_ips.keys().flatten().collect();
+        for ip in want.difference(&have) {
+            self.node_ips
+                .insert(ip, 1, 0)
+                .map_err(|e| DatapathError::map(NODE_IPS4_MAP, "insert", e))?;
+        }
+        for ip in have.difference(&want) {
+            let _ = self.node_ips.remove(ip);
+        }
+        Ok(())
+    }
+
+    fn key(f: &Frontend, slot: u16) -> Svc4Key {
+        Svc4Key {
+            addr: be(f.addr),
+            port: f.port.to_be(),
+            slot,
+            proto: f.proto,
+            scope: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    fn backend_id(
+        &mut self,
+        b: &BackendAddr,
+        report: &mut SyncReport,
+    ) -> Result<u32, DatapathError> {
+        if let Some(id) = self.backend_ids.get(b) {
+            return Ok(*id);
+        }
+        let id = self.next_backend.max(1);
+        self.next_backend = id.wrapping_add(1).max(1);
+        let v = Backend4 {
+            addr: be(b.addr),
+            port: b.port.to_be(),
+            proto: b.proto,
+            state: 0,
+        };
+        self.backends
+            .insert(id, v, 0)
+            .map_err(|e| DatapathError::map(BACKENDS4_MAP, "insert", e))?;
+        report.writes += 1;
+        self.backend_ids.insert(*b, id);
+        Ok(id)
+    }
+
+    /// Makes the maps hold exactly `desired`.
+    pub fn sync(
+        &mut self,
+        desired: &BTreeMap<Frontend, Entry>,
+    ) -> Result<SyncReport, DatapathError> {
+        let mut report = SyncReport {
+            frontends: desired.len(),
+            ..Default::default()
+        };
+        for (f, e) in desired {
+            let mut ids = Vec::with_capacity(e.ready.len() + e.terminating.len());
+            for b in e.ready.iter().chain(&e.terminating) {
+                ids.push(self.backend_id(b, &mut report)?);
+            }
+            let count = e.ready.len().min(u16::MAX as usize / 2) as u16;
+            let fb = e.terminating.len().min(u16::MAX as usize / 2) as u16;
+            let prev = self.installed.get(f).cloned();
+            let rev_nat_id = match &prev {
+                Some(p) => p.rev_nat_id,
+                None => {
+                    let id = self.next_rev_nat.max(1);
+                    self.next_rev_nat = id.wrapping_add(1).max(1);
+                    id
+                }
+            };
+            for (i, id) in ids.iter().take(usize::from(count + fb)).enumerate() {
+                let key = Self::key(f, i as u16 + 1);
+                let want = Svc4Value {
+                    backend_id: *id,
+                    ..Default::default()
+                };
+                if self.svc.get(&key, 0).ok() != Some(want) {
+                    self.svc
+                        .insert(key, want, 0)
+                        .map_err(|e| DatapathError::map(SVC4_MAP, "insert slot", e))?;
+                    report.writes += 1;
+                }
+            }
+            let master = Svc4Value {
+                backend_id: 0,
+                count,
+                fb_count: fb,
+                rev_nat_id,
+                flags: if e.affinity_s.is_some() {
+                    svc_flags::AFFINITY
+                } else {
+                    0
+                },
+                affinity_s: e.affinity_s.unwrap_or(0),
+            };
+            let key = Self::key(f, 0);
+            if self.svc.get(&key, 0).ok() != Some(master) {
+                self.svc
+                    .insert(key, master, 0)
+                    .map_err(|e| DatapathError::map(SVC4_MAP, "insert frontend", e))?;
+                report.writes += 1;
+            }
+            let old_slots = prev.map_or(0, |p| p.slots);
+            for slot in (count + fb + 1)..=old_slots {
+                let _ = self.svc.remove(&Self::key(f, slot));
+                report.deletes += 1;
+            }
+            self.installed.insert(
+                *f,
+                Installed {
+                    rev_nat_id,
+                    slots: count + fb,
+                },
+            );
+        }
+        let gone: Vec<Frontend> = self
+            .installed
+            .keys()
+            .filter(|f| !desired.contains_key(f))
+            .copied()
+            .collect();
+        for f in gone {
+            let inst = self.installed.remove(&f).unwrap_or_default();
+            let _ = self.svc.remove(&Self::key(&f, 0));
+            for slot in 1..=inst.slots {
+                let _ = self.svc.remove(&Self::key(&f, slot));
+            }
+            report.deletes += 1 + usize::from(inst.slots);
+        }
+        let used: BTreeSet<BackendAddr> = desired
+            .values()
+            .flat_map(|e| e.ready.iter().chain(&e.terminating))
+            .copied()
+            .collect();
+        let stale: Vec<(BackendAddr, u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(b, _)| !used.contains(b))
+            .map(|(b, id)| (*b, *id))
+            .collect();
+        for (b, id) in stale {
+            let _ = self.backends.remove(&id);
+            self.backend_ids.remove(&b);
+            report.deletes += 1;
+        }
+        report.backends = self.backend_ids.len();
+        Ok(report)
+    }
+
+    /// What the maps hold, per frontend: its backends (ready first, then terminating) and
+    /// how many of them are ready.
+    pub fn dump(&self) -> Vec<(Frontend, u16, Vec<BackendAddr>)> {
+        let by_id: BTreeMap<u32, BackendAddr> =
+            self.backend_ids.iter().map(|(b, id)| (*id, *b)).collect();
+        let mut out = Vec::new();
+        for (f, inst) in &self.installed {
+            let master = self.svc.get(&Self::key(f, 0), 0).unwrap_or_default();
+            let backends = (1..=inst.slots)
+                .filter_map(|s| self.svc.get(&Self::key(f, s), 0).ok())
+                .filter_map(|v| by_id.get(&v.backend_id).copied())
+                .collect();
+            out.push((*f, master.count, backends));
+        }
+        out
+    }
+
+    /// The socket programs' counters, summed over CPUs.
+    pub fn stats(&self) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        for s in SockStat::ALL {
+            let total = self
+                .stats
+                .get(&(s as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            out.insert(
+                match s {
+                    SockStat::Translated => "translated",
+                    SockStat::NoBackend => "no_backend",
+                    SockStat::Reversed => "reversed",
+                    SockStat::AffinityHit => "affinity_hit",
+                },
+                total,
+            );
+        }
+        out
+    }
+}
+
+/// Detaches the programs and removes the maps pinned under `pin_dir` (`ferry agent --cleanup`).
+pub fn remove(pin_dir: &Path) -> Result<(), DatapathError> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    for name in PROGRAMS {
+        let path = pin_dir.join("links").join(name);
+        if let Ok(link) = PinnedLink::from_pin(&path)
+            && let Ok(fd) = link.unpin()
+        {
+            drop(fd);
+        }
+        let _ = fs::remove_file(pin_dir.join("links").join(format!("{name}_new")));
+    }
+    fs::remove_dir_all(pin_dir).map_err(|e| DatapathError::io("removing", pin_dir, e))
+}

@@ -1,0 +1,199 @@
+//! Keeps this node's service maps in step with the cluster: lists and watches Services and
+//! EndpointSlices, and after every change (coalesced for a few milliseconds) recomputes the
+//! desired frontends ([`super::services::desired`]) and applies the difference
+//! ([`super::socklb::SockLb::sync`]).
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ferry_api::client::{Client, ListOptions};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::{DatapathError, services, socklb::SockLb};
+
+/// How long changes are gathered before the maps are written.
+const COALESCE: Duration = Duration::from_millis(5);
+
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Where the maps and links are pinned.
+    pub pin_dir: PathBuf,
+    /// The cgroup-v2 directory the socket programs attach to.
+    pub cgroup: PathBuf,
+    /// This node's addresses (NodePort frontends).
+    pub node_ips: Vec<Ipv4Addr>,
+}
+
+type Cache = Arc<Mutex<BTreeMap<(String, String), Value>>>;
+
+fn lock(c: &Cache) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Value>> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn key_of(v: &Value) -> (String, String) {
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    (s("/metadata/namespace"), s("/metadata/name"))
+}
+
+/// List+watch of one kind into `cache`; bumps `changed` after every change and marks `synced`
+/// once the first list is in.
+async fn informer(
+    client: Client,
+    kind: &'static str,
+    cache: Cache,
+    changed: watch::Sender<u64>,
+    synced: watch::Sender<bool>,
+) {
+    let opts = ListOptions::default();
+    loop {
+        let list = match client.list(kind, &opts).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "datapath: listing; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let rv = list
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        {
+            let mut c = lock(&cache);
+            c.clear();
+            for item in list["items"].as_array().into_iter().flatten() {
+                c.insert(key_of(item), item.clone());
+            }
+        }
+        changed.send_modify(|n| *n += 1);
+        synced.send_replace(true);
+        let mut stream = match client.watch(kind, &opts, &rv, false).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "datapath: watching; relisting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => {
+                    let mut c = lock(&cache);
+                    match ev.kind.as_str() {
+                        "ADDED" | "MODIFIED" => {
+                            c.insert(key_of(&ev.object), ev.object);
+                        }
+                        "DELETED" => {
+                            c.remove(&key_of(&ev.object));
+                        }
+                        _ => continue,
+                    }
+                    drop(c);
+                    changed.send_modify(|n| *n += 1);
+                }
+                Err(e) => {
+                    tracing::info!(kind, error = %e, "datapath: watch ended; relisting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Loads and attaches the socket load balancer, then keeps its maps in sync until dropped.
+pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError> {
+    let o = opts.clone();
+    let lb = tokio::task::spawn_blocking(move || -> Result<SockLb, DatapathError> {
+        let mut lb = SockLb::load(&o.pin_dir, &o.cgroup)?;
+        lb.set_node_ips(&o.node_ips)?;
+        Ok(lb)
+    })
+    .await
+    .map_err(|e| DatapathError::io("loading", &opts.pin_dir, std::io::Error::other(e)))??;
+    tracing::info!(
+        pin_dir = %opts.pin_dir.display(),
+        cgroup = %opts.cgroup.display(),
+        "socket load balancing attached"
+    );
+    let lb = Arc::new(Mutex::new(lb));
+    let services: Cache = Arc::default();
+    let slices: Cache = Arc::default();
+    let (changed_tx, mut changed) = watch::channel(0u64);
+    let (svc_synced_tx, mut svc_synced) = watch::channel(false);
+    let (eps_synced_tx, mut eps_synced) = watch::channel(false);
+    let informers = [
+        tokio::spawn(informer(
+            client.clone(),
+            "Service",
+            services.clone(),
+            changed_tx.clone(),
+            svc_synced_tx,
+        )),
+        tokio::spawn(informer(
+            client.clone(),
+            "EndpointSlice",
+            slices.clone(),
+            changed_tx,
+            eps_synced_tx,
+        )),
+    ];
+    struct AbortOnDrop<const N: usize>([tokio::task::JoinHandle<()>; N]);
+    impl<const N: usize> Drop for AbortOnDrop<N> {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let _informers = AbortOnDrop(informers);
+    // Write nothing until both kinds are listed: a half view would drop live frontends.
+    let _ = svc_synced.wait_for(|s| *s).await;
+    let _ = eps_synced.wait_for(|s| *s).await;
+    let mut first = true;
+    loop {
+        tokio::time::sleep(COALESCE).await;
+        changed.borrow_and_update();
+        let started = Instant::now();
+        let svcs: Vec<Value> = lock(&services).values().cloned().collect();
+        let eps: Vec<Value> = lock(&slices).values().cloned().collect();
+        let desired = services::desired(&svcs, &eps);
+        let lb2 = lb.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            lb2.lock().unwrap_or_else(|p| p.into_inner()).sync(&desired)
+        })
+        .await;
+        match r {
+            Ok(Ok(report)) => {
+                if first || report.writes + report.deletes > 0 {
+                    tracing::info!(
+                        frontends = report.frontends,
+                        backends = report.backends,
+                        writes = report.writes,
+                        deletes = report.deletes,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "service maps synced"
+                    );
+                }
+                first = false;
+            }
+            Ok(Err(e)) => tracing::error!("syncing service maps: {e}"),
+            Err(e) => tracing::error!("syncing service maps: {e}"),
+        }
+        if changed.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
