@@ -539,9 +539,23 @@ pub async fn cleanup(opts: &AgentOptions) -> Result<(), AgentError> {
                 problems.push(format!("pod network of {p}: {e}"));
             }
         }
-        if let Err(e) = net.remove_bridge().await {
-            problems.push(format!("bridge {}: {e}", opts.pod_bridge));
+    }
+    // The bridge goes even when no pod ever got an address (no IPAM state to open a
+    // PodNetwork with).
+    let bridge = opts.pod_bridge.clone();
+    let removed = match crate::network::NetnsHandle::current() {
+        Ok(ns) => {
+            crate::network::netns::with_netlink_in(
+                &ns,
+                "deleting the bridge",
+                move |h| async move { crate::network::link::delete_link(&h, &bridge).await },
+            )
+            .await
         }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        problems.push(format!("bridge {}: {e}", opts.pod_bridge));
     }
     if let Err(e) = crate::datapath::socklb::remove(&pin_dir(opts)) {
         problems.push(format!("pinned BPF objects: {e}"));
