@@ -1,7 +1,8 @@
 //! Root-only: Services load-balanced by the agent's socket-level eBPF programs (cgroup
 //! connect4 / sendmsg4 / recvmsg4 / getpeername4), on one agent with real pods.
 //!
-//! Checks: a ClusterIP spreads connections over its ready pods, from the node and from a pod;
+//! Checks: a ClusterIP spreads connections over its ready pods, from the node and from a pod
+//! (which also gets the `<SVC>_SERVICE_HOST` variables);
 //! a NodePort answers on loopback; a pod that stops being ready gets no new connections; a
 //! Service without endpoints refuses at once; the maps keep balancing while the agent is down
 //! (kill -9) and after it restarts.
@@ -180,7 +181,7 @@ async fn cluster_ips_and_node_ports_are_balanced_at_the_socket() -> Result<()> {
         "metadata": {"name": "client"},
         "spec": {"nodeName": agent.node_name, "restartPolicy": "Never",
             "containers": [{"name": "c", "image": IMAGE,
-                "command": ["sh", "-c", format!("for i in 1 2 3 4 5 6 7 8 9 10; do printf 'GET /index.html HTTP/1.0\r\n\r\n' | nc -w 2 {vip} 80 | tail -n 1; echo; done")]}]}}))
+                "command": ["sh", "-c", format!("echo HOST=$WEB_SERVICE_HOST PORT=$WEB_SERVICE_PORT_HTTP; for i in 1 2 3 4 5 6 7 8 9 10; do printf 'GET /index.html HTTP/1.0\r\n\r\n' | nc -w 2 {vip} 80 | tail -n 1; echo; done")]}]}}))
         .await?;
     let client = wait_for(
         "the client pod to finish",
@@ -206,6 +207,8 @@ async fn cluster_ips_and_node_ports_are_balanced_at_the_socket() -> Result<()> {
         10,
         "{log}"
     );
+    // Kubernetes' service links in the environment of new pods.
+    assert!(log.contains(&format!("HOST={vip} PORT=80")), "{log}");
 
     // web-c stops being ready: new connections avoid it.
     let out = TestAgent::cli(&cluster, &["exec", "web-c", "--", "rm", "/tmp/ready"])?;

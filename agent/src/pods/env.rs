@@ -158,12 +158,76 @@ fn resource_value(c: &Container, resource: &str, divisor: Option<&str>) -> Resul
     Ok(format!("{}", (value / d).ceil() as i64))
 }
 
-/// The environment of container `c`, image variables first. `Err` names the first missing
-/// required ConfigMap, Secret or key.
+/// Kubernetes' service links: for every Service of the namespace with a cluster IP,
+/// `<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT`, `<SVC>_SERVICE_PORT_<PORT>` and the Docker-link
+/// variables `<SVC>_PORT`, `<SVC>_PORT_<port>_<PROTO>{,_PROTO,_PORT,_ADDR}`.
+pub fn service_env(services: &[Value]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut sorted: Vec<&Value> = services.iter().collect();
+    sorted.sort_by_key(|s| {
+        s.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    });
+    for svc in sorted {
+        let ip = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let name = svc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_uppercase()
+            .replace('-', "_");
+        let ports: Vec<&Value> = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .map(|p| p.iter().collect())
+            .unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let port_of = |p: &Value| p["port"].as_u64().unwrap_or(0);
+        let proto_of = |p: &Value| p["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase();
+        out.push((format!("{name}_SERVICE_HOST"), ip.to_owned()));
+        out.push((format!("{name}_SERVICE_PORT"), port_of(first).to_string()));
+        for p in &ports {
+            if let Some(pn) = p["name"].as_str().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!(
+                        "{name}_SERVICE_PORT_{}",
+                        pn.to_ascii_uppercase().replace('-', "_")
+                    ),
+                    port_of(p).to_string(),
+                ));
+            }
+        }
+        out.push((
+            format!("{name}_PORT"),
+            format!("{}://{ip}:{}", proto_of(first), port_of(first)),
+        ));
+        for p in &ports {
+            let (port, proto) = (port_of(p), proto_of(p));
+            let base = format!("{name}_PORT_{port}_{}", proto.to_ascii_uppercase());
+            out.push((base.clone(), format!("{proto}://{ip}:{port}")));
+            out.push((format!("{base}_PROTO"), proto.clone()));
+            out.push((format!("{base}_PORT"), port.to_string()));
+            out.push((format!("{base}_ADDR"), ip.to_owned()));
+        }
+    }
+    out
+}
+
+/// The environment of container `c`: the image's variables, then the service links (which the
+/// container's own `envFrom` and `env` override, as in Kubernetes). `Err` names the first
+/// missing required ConfigMap, Secret or key.
 pub fn container_env(
     pod: &Pod,
     c: &Container,
     image_env: &[String],
+    service_links: &[(String, String)],
     sources: &Sources,
     facts: &PodFacts,
 ) -> Result<Vec<(String, String)>, EnvError> {
@@ -171,6 +235,9 @@ pub fn container_env(
     for kv in image_env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         set(&mut env, k, v.to_owned());
+    }
+    for (k, v) in service_links {
+        set(&mut env, k, v.clone());
     }
     let err = |m: String| EnvError(format!("container {:?}: {m}", c.name));
     for from in c.env_from.iter().flatten() {
@@ -367,10 +434,15 @@ mod tests {
             host_ip: "192.0.2.1".into(),
             node_name: "n1".into(),
         };
+        let links = service_env(&[json!({
+            "metadata": {"name": "my-db"},
+            "spec": {"clusterIP": "10.96.0.9", "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]},
+        })]);
         let env = container_env(
             &p,
             c,
             &["IMG=from-image".into(), "A=0".into()],
+            &links,
             &sources,
             &facts,
         )
@@ -389,6 +461,11 @@ mod tests {
         assert_eq!(get("MEM"), Some("64"));
         assert_eq!(get("CPU"), Some("500"));
         assert_eq!(get("OPT"), None);
+        assert_eq!(get("MY_DB_SERVICE_HOST"), Some("10.96.0.9"));
+        assert_eq!(get("MY_DB_SERVICE_PORT"), Some("5432"));
+        assert_eq!(get("MY_DB_SERVICE_PORT_SQL"), Some("5432"));
+        assert_eq!(get("MY_DB_PORT"), Some("tcp://10.96.0.9:5432"));
+        assert_eq!(get("MY_DB_PORT_5432_TCP_ADDR"), Some("10.96.0.9"));
         assert_eq!(
             referenced(&p),
             (vec!["cm".into(), "gone".into()], vec!["s".into()])
@@ -396,10 +473,10 @@ mod tests {
 
         // A missing required source names what is missing.
         sources.secrets.insert("s".into(), None);
-        let e = container_env(&p, c, &[], &sources, &facts).unwrap_err();
+        let e = container_env(&p, c, &[], &[], &sources, &facts).unwrap_err();
         assert!(e.0.contains("secret \"s\" not found"), "{e}");
         sources.secrets.insert("s".into(), Some(BTreeMap::new()));
-        let e = container_env(&p, c, &[], &sources, &facts).unwrap_err();
+        let e = container_env(&p, c, &[], &[], &sources, &facts).unwrap_err();
         assert!(e.0.contains("couldn't find key k in Secret ns/s"), "{e}");
     }
 }

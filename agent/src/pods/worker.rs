@@ -580,6 +580,22 @@ impl Worker {
         out
     }
 
+    /// The service-link variables of the pod's namespace (none if the Services cannot be read
+    /// now: a container start does not wait for them).
+    async fn service_links(&self) -> Vec<(String, String)> {
+        let opts = ferry_api::client::ListOptions {
+            namespace: Some(self.pod.namespace.clone()),
+            ..Default::default()
+        };
+        match self.shared.client.list("Service", &opts).await {
+            Ok(l) => env::service_env(l["items"].as_array().map(Vec::as_slice).unwrap_or(&[])),
+            Err(e) => {
+                tracing::debug!(pod = %self.name(), error = %e, "listing services for env");
+                Vec::new()
+            }
+        }
+    }
+
     fn hold_after_failure(&mut self, container: &str, reason: &str, message: String) {
         let n = self.failures.entry(container.to_owned()).or_insert(0);
         *n += 1;
@@ -702,7 +718,12 @@ impl Worker {
         };
         let sources = self.fetch_sources(pod).await;
         let image_env = info.config.env.clone().unwrap_or_default();
-        let env = match env::container_env(pod, c, &image_env, &sources, &facts) {
+        let links = if spec.enable_service_links != Some(false) {
+            self.service_links().await
+        } else {
+            Vec::new()
+        };
+        let env = match env::container_env(pod, c, &image_env, &links, &sources, &facts) {
             Ok(e) => e,
             Err(e) => {
                 self.hold_after_failure(&c.name, "CreateContainerConfigError", e.to_string());
