@@ -2,6 +2,7 @@
 
 mod apply;
 mod config;
+mod datapath;
 mod output;
 mod podio;
 
@@ -48,6 +49,11 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// This node's eBPF service datapath (run on the node, as root).
+    Datapath {
+        #[command(subcommand)]
+        command: datapath::DatapathCommand,
     },
     /// Create or update objects from manifests (YAML or JSON, multi-document).
     Apply(ApplyArgs),
@@ -505,6 +511,9 @@ async fn run(cli: Cli) -> Result<()> {
     if let Command::Image { command } = &cli.command {
         return image(command).await;
     }
+    if let Command::Datapath { command } = &cli.command {
+        return datapath::run(command);
+    }
     if let Command::UserConfig(a) = &cli.command {
         return user_config(a);
     }
@@ -536,7 +545,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&client, command).await,
-        Command::UserConfig(_) | Command::Agent(_) | Command::Image { .. } | Command::Up(_) => {
+        Command::UserConfig(_)
+        | Command::Agent(_)
+        | Command::Image { .. }
+        | Command::Datapath { .. }
+        | Command::Up(_) => {
             unreachable!("handled above")
         }
     }

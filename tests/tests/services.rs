@@ -164,6 +164,22 @@ async fn cluster_ips_and_node_ports_are_balanced_at_the_socket() -> Result<()> {
     )
     .await?;
     assert_eq!(seen.len(), 3);
+    // What the node's maps hold, as an operator sees it.
+    let out = std::process::Command::new(ferry_tests::ferry_bin())
+        .args(["datapath", "services", "--node-name", &agent.node_name])
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&format!("{vip}:80 ")) && l.contains(" 3/3 ")),
+        "ferry datapath services:\n{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains(&format!("*:{node_port} (NodePort)")),
+        "{table}"
+    );
     // NodePort on loopback.
     let np = fetch_from_node(&agent, &format!("127.0.0.1:{node_port}"), 3)?;
     assert!(np.iter().all(|b| b.starts_with("web-")), "NodePort: {np:?}");

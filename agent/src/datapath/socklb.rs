@@ -386,44 +386,109 @@ impl SockLb {
         Ok(report)
     }
 
-    /// What the maps hold, per frontend: its backends (ready first, then terminating) and
-    /// how many of them are ready.
-    pub fn dump(&self) -> Vec<(Frontend, u16, Vec<BackendAddr>)> {
-        let by_id: BTreeMap<u32, BackendAddr> =
-            self.backend_ids.iter().map(|(b, id)| (*id, *b)).collect();
-        let mut out = Vec::new();
-        for (f, inst) in &self.installed {
-            let master = self.svc.get(&Self::key(f, 0), 0).unwrap_or_default();
-            let backends = (1..=inst.slots)
-                .filter_map(|s| self.svc.get(&Self::key(f, s), 0).ok())
-                .filter_map(|v| by_id.get(&v.backend_id).copied())
-                .collect();
-            out.push((*f, master.count, backends));
-        }
-        out
+    /// What the maps hold (see [`Dump`]).
+    pub fn dump(&self) -> Dump {
+        read_maps(&self.svc, &self.backends, &self.stats)
     }
+}
 
-    /// The socket programs' counters, summed over CPUs.
-    pub fn stats(&self) -> BTreeMap<&'static str, u64> {
-        let mut out = BTreeMap::new();
-        for s in SockStat::ALL {
-            let total = self
-                .stats
-                .get(&(s as u32), 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0);
-            out.insert(
-                match s {
-                    SockStat::Translated => "translated",
-                    SockStat::NoBackend => "no_backend",
-                    SockStat::Reversed => "reversed",
-                    SockStat::AffinityHit => "affinity_hit",
+/// One frontend as the maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumpedFrontend {
+    pub frontend: Frontend,
+    /// Ready backends (the first `ready` of `backends`); the rest are serving-terminating.
+    pub ready: u16,
+    pub backends: Vec<BackendAddr>,
+    pub affinity_s: Option<u32>,
+}
+
+/// The service maps of a node and the socket programs' counters (summed over CPUs).
+#[derive(Clone, Debug, Default)]
+pub struct Dump {
+    pub frontends: Vec<DumpedFrontend>,
+    pub stats: BTreeMap<&'static str, u64>,
+}
+
+fn read_maps(
+    svc: &HashMap<MapData, Svc4Key, Svc4Value>,
+    backends: &HashMap<MapData, u32, Backend4>,
+    stats: &PerCpuArray<MapData, u64>,
+) -> Dump {
+    let by_id: BTreeMap<u32, BackendAddr> = backends
+        .iter()
+        .flatten()
+        .map(|(id, b)| {
+            (
+                id,
+                BackendAddr {
+                    addr: from_be(b.addr),
+                    port: u16::from_be(b.port),
+                    proto: b.proto,
                 },
-                total,
-            );
+            )
+        })
+        .collect();
+    let mut frontends = Vec::new();
+    for (k, v) in svc.iter().flatten() {
+        if k.slot != 0 {
+            continue;
         }
-        out
+        let f = Frontend {
+            addr: from_be(k.addr),
+            port: u16::from_be(k.port),
+            proto: k.proto,
+        };
+        let backends = (1..=v.count + v.fb_count)
+            .filter_map(|slot| svc.get(&SockLb::key(&f, slot), 0).ok())
+            .filter_map(|s| by_id.get(&s.backend_id).copied())
+            .collect();
+        frontends.push(DumpedFrontend {
+            frontend: f,
+            ready: v.count,
+            backends,
+            affinity_s: (v.flags & svc_flags::AFFINITY != 0).then_some(v.affinity_s),
+        });
     }
+    frontends.sort_by_key(|f| f.frontend);
+    let mut totals = BTreeMap::new();
+    for s in SockStat::ALL {
+        let total = stats
+            .get(&(s as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0);
+        totals.insert(
+            match s {
+                SockStat::Translated => "translated",
+                SockStat::NoBackend => "no_backend",
+                SockStat::Reversed => "reversed",
+                SockStat::AffinityHit => "affinity_hit",
+            },
+            total,
+        );
+    }
+    Dump {
+        frontends,
+        stats: totals,
+    }
+}
+
+/// What the maps pinned under `pin_dir` hold, read by any process (`ferry datapath services`),
+/// the agent running or not.
+pub fn dump_pinned(pin_dir: &Path) -> Result<Dump, DatapathError> {
+    use aya::maps::Map;
+    let open = |name: &'static str| -> Result<Map, DatapathError> {
+        let path = pin_dir.join(name);
+        let data =
+            MapData::from_pin(&path).map_err(|e| DatapathError::map(name, "open pinned", e))?;
+        Map::from_map_data(data).map_err(|e| DatapathError::map(name, "open pinned", e))
+    };
+    let svc =
+        HashMap::try_from(open(SVC4_MAP)?).map_err(|e| DatapathError::map(SVC4_MAP, "open", e))?;
+    let backends = HashMap::try_from(open(BACKENDS4_MAP)?)
+        .map_err(|e| DatapathError::map(BACKENDS4_MAP, "open", e))?;
+    let stats = PerCpuArray::try_from(open(SOCK_STATS_MAP)?)
+        .map_err(|e| DatapathError::map(SOCK_STATS_MAP, "open", e))?;
+    Ok(read_maps(&svc, &backends, &stats))
 }
 
 /// Detaches the programs and removes the maps pinned under `pin_dir` (`ferry agent --cleanup`).

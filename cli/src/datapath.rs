@@ -1,0 +1,82 @@
+//! `ferry datapath services`: what this node's service maps hold, read from the pinned BPF
+//! maps (works whether or not the agent runs).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum DatapathCommand {
+    /// The service frontends and backends in this node's eBPF maps, and the programs' counters.
+    Services {
+        /// The node (its maps are pinned under /sys/fs/bpf/ferry/NODE).
+        #[arg(long)]
+        node_name: String,
+        /// Where the agent pinned them, if not the default.
+        #[arg(long)]
+        bpf_pin_dir: Option<PathBuf>,
+    },
+}
+
+fn proto(p: u8) -> &'static str {
+    match p {
+        6 => "TCP",
+        17 => "UDP",
+        _ => "?",
+    }
+}
+
+pub fn run(c: &DatapathCommand) -> Result<()> {
+    let DatapathCommand::Services {
+        node_name,
+        bpf_pin_dir,
+    } = c;
+    let dir = bpf_pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/ferry").join(node_name));
+    let dump = ferry_agent::datapath::socklb::dump_pinned(&dir).with_context(|| {
+        format!(
+            "reading the service maps in {} (is the agent of node {node_name} running, as root?)",
+            dir.display()
+        )
+    })?;
+    println!("{:<24} {:<5} {:<7} BACKENDS", "FRONTEND", "PROTO", "READY");
+    for f in &dump.frontends {
+        let front = if f.frontend.addr.is_unspecified() {
+            format!("*:{} (NodePort)", f.frontend.port)
+        } else {
+            format!("{}:{}", f.frontend.addr, f.frontend.port)
+        };
+        let backends: Vec<String> = f
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let t = if i >= usize::from(f.ready) {
+                    " (terminating)"
+                } else {
+                    ""
+                };
+                format!("{}:{}{t}", b.addr, b.port)
+            })
+            .collect();
+        let affinity = f
+            .affinity_s
+            .map(|s| format!("  [ClientIP affinity {s}s]"))
+            .unwrap_or_default();
+        println!(
+            "{front:<24} {:<5} {:<7} {}{affinity}",
+            proto(f.frontend.proto),
+            format!("{}/{}", f.ready, f.backends.len()),
+            if backends.is_empty() {
+                "<none: refused>".to_string()
+            } else {
+                backends.join(", ")
+            }
+        );
+    }
+    let stats: Vec<String> = dump.stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("\ncounters: {}", stats.join(" "));
+    Ok(())
+}
