@@ -47,6 +47,9 @@ pub struct AgentOptions {
     pub cgroup_root: String,
     /// Where BPF maps and links are pinned (default `/sys/fs/bpf/ferry/<node>`).
     pub bpf_pin_dir: Option<PathBuf>,
+    /// The interface NodePort and LoadBalancer traffic from outside arrives on: `auto` (the
+    /// one holding the node's address), `none`, or a name.
+    pub uplink: String,
 }
 
 impl AgentOptions {
@@ -65,6 +68,7 @@ impl AgentOptions {
             port: DEFAULT_PORT,
             cgroup_root: "/".into(),
             bpf_pin_dir: None,
+            uplink: "auto".into(),
         }
     }
 }
@@ -345,9 +349,60 @@ pub fn pin_dir(opts: &AgentOptions) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/ferry").join(&opts.node_name))
 }
 
+/// The interface holding `ip`.
+fn interface_with(ip: std::net::Ipv4Addr) -> Option<String> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        let addr = a.address?;
+        let sin = addr.as_sockaddr_in()?;
+        (sin.ip() == ip).then(|| a.interface_name.clone())
+    })
+}
+
+/// Where north-south translation runs: `--uplink` names the interface, `none` turns it off,
+/// `auto` picks the interface holding the node's address (none for a loopback address, where
+/// there is no outside).
+fn uplink_for(
+    opts: &AgentOptions,
+    ip: Option<IpAddr>,
+    pod_cidr: &str,
+) -> Result<Option<crate::datapath::socklb::Uplink>, AgentError> {
+    let Some(IpAddr::V4(node_ip)) = ip else {
+        return Ok(None);
+    };
+    let ifname = match opts.uplink.as_str() {
+        "none" => return Ok(None),
+        "auto" | "" => {
+            if node_ip.is_loopback() {
+                return Ok(None);
+            }
+            match interface_with(node_ip) {
+                Some(i) => i,
+                None => {
+                    tracing::warn!(%node_ip, "no interface holds the node address: NodePorts from outside are off (set --uplink)");
+                    return Ok(None);
+                }
+            }
+        }
+        other => other.to_owned(),
+    };
+    let (net, prefix) = pod_cidr
+        .split_once('/')
+        .and_then(|(n, p)| Some((n.parse().ok()?, p.parse().ok()?)))
+        .ok_or_else(|| {
+            AgentError::Config(format!("pod CIDR {pod_cidr:?} is not ADDRESS/PREFIX"))
+        })?;
+    Ok(Some(crate::datapath::socklb::Uplink {
+        ifname,
+        node_ip,
+        pod_net: net,
+        pod_prefix: prefix,
+    }))
+}
+
 fn datapath_options(
     opts: &AgentOptions,
     ip: Option<IpAddr>,
+    pod_cidr: &str,
 ) -> Result<crate::datapath::sync::SyncOptions, AgentError> {
     let root = crate::datapath::socklb::cgroup2_root()
         .ok_or_else(|| AgentError::Config("no cgroup-v2 hierarchy is mounted".into()))?;
@@ -368,6 +423,7 @@ fn datapath_options(
             Some(IpAddr::V4(v4)) => vec![v4],
             _ => vec![],
         },
+        uplink: uplink_for(opts, ip, pod_cidr)?,
     })
 }
 
@@ -411,21 +467,6 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         }
     };
     tracing::info!(node = %opts.node_name, ip = ?ip, "node registered");
-    // Service load balancing: a task of its own, resyncing on Service and EndpointSlice events.
-    match datapath_options(&opts, ip) {
-        Ok(dp) => {
-            let client = client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::datapath::sync::run(client, dp).await {
-                    tracing::error!(
-                        "service load balancing is off on this node: {}",
-                        error_chain(&e)
-                    );
-                }
-            });
-        }
-        Err(e) => tracing::error!("service load balancing is off on this node: {e}"),
-    }
     // Routes to the other nodes' pod CIDRs: a task of its own, resyncing on Node events.
     tokio::spawn(crate::network::routes::run(
         client.clone(),
@@ -446,6 +487,22 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     ));
     let pods = async {
         let pod_cidr = wait_pod_cidr(&client, &opts.node_name, node).await;
+        // Service load balancing: a task of its own, resyncing on Service and EndpointSlice
+        // events. It needs the pod CIDR (local or remote backends for traffic from outside).
+        match datapath_options(&opts, ip, &pod_cidr) {
+            Ok(dp) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::datapath::sync::run(client, dp).await {
+                        tracing::error!(
+                            "service load balancing is off on this node: {}",
+                            error_chain(&e)
+                        );
+                    }
+                });
+            }
+            Err(e) => tracing::error!("service load balancing is off on this node: {e}"),
+        }
         match start_pods(&client, &opts, ip, &pod_cidr).await {
             Ok(shared) => {
                 tracing::info!(pod_cidr = %pod_cidr, port = opts.port, "running this node's pods");

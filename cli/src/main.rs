@@ -314,6 +314,10 @@ struct AgentArgs {
     /// Where BPF maps and links are pinned (default /sys/fs/bpf/ferry/NODE).
     #[arg(long)]
     bpf_pin_dir: Option<PathBuf>,
+    /// Interface where NodePort and LoadBalancer traffic from outside arrives: auto (the one
+    /// holding the node address), none, or a name.
+    #[arg(long, default_value = "auto")]
+    uplink: String,
     /// Remove everything this agent made on the node (containers, pod networks, the bridge,
     /// pod directories) and exit.
     #[arg(long)]
@@ -499,6 +503,7 @@ async fn run(cli: Cli) -> Result<()> {
             port: a.port,
             cgroup_root: a.cgroup_root.clone(),
             bpf_pin_dir: a.bpf_pin_dir.clone(),
+            uplink: a.uplink.clone(),
         };
         if a.cleanup {
             ferry_agent::cleanup(&opts).await?;

@@ -20,12 +20,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
+        links::PinnedLink, tc::TcAttachOptions,
+    },
 };
 use ferry_ebpf_common::{
-    AFFINITY4_MAP, BACKENDS4_MAP, Backend4, NODE_IPS4_MAP, PROG_CONNECT4, PROG_GETPEERNAME4,
-    PROG_RECVMSG4, PROG_SENDMSG4, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC4_MAP, SockStat, Svc4Key,
+    AFFINITY4_MAP, BACKENDS4_MAP, Backend4, NAT4_MAP, NODE_CONFIG_MAP, NODE_IPS4_MAP, NS_STATS_MAP,
+    NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4, PROG_RECVMSG4,
+    PROG_SENDMSG4, PROG_TO_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC4_MAP, SockStat, Svc4Key,
     Svc4Value, svc_flags,
 };
 
@@ -34,14 +38,50 @@ use super::{
     services::{BackendAddr, Entry, Frontend},
 };
 
-const PINNED_MAPS: [&str; 6] = [
+const PINNED_MAPS: [&str; 9] = [
     SVC4_MAP,
     BACKENDS4_MAP,
     SOCK_REVNAT4_MAP,
     AFFINITY4_MAP,
     NODE_IPS4_MAP,
     SOCK_STATS_MAP,
+    NAT4_MAP,
+    NODE_CONFIG_MAP,
+    NS_STATS_MAP,
 ];
+const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (PROG_FROM_UPLINK, TcAttachType::Ingress),
+    (PROG_TO_UPLINK, TcAttachType::Egress),
+];
+
+/// Where north-south traffic (NodePort and LoadBalancer from outside) is translated.
+#[derive(Clone, Debug)]
+pub struct Uplink {
+    /// The interface holding the node's address.
+    pub ifname: String,
+    pub node_ip: Ipv4Addr,
+    /// This node's pod CIDR (backends inside it are local).
+    pub pod_net: Ipv4Addr,
+    pub pod_prefix: u8,
+}
+
+/// Pins `link` at `links/<name>` in `pin_dir`, replacing (and so detaching) a previous agent's
+/// link of that name only once the new one is in place.
+fn pin_replacing(pin_dir: &Path, name: &'static str, link: FdLink) -> Result<(), DatapathError> {
+    let final_path = pin_dir.join("links").join(name);
+    // bpffs allows no `.` in names.
+    let new_path = pin_dir.join("links").join(format!("{name}_new"));
+    let _ = fs::remove_file(&new_path);
+    link.pin(&new_path)
+        .map_err(|e| DatapathError::pin(name, &new_path, e.to_string()))?;
+    if let Ok(old) = PinnedLink::from_pin(&final_path)
+        && let Ok(fd) = old.unpin()
+    {
+        drop(fd);
+    }
+    fs::rename(&new_path, &final_path)
+        .map_err(|e| DatapathError::io("renaming pinned link", &new_path, e))
+}
 const PROGRAMS: [&str; 4] = [
     PROG_CONNECT4,
     PROG_SENDMSG4,
@@ -121,7 +161,11 @@ pub struct SyncReport {
 impl SockLb {
     /// Loads the programs with their maps pinned in `pin_dir` (reusing maps pinned there) and
     /// attaches them to the cgroup-v2 directory `cgroup`.
-    pub fn load(pin_dir: &Path, cgroup: &Path) -> Result<Self, DatapathError> {
+    pub fn load(
+        pin_dir: &Path,
+        cgroup: &Path,
+        uplink: Option<&Uplink>,
+    ) -> Result<Self, DatapathError> {
         ensure_bpffs()?;
         fs::create_dir_all(pin_dir.join("links"))
             .map_err(|e| DatapathError::io("creating", pin_dir, e))?;
@@ -153,19 +197,51 @@ impl SockLb {
                 .map_err(|e| DatapathError::program(name, "take link", e))?
                 .try_into()
                 .map_err(|_| DatapathError::MissingProgram { program: name })?;
-            // The new link is in place before the old one (a previous agent's); bpffs allows no `.` in names goes.
-            let final_path = pin_dir.join("links").join(name);
-            let new_path = pin_dir.join("links").join(format!("{name}_new"));
-            let _ = fs::remove_file(&new_path);
-            link.pin(&new_path)
-                .map_err(|e| DatapathError::pin(name, &new_path, e.to_string()))?;
-            if let Ok(old) = PinnedLink::from_pin(&final_path)
-                && let Ok(fd) = old.unpin()
-            {
-                drop(fd);
+            pin_replacing(pin_dir, name, link)?;
+        }
+        if let Some(up) = uplink {
+            let map = ebpf
+                .take_map(NODE_CONFIG_MAP)
+                .ok_or(DatapathError::MissingMap {
+                    map: NODE_CONFIG_MAP,
+                })?;
+            let mut config: Array<MapData, NodeConfig> =
+                Array::try_from(map).map_err(|e| DatapathError::map(NODE_CONFIG_MAP, "open", e))?;
+            let mask = match up.pod_prefix {
+                0 => 0,
+                p => u32::MAX << (32 - u32::from(p.min(32))),
+            };
+            let cfg = NodeConfig {
+                node_ip: be(up.node_ip),
+                pod_net: (u32::from(up.pod_net) & mask).to_be(),
+                pod_mask: mask.to_be(),
+                ready: 1,
+            };
+            config
+                .set(0, cfg, 0)
+                .map_err(|e| DatapathError::map(NODE_CONFIG_MAP, "write", e))?;
+            for (name, direction) in TC_PROGRAMS {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or(DatapathError::MissingProgram { program: name })?
+                    .try_into()
+                    .map_err(|e| DatapathError::program(name, "type", e))?;
+                prog.load()
+                    .map_err(|e| DatapathError::program(name, "load", e))?;
+                let id = prog
+                    .attach_with_options(
+                        &up.ifname,
+                        direction,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| DatapathError::program(name, "attach to the uplink (TCX)", e))?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(|e| DatapathError::program(name, "take link", e))?
+                    .try_into()
+                    .map_err(|_| DatapathError::MissingProgram { program: name })?;
+                pin_replacing(pin_dir, name, link)?;
             }
-            fs::rename(&new_path, &final_path)
-                .map_err(|e| DatapathError::io("renaming pinned link", &new_path, e))?;
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
@@ -488,7 +564,30 @@ pub fn dump_pinned(pin_dir: &Path) -> Result<Dump, DatapathError> {
         .map_err(|e| DatapathError::map(BACKENDS4_MAP, "open", e))?;
     let stats = PerCpuArray::try_from(open(SOCK_STATS_MAP)?)
         .map_err(|e| DatapathError::map(SOCK_STATS_MAP, "open", e))?;
-    Ok(read_maps(&svc, &backends, &stats))
+    let mut dump = read_maps(&svc, &backends, &stats);
+    if let Ok(ns) = open(NS_STATS_MAP)
+        && let Ok(ns) = PerCpuArray::<MapData, u64>::try_from(ns)
+    {
+        for st in NsStat::ALL {
+            let total: u64 = ns
+                .get(&(st as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            dump.stats.insert(
+                match st {
+                    NsStat::NewLocal => "ns_new_local",
+                    NsStat::NewRemote => "ns_new_remote",
+                    NsStat::Forward => "ns_forward",
+                    NsStat::Reply => "ns_reply",
+                    NsStat::NoBackend => "ns_no_backend",
+                    NsStat::FibFailed => "ns_fib_failed",
+                    NsStat::NatExhausted => "ns_nat_exhausted",
+                },
+                total,
+            );
+        }
+    }
+    Ok(dump)
 }
 
 /// Detaches the programs and removes the maps pinned under `pin_dir` (`ferry agent --cleanup`).
@@ -496,7 +595,7 @@ pub fn remove(pin_dir: &Path) -> Result<(), DatapathError> {
     if !pin_dir.exists() {
         return Ok(());
     }
-    for name in PROGRAMS {
+    for name in PROGRAMS.into_iter().chain(TC_PROGRAMS.map(|(n, _)| n)) {
         let path = pin_dir.join("links").join(name);
         if let Ok(link) = PinnedLink::from_pin(&path)
             && let Ok(fd) = link.unpin()

@@ -29,6 +29,8 @@ pub struct SyncOptions {
     pub cgroup: PathBuf,
     /// This node's addresses (NodePort frontends).
     pub node_ips: Vec<Ipv4Addr>,
+    /// Where traffic from outside arrives, if north-south translation is on.
+    pub uplink: Option<super::socklb::Uplink>,
 }
 
 type Cache = Arc<Mutex<BTreeMap<(String, String), Value>>>;
@@ -117,7 +119,7 @@ async fn informer(
 pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError> {
     let o = opts.clone();
     let lb = tokio::task::spawn_blocking(move || -> Result<SockLb, DatapathError> {
-        let mut lb = SockLb::load(&o.pin_dir, &o.cgroup)?;
+        let mut lb = SockLb::load(&o.pin_dir, &o.cgroup, o.uplink.as_ref())?;
         lb.set_node_ips(&o.node_ips)?;
         Ok(lb)
     })
@@ -126,7 +128,8 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
     tracing::info!(
         pin_dir = %opts.pin_dir.display(),
         cgroup = %opts.cgroup.display(),
-        "socket load balancing attached"
+        uplink = opts.uplink.as_ref().map_or("none", |u| u.ifname.as_str()),
+        "service load balancing attached"
     );
     let lb = Arc::new(Mutex::new(lb));
     let services: Cache = Arc::default();

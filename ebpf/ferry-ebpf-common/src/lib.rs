@@ -84,13 +84,24 @@ pub enum DropReason {
     DeniedPort = 0,
     /// An IPv4 TCP/UDP packet too short to hold the headers it announces.
     Malformed = 1,
+    /// A NodePort or LoadBalancer frontend without usable backends.
+    NoBackend = 2,
+    /// No route or neighbour towards a translated packet's destination.
+    NoRoute = 3,
+    /// No free SNAT source port for a new flow to a remote backend.
+    NatExhausted = 4,
 }
 
 impl DropReason {
     /// Number of entries in [`DROP_REASONS_MAP`].
-    pub const COUNT: u32 = 2;
-    pub const ALL: [DropReason; Self::COUNT as usize] =
-        [DropReason::DeniedPort, DropReason::Malformed];
+    pub const COUNT: u32 = 5;
+    pub const ALL: [DropReason; Self::COUNT as usize] = [
+        DropReason::DeniedPort,
+        DropReason::Malformed,
+        DropReason::NoBackend,
+        DropReason::NoRoute,
+        DropReason::NatExhausted,
+    ];
 }
 
 /// Value of [`VERDICT_STATS_MAP`] (one per CPU per verdict).
@@ -260,6 +271,110 @@ impl SockStat {
     ];
 }
 
+// ---------------------------------------------------------------------------------------------
+// North-south: NodePort and LoadBalancer traffic arriving from outside the node, translated by
+// TC programs on the uplink. A flow to a local backend is DNAT-ed (the pod sees the client);
+// a flow to a backend on another node is DNAT-ed and SNAT-ed to this node's address and sent
+// straight out again, so replies come back through this node.
+
+/// `NatKey` -> `NatValue` (LRU): per-flow translations, both directions.
+pub const NAT4_MAP: &str = "FERRY_NAT4";
+/// Array of one [`NodeConfig`].
+pub const NODE_CONFIG_MAP: &str = "FERRY_NODE_CONFIG";
+/// Per-CPU array of `u64` counters indexed by [`NsStat`].
+pub const NS_STATS_MAP: &str = "FERRY_NS_STATS";
+pub const NAT4_MAX_ENTRIES: u32 = 262144;
+pub const PROG_FROM_UPLINK: &str = "ferry_from_uplink";
+pub const PROG_TO_UPLINK: &str = "ferry_to_uplink";
+
+/// [`NatKey::dir`]: a packet of the client's direction, or a reply.
+pub mod nat_dir {
+    pub const FORWARD: u8 = 0;
+    pub const REPLY: u8 = 1;
+}
+
+/// Bits of [`NatValue::flags`].
+pub mod nat_flags {
+    /// The backend is on another node: the packet leaves again through the uplink.
+    pub const REMOTE: u16 = 1;
+}
+
+/// Key of [`NAT4_MAP`]: a packet's tuple as it arrives (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// Value of [`NAT4_MAP`]: the tuple to rewrite the packet to (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatValue {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`NODE_CONFIG_MAP`] (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The address SNAT-ed flows leave with.
+    pub node_ip: u32,
+    /// This node's pod CIDR: backends inside it are local.
+    pub pod_net: u32,
+    pub pod_mask: u32,
+    /// Set once the agent wrote this entry; the programs pass everything before.
+    pub ready: u32,
+}
+
+/// Index into [`NS_STATS_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NsStat {
+    /// A new flow to a backend on this node.
+    NewLocal = 0,
+    /// A new flow to a backend on another node (SNAT).
+    NewRemote = 1,
+    /// A packet of a known flow, client to backend.
+    Forward = 2,
+    /// A reply translated back to the client.
+    Reply = 3,
+    /// A frontend without usable backends: dropped.
+    NoBackend = 4,
+    /// No route or neighbour for a redirected packet: dropped.
+    FibFailed = 5,
+    /// No free SNAT port: dropped.
+    NatExhausted = 6,
+}
+
+impl NsStat {
+    pub const COUNT: u32 = 7;
+    pub const ALL: [NsStat; Self::COUNT as usize] = [
+        NsStat::NewLocal,
+        NsStat::NewRemote,
+        NsStat::Forward,
+        NsStat::Reply,
+        NsStat::NoBackend,
+        NsStat::FibFailed,
+        NsStat::NatExhausted,
+    ];
+}
+
+const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 16);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<NsStat>() == 4);
+
 const _: () = assert!(core::mem::size_of::<Svc4Key>() == 12);
 const _: () = assert!(core::mem::size_of::<Svc4Value>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend4>() == 8);
@@ -279,6 +394,9 @@ mod user {
     unsafe impl aya::Pod for super::SockRevValue {}
     unsafe impl aya::Pod for super::Affinity4Key {}
     unsafe impl aya::Pod for super::Affinity4Value {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatValue {}
+    unsafe impl aya::Pod for super::NodeConfig {}
 }
 
 #[cfg(feature = "user")]

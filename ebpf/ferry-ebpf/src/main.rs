@@ -12,16 +12,21 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams},
+    helpers::{
+        bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie,
+        bpf_ktime_get_ns, bpf_redirect_neigh,
+    },
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, TcContext},
 };
 use ferry_ebpf_common::{
     AFFINITY4_MAX_ENTRIES, Affinity4Key, Affinity4Value, BACKENDS4_MAX_ENTRIES, Backend4,
-    DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, NODE_IPS4_MAX_ENTRIES, PacketCounter,
+    DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, NAT4_MAX_ENTRIES,
+    NODE_IPS4_MAX_ENTRIES, NatKey, NatValue, NodeConfig, NsStat, PacketCounter,
     SOCK_REVNAT4_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey, SockRevValue, SockStat, Svc4Key,
-    Svc4Value, Verdict, ipproto, svc_flags,
+    Svc4Value, Verdict, ipproto, nat_dir, nat_flags, svc_flags,
 };
 
 #[map]
@@ -340,6 +345,407 @@ fn sock_reverse(ctx: &SockAddrContext) -> i32 {
         count_sock(SockStat::Reversed);
     }
     SOCK_ALLOW
+}
+
+// ---------------------------------------------------------------------------------------------
+// North-south: NodePort and LoadBalancer traffic from outside, at TC on the uplink.
+
+#[map]
+static FERRY_NAT4: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(NAT4_MAX_ENTRIES, 0);
+
+#[map]
+static FERRY_NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static FERRY_NS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NsStat::COUNT, 0);
+
+const TC_ACT_REDIRECT: i32 = 7;
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SRC_OFF: usize = ETH_HLEN + 12;
+const IP_DST_OFF: usize = ETH_HLEN + 16;
+const BPF_F_PSEUDO_HDR: u64 = 0x10;
+const BPF_F_MARK_MANGLED_0: u64 = 0x20;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+const AF_INET: u8 = 2;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+/// SNAT source ports.
+const SNAT_PORT_MIN: u32 = 32768;
+const SNAT_PORT_SPAN: u32 = 32768;
+const SNAT_TRIES: u32 = 8;
+
+#[inline(always)]
+fn count_ns(stat: NsStat) {
+    if let Some(counter) = FERRY_NS_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: as in `count_verdict`.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// An IPv4 TCP or UDP packet's tuple (network order) and where its L4 header is.
+struct Pkt {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    l4: usize,
+    tcp_flags: u8,
+}
+
+/// `None` for anything but an unfragmented IPv4 TCP or UDP packet (passed untouched).
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Pkt> {
+    let eth_type: u16 = ctx.load(ETH_TYPE_OFFSET).ok()?;
+    if u16::from_be(eth_type) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
+        return None;
+    }
+    let proto: u8 = ctx.load(ETH_HLEN + IPV4_PROTO_OFFSET).ok()?;
+    if proto != ipproto::TCP && proto != ipproto::UDP {
+        return None;
+    }
+    let frag: u16 = ctx.load(ETH_HLEN + IPV4_FRAG_OFF_OFFSET).ok()?;
+    // Offset or more-fragments set: fragments are not translated (yet).
+    if u16::from_be(frag) & 0x3fff != 0 {
+        return None;
+    }
+    let l4 = ETH_HLEN + ihl;
+    let tcp_flags = if proto == ipproto::TCP {
+        ctx.load::<u8>(l4 + 13).ok()?
+    } else {
+        0
+    };
+    Some(Pkt {
+        saddr: ctx.load(IP_SRC_OFF).ok()?,
+        daddr: ctx.load(IP_DST_OFF).ok()?,
+        sport: ctx.load(l4).ok()?,
+        dport: ctx.load(l4 + L4_DST_PORT_OFFSET).ok()?,
+        proto,
+        l4,
+        tcp_flags,
+    })
+}
+
+/// Rewrites the packet's tuple to `v`, fixing the IP and L4 checksums incrementally.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &Pkt, v: &NatValue) -> Result<(), i64> {
+    let (csum_off, mangled) = if p.proto == ipproto::TCP {
+        (p.l4 + 16, 0)
+    } else {
+        (p.l4 + 6, BPF_F_MARK_MANGLED_0)
+    };
+    if v.saddr != p.saddr {
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(p.saddr), u64::from(v.saddr), 4)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(p.saddr),
+            u64::from(v.saddr),
+            BPF_F_PSEUDO_HDR | mangled | 4,
+        )?;
+        ctx.store(IP_SRC_OFF, &v.saddr, 0)?;
+    }
+    if v.daddr != p.daddr {
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(p.daddr), u64::from(v.daddr), 4)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(p.daddr),
+            u64::from(v.daddr),
+            BPF_F_PSEUDO_HDR | mangled | 4,
+        )?;
+        ctx.store(IP_DST_OFF, &v.daddr, 0)?;
+    }
+    if v.sport != p.sport {
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(p.sport),
+            u64::from(v.sport),
+            mangled | 2,
+        )?;
+        ctx.store(p.l4, &v.sport, 0)?;
+    }
+    if v.dport != p.dport {
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(p.dport),
+            u64::from(v.dport),
+            mangled | 2,
+        )?;
+        ctx.store(p.l4 + L4_DST_PORT_OFFSET, &v.dport, 0)?;
+    }
+    Ok(())
+}
+
+/// Sends a rewritten packet straight out towards its new destination (the node's routes and
+/// neighbours), without a second trip through the stack.
+#[inline(always)]
+fn redirect(ctx: &TcContext, v: &NatValue, proto: u8) -> i32 {
+    // SAFETY: an all-zero bpf_fib_lookup is valid; the union fields set are the IPv4 ones.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = proto;
+    params.sport = v.sport;
+    params.dport = v.dport;
+    // SAFETY: reading the context's ifindex.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_1.tot_len = (ctx.len() as u16).saturating_sub(ETH_HLEN as u16).to_be();
+    params.__bindgen_anon_3.ipv4_src = v.saddr;
+    params.__bindgen_anon_4.ipv4_dst = v.daddr;
+    // SAFETY: params is a valid, writable bpf_fib_lookup of the size given.
+    let r = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if r != BPF_FIB_LKUP_RET_SUCCESS && r != BPF_FIB_LKUP_RET_NO_NEIGH {
+        count_ns(NsStat::FibFailed);
+        count_drop(DropReason::NoRoute);
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: no neighbour parameters: the helper resolves the next hop itself.
+    let r = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
+    if r == i64::from(TC_ACT_REDIRECT) {
+        TC_ACT_REDIRECT
+    } else {
+        count_ns(NsStat::FibFailed);
+        count_drop(DropReason::NoRoute);
+        TC_ACT_SHOT
+    }
+}
+
+#[inline(always)]
+fn flow_hash(p: &Pkt) -> u32 {
+    let h = p.saddr ^ (u32::from(p.sport) << 16 | u32::from(p.dport)) ^ p.daddr.rotate_left(7);
+    h.wrapping_mul(0x9e37_79b1).rotate_left(13) ^ u32::from(p.proto)
+}
+
+#[inline(always)]
+fn nat_key(p: &Pkt, dir: u8) -> NatKey {
+    NatKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        dir,
+        _pad: 0,
+    }
+}
+
+/// TCX ingress of the uplink: replies of SNAT-ed flows go back to their client; packets of
+/// known flows are translated again; a new flow to a NodePort or LoadBalancer frontend gets
+/// a backend.
+#[classifier]
+pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
+    let Some(cfg) = FERRY_NODE_CONFIG.get(0) else {
+        return TC_ACT_OK;
+    };
+    if cfg.ready == 0 {
+        return TC_ACT_OK;
+    }
+    let cfg = *cfg;
+    let Some(p) = parse(&ctx) else {
+        return TC_ACT_OK;
+    };
+    let key = nat_key(&p, nat_dir::REPLY);
+    if let Some(v) = FERRY_NAT4.get_ptr(&key) {
+        // SAFETY: a live map value.
+        let v = unsafe { *v };
+        if rewrite(&ctx, &p, &v).is_err() {
+            count_drop(DropReason::Malformed);
+            return TC_ACT_SHOT;
+        }
+        count_ns(NsStat::Reply);
+        return redirect(&ctx, &v, p.proto);
+    }
+    let key = nat_key(&p, nat_dir::FORWARD);
+    if let Some(v) = FERRY_NAT4.get_ptr(&key) {
+        // SAFETY: a live map value.
+        let v = unsafe { *v };
+        if rewrite(&ctx, &p, &v).is_err() {
+            count_drop(DropReason::Malformed);
+            return TC_ACT_SHOT;
+        }
+        count_ns(NsStat::Forward);
+        return if v.flags & nat_flags::REMOTE != 0 {
+            redirect(&ctx, &v, p.proto)
+        } else {
+            TC_ACT_OK
+        };
+    }
+    new_flow(&ctx, &p, &key, &cfg)
+}
+
+#[inline(always)]
+fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
+    // Only a TCP SYN (or any UDP datagram) starts a flow.
+    if p.proto == ipproto::TCP
+        && (p.tcp_flags & TCP_FLAG_SYN == 0 || p.tcp_flags & TCP_FLAG_ACK != 0)
+    {
+        return TC_ACT_OK;
+    }
+    let mut skey = Svc4Key {
+        addr: p.daddr,
+        port: p.dport,
+        slot: 0,
+        proto: p.proto,
+        scope: 0,
+        _pad: [0; 2],
+    };
+    let svc = match FERRY_SVC4.get_ptr(&skey) {
+        // SAFETY: a live map value.
+        Some(v) => unsafe { *v },
+        None => {
+            if FERRY_NODE_IPS4.get_ptr(p.daddr).is_none() {
+                return TC_ACT_OK;
+            }
+            skey.addr = 0;
+            match FERRY_SVC4.get_ptr(&skey) {
+                // SAFETY: a live map value.
+                Some(v) => unsafe { *v },
+                None => return TC_ACT_OK,
+            }
+        }
+    };
+    let n = if svc.count > 0 {
+        svc.count
+    } else {
+        svc.fb_count
+    };
+    if n == 0 {
+        count_ns(NsStat::NoBackend);
+        count_drop(DropReason::NoBackend);
+        return TC_ACT_SHOT;
+    }
+    let hash = flow_hash(p);
+    skey.slot = (hash % u32::from(n)) as u16 + 1;
+    let Some(slot) = FERRY_SVC4.get_ptr(&skey) else {
+        count_ns(NsStat::NoBackend);
+        count_drop(DropReason::NoBackend);
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: a live map value.
+    let backend_id = unsafe { (*slot).backend_id };
+    let Some(be) = FERRY_BACKENDS4.get_ptr(backend_id) else {
+        count_ns(NsStat::NoBackend);
+        count_drop(DropReason::NoBackend);
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: a live map value.
+    let be = unsafe { *be };
+    // Replies become the frontend again, to the client.
+    let back = NatValue {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        flags: 0,
+        _pad: 0,
+    };
+    if be.addr & cfg.pod_mask == cfg.pod_net {
+        // A local backend: DNAT only, the pod sees the client; its replies leave through
+        // `ferry_to_uplink`.
+        let fwd = NatValue {
+            saddr: p.saddr,
+            daddr: be.addr,
+            sport: p.sport,
+            dport: be.port,
+            flags: 0,
+            _pad: 0,
+        };
+        let rkey = NatKey {
+            saddr: be.addr,
+            daddr: p.saddr,
+            sport: be.port,
+            dport: p.sport,
+            proto: p.proto,
+            dir: nat_dir::REPLY,
+            _pad: 0,
+        };
+        let _ = FERRY_NAT4.insert(&rkey, &back, 0);
+        let _ = FERRY_NAT4.insert(key, &fwd, 0);
+        if rewrite(ctx, p, &fwd).is_err() {
+            count_drop(DropReason::Malformed);
+            return TC_ACT_SHOT;
+        }
+        count_ns(NsStat::NewLocal);
+        return TC_ACT_OK;
+    }
+    // A remote backend: SNAT to this node so the reply comes back here; keep the client's
+    // port when it is free.
+    let mut rkey = NatKey {
+        saddr: be.addr,
+        daddr: cfg.node_ip,
+        sport: be.port,
+        dport: p.sport,
+        proto: p.proto,
+        dir: nat_dir::REPLY,
+        _pad: 0,
+    };
+    let mut found = false;
+    let mut i = 0;
+    while i < SNAT_TRIES {
+        if i > 0 {
+            let port = SNAT_PORT_MIN + hash.wrapping_add(i.wrapping_mul(7919)) % SNAT_PORT_SPAN;
+            rkey.dport = (port as u16).to_be();
+        }
+        if FERRY_NAT4
+            .insert(&rkey, &back, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            found = true;
+            break;
+        }
+        i += 1;
+    }
+    if !found {
+        count_ns(NsStat::NatExhausted);
+        count_drop(DropReason::NatExhausted);
+        return TC_ACT_SHOT;
+    }
+    let fwd = NatValue {
+        saddr: cfg.node_ip,
+        daddr: be.addr,
+        sport: rkey.dport,
+        dport: be.port,
+        flags: nat_flags::REMOTE,
+        _pad: 0,
+    };
+    let _ = FERRY_NAT4.insert(key, &fwd, 0);
+    if rewrite(ctx, p, &fwd).is_err() {
+        count_drop(DropReason::Malformed);
+        return TC_ACT_SHOT;
+    }
+    count_ns(NsStat::NewRemote);
+    redirect(ctx, &fwd, p.proto)
+}
+
+/// TCX egress of the uplink: replies of local backends to outside clients leave with the
+/// frontend's address.
+#[classifier]
+pub fn ferry_to_uplink(ctx: TcContext) -> i32 {
+    let Some(p) = parse(&ctx) else {
+        return TC_ACT_OK;
+    };
+    let key = nat_key(&p, nat_dir::REPLY);
+    if let Some(v) = FERRY_NAT4.get_ptr(&key) {
+        // SAFETY: a live map value.
+        let v = unsafe { *v };
+        if rewrite(&ctx, &p, &v).is_err() {
+            count_drop(DropReason::Malformed);
+            return TC_ACT_SHOT;
+        }
+        count_ns(NsStat::Reply);
+    }
+    TC_ACT_OK
 }
 
 #[cfg(target_arch = "bpf")]
