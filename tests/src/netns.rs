@@ -16,11 +16,20 @@
 //!
 //! Names: `<p>` is `fmn` + this process's pid in 6 hex digits + one character per harness of
 //! the process, so every run has its own names, the longest interface name (`<p>n99f`) has 14
-//! bytes, and the owning process of any leftover can be told from its name. The [`Fabric`]
-//! guard tears everything with its prefix down when dropped (also when a test panics): agents
-//! are killed by PID, the host's veth is deleted, every namespace with the prefix is deleted.
+//! bytes, and the owning process of any leftover can be told from its name. Node `i` is the
+//! Node `<p>-node<i>` (also its namespace's name), so what its agent keys by node name (the
+//! cgroup parent `ferry/<node>`) is the run's too.
+//!
+//! Teardown ([`Fabric::teardown`], also run when the [`Fabric`] is dropped, e.g. when a test
+//! panics): agents are killed by PID; then `ferry agent --cleanup` runs in every node's
+//! namespace (as the agent did) and removes what the agents made: containers (runc state in
+//! the agent's data directory) and their cgroups, overlay and tmpfs mounts under the data
+//! directory, pod namespaces `/run/netns/ferry-<pod uid>`, veths and the bridge; then the
+//! host's veth and every namespace with the prefix are deleted, and what is left is checked
+//! (namespaces, links, mounts under the run's directory, pod namespaces, cgroups, processes).
 //! [`Fabric::new`] first sweeps what dead runs left behind (names of the `fmn` family whose
-//! process is gone), including processes still running in their namespaces and their
+//! process is gone): the same cleanup in their node namespaces where these still exist, then
+//! processes still running in their namespaces or cgroups, their pod namespaces, mounts and
 //! temporary directories (`$TMPDIR/<p>-*`, agent data and logs).
 //!
 //! Agents are entered with `nsenter --net=/run/netns/NAME` and exec'd (same PID), never with
@@ -29,7 +38,7 @@
 //! signal follows the *thread* that spawned them, so start them from the test's own thread (a
 //! `#[tokio::test]` body is), not from a blocking-pool thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs;
 use std::net::Ipv4Addr;
@@ -134,7 +143,12 @@ fn namespaces() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Namespaces (in /run/netns) and host links whose name starts with `prefix`.
+/// What is left of the run with name prefix `prefix`: namespaces (in /run/netns) and host
+/// links whose name starts with it, mounts under its temporary directories
+/// (`$TMPDIR/<prefix>-*`), cgroups of its nodes (`ferry/<prefix>-*` in every hierarchy), and
+/// processes in those cgroups or running from its directories (containers, their runc
+/// monitors). Pod namespaces (`/run/netns/ferry-<uid>`) carry no prefix: [`Fabric::teardown`]
+/// checks those of the pods it saw.
 pub fn leftovers(prefix: &str) -> Vec<String> {
     let mut v: Vec<String> = namespaces()
         .into_iter()
@@ -147,12 +161,295 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
             .filter(|n| n.starts_with(prefix))
             .map(|n| format!("link {n}")),
     );
+    v.extend(
+        mounts_of_run(prefix)
+            .into_iter()
+            .map(|m| format!("mount {}", m.display())),
+    );
+    v.extend(
+        node_cgroups(prefix)
+            .into_iter()
+            .map(|c| format!("cgroup {}", c.display())),
+    );
+    v.extend(
+        processes_of_run(prefix)
+            .into_iter()
+            .map(|(pid, cmd)| format!("process {pid} ({cmd})")),
+    );
     v
+}
+
+/// Mount points of the current mount namespace (`/proc/self/mountinfo`, octal escapes
+/// decoded).
+fn mount_points() -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(digits) = b.get(i + 1..i + 4)
+            && let Ok(n) = u8::from_str_radix(&String::from_utf8_lossy(digits), 8)
+        {
+            out.push(n);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The run's temporary directories: `$TMPDIR/<prefix>-*`.
+fn run_dirs(prefix: &str) -> Vec<PathBuf> {
+    let tmp = std::env::temp_dir();
+    fs::read_dir(&tmp)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{prefix}-")))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Mounts under the run's temporary directories, deepest first.
+fn mounts_of_run(prefix: &str) -> Vec<PathBuf> {
+    let dirs = run_dirs(prefix);
+    let mut v: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|m| dirs.iter().any(|d| m.starts_with(d)))
+        .collect();
+    v.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    v.dedup();
+    v
+}
+
+/// The `ferry/<prefix>-*` cgroup directories of the run's nodes, in every mounted hierarchy
+/// (`/sys/fs/cgroup/<hierarchy>/ferry/...`, or `/sys/fs/cgroup/ferry/...` on a pure v2 host).
+fn node_cgroups(prefix: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut parents = vec![root.join("ferry")];
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        parents.push(e.path().join("ferry"));
+    }
+    let mut v = Vec::new();
+    for parent in parents {
+        for e in fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) && e.path().is_dir() {
+                v.push(e.path());
+            }
+        }
+    }
+    v
+}
+
+/// Live (not zombie) processes in a cgroup of the run's nodes, or whose command line names
+/// one of the run's directories (runc and its monitor shells): (pid, command line).
+fn processes_of_run(prefix: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let cgroup_mark = format!(":/ferry/{prefix}-");
+    let dir_mark = format!("/{prefix}-");
+    let mut v = Vec::new();
+    for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let stat = fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+        if matches!(state, None | Some('Z' | 'X')) {
+            continue;
+        }
+        let cgroups = fs::read_to_string(p.path().join("cgroup")).unwrap_or_default();
+        let cmdline = fs::read(p.path().join("cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        if cgroups.contains(&cgroup_mark) || cmdline.contains(&dir_mark) {
+            let short: String = cmdline.chars().take(120).collect();
+            v.push((pid, short));
+        }
+    }
+    v
+}
+
+fn sigkill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Pod uids the agent with data directory `data_dir` knows: its pod directories and its
+/// address allocations.
+fn pod_uids(data_dir: &Path) -> Vec<String> {
+    let mut uids: Vec<String> = fs::read_dir(data_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let ipam = fs::read(data_dir.join("network/ipam.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    for a in ipam
+        .as_ref()
+        .and_then(|v| v["allocations"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(u) = a.pointer("/pod/uid").and_then(Value::as_str) {
+            uids.push(u.to_owned());
+        }
+    }
+    uids.sort();
+    uids.dedup();
+    uids
+}
+
+/// The name in /run/netns of pod `uid`'s network namespace (as the agent names it).
+pub fn pod_netns(uid: &str) -> String {
+    format!("ferry-{uid}")
+}
+
+/// `ferry agent --cleanup` for node `node` (data directory `data_dir`, pod bridge `bridge`),
+/// run in the node's namespace `netns` as the agent was, its output appended to `log`.
+fn spawn_cleanup(
+    netns: &Path,
+    node: &str,
+    data_dir: &Path,
+    bridge: Option<&OsString>,
+    log: &Path,
+) -> Result<Child> {
+    let log = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(ferry_bin())
+        .args(["agent", "--cleanup", "--node-name", node, "--data-dir"])
+        .arg(data_dir);
+    if let Some(b) = bridge {
+        cmd.arg("--pod-bridge").arg(b);
+    }
+    cmd.env("FERRY_LOG", "info")
+        .env_remove("FERRY_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    cmd.spawn()
+        .with_context(|| format!("starting ferry agent --cleanup for {node}"))
+}
+
+/// How long `ferry agent --cleanup` may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits for cleanup processes (each with its node name and log file) up to `timeout`;
+/// returns one line per failure, with the end of its log (SIGKILLed when late).
+fn wait_cleanups(children: Vec<(String, Child, PathBuf)>, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut failures = Vec::new();
+    for (what, mut c, log) in children {
+        let tail = || {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(5)..].join("\n")
+        };
+        loop {
+            match c.try_wait() {
+                Ok(Some(st)) if st.success() => break,
+                Ok(Some(st)) => {
+                    failures.push(format!("ferry agent --cleanup of {what}: {st}\n{}", tail()));
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    failures.push(format!(
+                        "ferry agent --cleanup of {what}: still running after {timeout:?}, killed"
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    failures.push(format!("ferry agent --cleanup of {what}: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    failures
+}
+
+/// Last resort after a cleanup that did not finish the job, for a run with name prefix
+/// `prefix`: kills the processes of its cgroups and directories, deletes the pod namespaces of
+/// `uids`, lazily unmounts what is mounted under its directories (so removing them never
+/// walks into a mount), and removes its empty cgroups.
+fn force_remove(prefix: &str, uids: &[String]) {
+    for (pid, _) in processes_of_run(prefix) {
+        sigkill(pid);
+    }
+    for uid in uids {
+        let ns = pod_netns(uid);
+        if netns_path(&ns).exists() {
+            let _ = ip(&["netns", "del", &ns]);
+        }
+    }
+    for m in mounts_of_run(prefix) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    // Children before parents: longest paths first.
+    let mut cgroups: Vec<PathBuf> = Vec::new();
+    for top in node_cgroups(prefix) {
+        collect_dirs(&top, &mut cgroups);
+    }
+    cgroups.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for _ in 0..50 {
+        cgroups.retain(|c| fs::remove_dir(c).is_err() && c.exists());
+        if cgroups.is_empty() {
+            break;
+        }
+        // Killed processes take a moment to leave their cgroup.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_dirs(&e.path(), out);
+        }
+    }
 }
 
 /// SIGKILLs every process whose network namespace is the one bound at `path`. Only used on
 /// namespaces of this harness family (agents of a run that died before its teardown).
 fn kill_processes_in(path: &Path) {
+    kill_processes_in_where(path, |_| true);
+}
+
+/// Like [`kill_processes_in`], for the processes whose command line satisfies `doomed`.
+fn kill_processes_in_where(path: &Path, doomed: impl Fn(&str) -> bool) {
     let Ok(target) = fs::metadata(path) else {
         return;
     };
@@ -171,10 +468,12 @@ fn kill_processes_in(path: &Path) {
             && m.dev() == target.dev()
             && m.ino() == target.ino()
         {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let cmdline = fs::read(p.path().join("cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default();
+            if doomed(&cmdline) {
+                sigkill(pid);
+            }
         }
     }
 }
@@ -197,20 +496,82 @@ fn remove_where(doomed: impl Fn(&str) -> bool) {
     }
 }
 
-/// Removes what runs of this harness family left behind when their process is gone: their
-/// namespaces (and processes in them), host links and temporary directories (agent data and
-/// logs, `$TMPDIR/<prefix>-*`).
+/// Length of a run's name prefix: the family, 6 hex digits of pid, one sequence character.
+const PREFIX_LEN: usize = PREFIX_FAMILY.len() + 7;
+
+/// Removes what runs of this harness family left behind when their process is gone: see
+/// [`sweep_run`].
 pub fn sweep_stale() {
     let me = std::process::id() as i32;
     let dead = move |name: &str| {
         owner_pid(name).is_some_and(|pid| pid != me && !Path::new(&format!("/proc/{pid}")).exists())
     };
-    remove_where(dead);
-    let tmp = std::env::temp_dir();
-    for e in fs::read_dir(&tmp).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(PREFIX_FAMILY) && dead(&name) && e.path().is_dir() {
-            let _ = fs::remove_dir_all(e.path());
+    let tmp_names = fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    let cgroup_names = node_cgroups(PREFIX_FAMILY)
+        .into_iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let prefixes: BTreeSet<String> = namespaces()
+        .into_iter()
+        .chain(host_links())
+        .chain(tmp_names)
+        .chain(cgroup_names)
+        .filter(|n| n.starts_with(PREFIX_FAMILY) && dead(n))
+        .filter_map(|n| n.get(..PREFIX_LEN).map(str::to_owned))
+        .collect();
+    for prefix in prefixes {
+        sweep_run(&prefix);
+    }
+}
+
+/// Removes what the dead run `prefix` left: for every agent data directory
+/// (`$TMPDIR/<prefix>-*/node-<i>`) whose node namespace still exists, kills the agent if it
+/// lives, and runs `ferry agent --cleanup` in that namespace (containers, their cgroups, pod
+/// namespaces, mounts; the containers' runc monitors are left to see their containers die);
+/// then deletes the run's namespaces and links (processes in them first), and whatever the
+/// cleanup could not reach (see [`force_remove`]); last the run's directories.
+fn sweep_run(prefix: &str) {
+    let dirs = run_dirs(prefix);
+    let mut uids = Vec::new();
+    let mut cleanups = Vec::new();
+    for d in &dirs {
+        for e in fs::read_dir(d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(i) = name
+                .strip_prefix("node-")
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if !e.path().is_dir() {
+                continue;
+            }
+            uids.extend(pod_uids(&e.path()));
+            let node = format!("{prefix}-node{i}");
+            let ns = netns_path(&node);
+            if !ns.exists() {
+                continue;
+            }
+            // Not the containers' runc monitors (`runc run` and its shell).
+            kill_processes_in_where(&ns, |cmd| !cmd.contains("runc"));
+            let log = d.join(format!("node-{i}.log"));
+            match spawn_cleanup(&ns, &node, &e.path(), None, &log) {
+                Ok(c) => cleanups.push((node, c, log)),
+                Err(e) => eprintln!("sweeping {prefix}: {e:#}"),
+            }
+        }
+    }
+    for f in wait_cleanups(cleanups, CLEANUP_TIMEOUT) {
+        eprintln!("sweeping {prefix}: {f}");
+    }
+    remove_where(|name| name.starts_with(prefix));
+    force_remove(prefix, &uids);
+    if mounts_of_run(prefix).is_empty() {
+        for d in dirs {
+            let _ = fs::remove_dir_all(d);
         }
     }
 }
@@ -284,6 +645,15 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// The agent's `--pod-bridge`, if it was given one.
+    fn pod_bridge(&self) -> Option<&OsString> {
+        let flag = |a: &OsString| a == "--pod-bridge";
+        self.args
+            .iter()
+            .position(flag)
+            .and_then(|i| self.args.get(i + 1))
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -294,7 +664,7 @@ impl AgentProcess {
 
 /// A simulated node: a namespace on the fabric, and its agent once started.
 pub struct SimNode {
-    /// The Node's name in the cluster (`node-<i>`).
+    /// The Node's name in the cluster, `<prefix>-node<i>`: the same as its namespace's.
     pub name: String,
     /// The namespace (a file in /run/netns).
     pub netns: String,
@@ -317,18 +687,24 @@ pub struct Fabric {
     host_link: String,
     client_ns: String,
     nodes: Vec<SimNode>,
+    /// `FERRY_LOG` of agents started from now on.
+    agent_log_level: String,
+    torn_down: bool,
     dir: tempfile::TempDir,
 }
 
 impl Drop for Fabric {
     fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(a) = &mut n.agent {
-                a.kill9();
-            }
+        if self.torn_down {
+            return;
         }
-        let prefix = self.prefix.clone();
-        remove_where(|name| name.starts_with(&prefix));
+        let left = self.teardown();
+        if !left.is_empty() {
+            eprintln!(
+                "harness {}: left after teardown (then removed by force): {left:#?}",
+                self.prefix
+            );
+        }
     }
 }
 
@@ -354,11 +730,73 @@ impl Fabric {
             prefix,
             subnet,
             nodes: Vec::new(),
+            agent_log_level: "info".into(),
+            torn_down: false,
             dir,
         };
         // From here on a failure drops `f`, which removes whatever was made.
         f.build(nodes)?;
         Ok(f)
+    }
+
+    /// Tears the run down (what dropping the `Fabric` does, see the module docs) and returns
+    /// what was left after it, in words (empty when everything went): the run's namespaces
+    /// and links, mounts under its directory, pod namespaces of the pods its agents had,
+    /// cgroups of its nodes, processes of its containers, and failures of
+    /// `ferry agent --cleanup`. Whatever was left is then removed by force, so the next run
+    /// starts clean either way. Only the first call does anything.
+    pub fn teardown(&mut self) -> Vec<String> {
+        if self.torn_down {
+            return Vec::new();
+        }
+        self.torn_down = true;
+        for n in &mut self.nodes {
+            if let Some(a) = &mut n.agent {
+                a.kill9();
+            }
+        }
+        let mut problems = Vec::new();
+        let mut uids = Vec::new();
+        let mut cleanups = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(agent) = &n.agent else { continue };
+            let dir = self.agent_data_dir(i);
+            uids.extend(pod_uids(&dir));
+            match spawn_cleanup(
+                &n.netns_path(),
+                &n.name,
+                &dir,
+                agent.pod_bridge(),
+                &agent.log,
+            ) {
+                Ok(c) => cleanups.push((n.name.clone(), c, agent.log.clone())),
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+        problems.extend(wait_cleanups(cleanups, CLEANUP_TIMEOUT));
+        // Monitors whose containers were just killed exit a moment later.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !processes_of_run(&self.prefix).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut left: BTreeSet<String> = processes_of_run(&self.prefix)
+            .into_iter()
+            .map(|(pid, cmd)| format!("process {pid} ({cmd})"))
+            .collect();
+        let prefix = self.prefix.clone();
+        remove_where(|name| name.starts_with(&prefix));
+        left.extend(leftovers(&self.prefix));
+        for uid in &uids {
+            let ns = pod_netns(uid);
+            if netns_path(&ns).exists() {
+                left.insert(format!("pod netns {}", netns_path(&ns).display()));
+            }
+        }
+        problems.extend(left);
+        if !problems.is_empty() {
+            force_remove(&self.prefix, &uids);
+        }
+        problems
     }
 
     fn addr(&self, last: u8) -> Ipv4Addr {
@@ -401,7 +839,7 @@ impl Fabric {
             let node_ip = self.addr(FIRST_NODE_OCTET + i as u8);
             self.add_leaf(&netns, &format!("{p}n{i}f"), node_ip, true)?;
             self.nodes.push(SimNode {
-                name: format!("node-{i}"),
+                name: netns.clone(),
                 netns,
                 ip: node_ip,
                 agent: None,
@@ -490,9 +928,55 @@ impl Fabric {
         &self.nodes[i]
     }
 
+    /// The run's temporary directory (`$TMPDIR/<prefix>-*`): agent data and logs; removed at
+    /// teardown.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Where node `i`'s agent keeps its state (kept across restarts).
     pub fn agent_data_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node-{i}"))
+    }
+
+    /// `FERRY_LOG` for agents started (or restarted) from now on; `info` by default.
+    pub fn set_agent_log_level(&mut self, level: &str) {
+        self.agent_log_level = level.to_owned();
+    }
+
+    /// Imports an OCI image archive into node `i`'s agent data directory with
+    /// `ferry image import` (before the agent starts or while it runs: it picks images up).
+    pub fn import_image(&self, i: usize, archive: &Path) -> Result<()> {
+        let dir = self.agent_data_dir(i);
+        fs::create_dir_all(&dir)?;
+        run(Command::new(ferry_bin())
+            .args(["image", "import"])
+            .arg(archive)
+            .arg("--data-dir")
+            .arg(&dir))?;
+        Ok(())
+    }
+
+    /// The log file of attempt `attempt` of container `container` of pod `uid` on node `i`.
+    pub fn container_log(&self, i: usize, uid: &str, container: &str, attempt: u32) -> PathBuf {
+        self.agent_data_dir(i)
+            .join("pods")
+            .join(uid)
+            .join("logs")
+            .join(container)
+            .join(format!("{attempt}.log"))
+    }
+
+    /// The PID of the process of container `id` (the container ID in a pod's status, without
+    /// `runc://`) on node `i`, as runc recorded it when it started.
+    pub fn container_pid(&self, i: usize, id: &str) -> Option<u32> {
+        let id = id.strip_prefix("runc://").unwrap_or(id);
+        let path = self
+            .agent_data_dir(i)
+            .join("runtime/containers")
+            .join(id)
+            .join("pid");
+        fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 
     fn agent_log(&self, i: usize) -> PathBuf {
@@ -507,7 +991,7 @@ impl Fabric {
         Ok(())
     }
 
-    /// Starts `ferry agent` in node `i`'s namespace: `--node-name node-<i> --node-ip <its
+    /// Starts `ferry agent` in node `i`'s namespace: `--node-name <prefix>-node<i> --node-ip <its
     /// fabric address>`, the cluster's members as servers, the cluster's join token, its own
     /// data directory, plus `extra` flags (e.g. `--tunnel vxlan`).
     pub fn start_agent(&mut self, i: usize, cluster: &Cluster, extra: &[&str]) -> Result<()> {
@@ -555,7 +1039,7 @@ impl Fabric {
             .arg("--")
             .arg(ferry_bin())
             .args(&agent.args)
-            .env("FERRY_LOG", "info")
+            .env("FERRY_LOG", &self.agent_log_level)
             .env_remove("FERRY_TOKEN")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -667,6 +1151,12 @@ impl Fabric {
     /// Runs `argv` in the external client's namespace.
     pub fn client_exec(&self, argv: &[&str]) -> Result<Output> {
         self.exec_in(&self.client_ns, argv)
+    }
+
+    /// Runs `argv` in pod `uid`'s own network namespace (`/run/netns/ferry-<uid>`, made by
+    /// its agent): traffic from it is the pod's.
+    pub fn pod_exec(&self, uid: &str, argv: &[&str]) -> Result<Output> {
+        self.exec_in(&pod_netns(uid), argv)
     }
 
     /// Node `i`'s routes, neighbours, links and VXLAN FDB, for failure messages.

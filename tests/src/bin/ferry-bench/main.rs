@@ -4,6 +4,7 @@
 //! builds the release binaries first. Method and figures: docs/benchmarks.md.
 
 mod etcd;
+mod podstart;
 mod scheduler;
 mod store;
 
@@ -28,6 +29,8 @@ enum Bench {
     Store(store::StoreArgs),
     /// Scheduler throughput: bind a burst of pods onto 1,000 and 5,000 simulated nodes.
     Scheduler(scheduler::SchedulerArgs),
+    /// Pod startup latency: create to Ready of 100 pods on 3 nodes with real agents (root).
+    Podstart(podstart::PodstartArgs),
 }
 
 /// The `ferry` binary the benchmark starts: `$FERRY_BIN`, else `ferry` next to this executable
@@ -93,6 +96,7 @@ async fn run(bench: Bench, ferry: PathBuf) -> Result<()> {
     match bench {
         Bench::Store(args) => store::run(args, &ferry).await,
         Bench::Scheduler(args) => scheduler::run(args).await,
+        Bench::Podstart(args) => podstart::run(args).await,
     }
 }
 
