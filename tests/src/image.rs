@@ -10,8 +10,8 @@ use serde_json::json;
 /// Applets linked into the image's `/bin`.
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "ls", "sleep", "httpd", "nc", "wget", "dd", "head", "tr", "touch", "rm",
-    "mkdir", "env", "hostname", "true", "false", "ps", "kill", "grep", "ip", "ping", "nslookup",
-    "date", "id", "test", "printf", "yes",
+    "chmod", "mkdir", "env", "hostname", "true", "false", "ps", "kill", "grep", "ip", "ping",
+    "nslookup", "date", "id", "test", "printf", "yes",
 ];
 
 /// The node's static busybox, if installed (`busybox-static`).

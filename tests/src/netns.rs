@@ -1017,6 +1017,10 @@ impl Fabric {
             data_dir.into(),
             "--token".into(),
             cluster.token.clone().into(),
+            // All nodes share one kernel: each node's socket load balancing covers its own
+            // cgroup subtree (its pods), never the client namespace's processes.
+            "--cgroup-root".into(),
+            format!("/ferry/{}", node.name).into(),
         ];
         args.extend(extra.iter().map(OsString::from));
         let mut agent = AgentProcess {

@@ -491,9 +491,13 @@ fn redirect(ctx: &TcContext, v: &NatValue, proto: u8) -> i32 {
     params.l4_protocol = proto;
     params.sport = v.sport;
     params.dport = v.dport;
+    // A forwarding lookup from the interface the packet came in on (it must have forwarding
+    // on); any route matches, so routes through a tunnel device are found too. (An output
+    // lookup would pin the outgoing interface to `ifindex`.)
     // SAFETY: reading the context's ifindex.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_1.tot_len = (ctx.len() as u16).saturating_sub(ETH_HLEN as u16).to_be();
+    // Host byte order: the kernel compares it with the route's MTU.
+    params.__bindgen_anon_1.tot_len = (ctx.len() as u16).saturating_sub(ETH_HLEN as u16);
     params.__bindgen_anon_3.ipv4_src = v.saddr;
     params.__bindgen_anon_4.ipv4_dst = v.daddr;
     // SAFETY: params is a valid, writable bpf_fib_lookup of the size given.

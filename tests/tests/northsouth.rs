@@ -1,0 +1,237 @@
+//! Root-only: NodePort traffic from outside the cluster, translated by the agents' TC programs
+//! on each node's uplink (`ferry_from_uplink` / `ferry_to_uplink`), in the multi-node harness.
+//!
+//! Two nodes run a web pod each; a third runs none. An external client (its own network
+//! namespace on the fabric, outside every node's cgroup) fetches the NodePort on every node:
+//! - node 0 and 1 may pick their local pod (DNAT only: the pod sees the client's address) or
+//!   the other node's (DNAT + SNAT: the pod sees the node's address);
+//! - node 2 has no local pod: every flow is SNAT-ed to a remote one;
+//! - a LoadBalancer address (from the cluster's pool, routed to node 2 by the client) answers
+//!   the same way;
+//! and every reply comes back from the NodePort the client asked. Once with direct routes
+//! between nodes, once through VXLAN (the SNAT-ed packet is redirected into the tunnel device). (UDP NodePorts use the same
+//! code path; the test image's busybox nc has no UDP mode, so they are not exercised here.)
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use ferry_api::client::{Client, ListOptions};
+use ferry_tests::netns::{self, Fabric};
+use ferry_tests::{Cluster, image};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "localhost/ferry-test/busybox:1";
+
+fn skip_reason() -> Option<String> {
+    if let Err(why) = netns::available() {
+        return Some(why);
+    }
+    if image::busybox().is_none() {
+        return Some("busybox-static not installed (bash .ci/setup installs it)".into());
+    }
+    None
+}
+
+fn web_pod(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+    "metadata": {"name": name, "labels": {"app": "web"}},
+    "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "web", "image": IMAGE,
+            // Every response names the pod and the client address it saw.
+            "command": ["sh", "-c", "mkdir -p /www/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; exec httpd -f -p 8080 -h /www"],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}})
+}
+
+async fn ready_endpoints(c: &Client) -> usize {
+    let Ok(l) = c
+        .list(
+            "EndpointSlice",
+            &ListOptions {
+                namespace: Some("default".into()),
+                label_selector: "kubernetes.io/service-name=web".into(),
+                ..Default::default()
+            },
+        )
+        .await
+    else {
+        return 0;
+    };
+    l["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] == true)
+        .count()
+}
+
+/// One HTTP GET of `/cgi-bin/who` at `ip:port` from the external client: "<pod> <client addr
+/// as the pod saw it>", or None.
+fn who(fabric: &Fabric, ip: &str, port: u16) -> Option<String> {
+    let out = fabric
+        .client_exec(&[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            &format!(
+                "printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {ip} {port} | tail -n 1"
+            ),
+        ])
+        .ok()?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    line.starts_with("web-").then_some(line)
+}
+
+async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
+    let archive = fabric.dir().join("busybox.tar");
+    image::write_busybox_archive(&archive, IMAGE)?;
+    for i in 0..fabric.nodes().len() {
+        fabric.import_image(i, &archive)?;
+    }
+    let cluster = Cluster::start_on(
+        fabric.host_ip().into(),
+        1,
+        &["--loadbalancer-ip-pool", "192.168.77.240/28"],
+    )
+    .await?;
+    let c = cluster.client();
+    fabric.start_agents(&cluster, &["--tunnel", tunnel])?;
+    fabric.wait_nodes_ready(&c, Duration::from_secs(30)).await?;
+    for i in 0..2 {
+        c.create(
+            "Pod",
+            "default",
+            &web_pod(&format!("web-{i}"), &fabric.node(i).name),
+        )
+        .await?;
+    }
+    let svc = c
+        .create(
+            "Service",
+            "default",
+            &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        )
+        .await?;
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap_or(0) as u16;
+    c.create(
+        "Service",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web-lb"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready_endpoints(&c).await < 2 {
+        if Instant::now() > deadline {
+            bail!("pods never ready:\n{}", fabric.agent_logs(20));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client_ip = fabric.client_ip().to_string();
+    for i in 0..3 {
+        let (node_name, node_ip) = (fabric.node(i).name.clone(), fabric.node(i).ip.to_string());
+        let mut seen = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Enough fresh connections (new source ports) to meet both pods.
+        while seen.len() < 2 {
+            if let Some(line) = who(fabric, &node_ip, node_port) {
+                let (pod, saw) = line.split_once(' ').unwrap_or((&line, ""));
+                // httpd listens on IPv6 and shows IPv4 peers mapped: [::ffff:a.b.c.d].
+                let saw = saw.trim_start_matches("[::ffff:").trim_end_matches(']');
+                let local = pod == format!("web-{i}");
+                if local {
+                    assert_eq!(saw, client_ip, "a local backend sees the client: {line}");
+                } else {
+                    assert_eq!(
+                        saw, node_ip,
+                        "a remote backend sees node {i} (SNAT): {line}"
+                    );
+                }
+                seen.insert(pod.to_owned());
+            }
+            if Instant::now() > deadline {
+                let stats = fabric.node_exec(
+                    i,
+                    &[
+                        "sh",
+                        "-c",
+                        &format!(
+                            "{} datapath services --node-name {node_name}",
+                            ferry_tests::ferry_bin().display()
+                        ),
+                    ],
+                )?;
+                bail!(
+                    "NodePort on node {i} ({node_ip}:{node_port}) reached only {seen:?}\n{}\n{}",
+                    String::from_utf8_lossy(&stats.stdout),
+                    fabric.agent_log_tail(i, 20)
+                );
+            }
+        }
+    }
+    // A LoadBalancer address, routed to node 2 by the client (no L2 announcement yet): node 2
+    // has no local pod, so it SNATs to the others.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lb_ip = loop {
+        let s = c.get("Service", "default", "web-lb").await?;
+        if let Some(ip) = s["status"]["loadBalancer"]["ingress"][0]["ip"].as_str() {
+            break ip.to_owned();
+        }
+        if Instant::now() > deadline {
+            bail!("no LoadBalancer address: {s:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let via = fabric.node(2).ip.to_string();
+    let route = fabric.client_exec(&["ip", "route", "add", &format!("{lb_ip}/32"), "via", &via])?;
+    assert!(route.status.success(), "{route:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(line) = who(fabric, &lb_ip, 80) {
+            let saw = line.rsplit(' ').next().unwrap_or("");
+            let saw = saw.trim_start_matches("[::ffff:").trim_end_matches(']');
+            assert_eq!(saw, via, "the pod sees node 2 (SNAT): {line}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "LoadBalancer {lb_ip} unreachable:\n{}",
+                fabric.agent_log_tail(2, 20)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run(tunnel: &str) -> Result<()> {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP northsouth: {why}");
+        return Ok(());
+    }
+    let mut fabric = Fabric::new(3)?;
+    let prefix = fabric.prefix().to_string();
+    let result = scenario(&mut fabric, tunnel).await;
+    let mut left = fabric.teardown();
+    drop(fabric);
+    left.extend(netns::leftovers(&prefix));
+    result?;
+    assert!(left.is_empty(), "left behind after teardown: {left:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_answer_outside_clients_with_direct_routes() -> Result<()> {
+    run("none").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_answer_outside_clients_through_vxlan() -> Result<()> {
+    run("vxlan").await
+}
