@@ -7,10 +7,12 @@
 //!   the other node's (DNAT + SNAT: the pod sees the node's address);
 //! - node 2 has no local pod: every flow is SNAT-ed to a remote one;
 //! - a LoadBalancer address (from the cluster's pool, routed to node 2 by the client) answers
-//!   the same way;
-//! and every reply comes back from the NodePort the client asked. Once with direct routes
-//! between nodes, once through VXLAN (the SNAT-ed packet is redirected into the tunnel device). (UDP NodePorts use the same
-//! code path; the test image's busybox nc has no UDP mode, so they are not exercised here.)
+//!   the same way.
+//!
+//! Every reply comes back from the address and port the client asked. Once with direct routes
+//! between nodes, once through VXLAN (the SNAT-ed packet is redirected into the tunnel device).
+//! UDP NodePorts take the same code path; the test image's busybox nc has no UDP mode, so they
+//! are not exercised here.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
