@@ -688,3 +688,43 @@ fn external_archive() {
         eprintln!("{}: {} {names:?}", r.reference, root.display());
     }
 }
+
+/// `ferry image import-rootfs`: a plain and a gzip tarball become single-layer images with the
+/// given defaults, and the same tarball twice is the same image.
+#[test]
+fn import_rootfs_tarballs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let tar = layer_tar(&[Entry::Dir("etc/"), Entry::File("etc/motd", b"hi\n", 0o644)]);
+    let plain = dir.path().join("root.tar");
+    fs::write(&plain, &tar).unwrap();
+    let gz = dir.path().join("root.tar.gz");
+    fs::write(&gz, gzip(&tar)).unwrap();
+    let config = ferry_agent::image::ContainerConfig {
+        cmd: Some(vec!["sh".into()]),
+        env: Some(vec!["PATH=/bin".into()]),
+        ..Default::default()
+    };
+    let a = store
+        .import_rootfs(&plain, "localhost/t/plain:1", config.clone())
+        .unwrap();
+    let b = store
+        .import_rootfs(&gz, "localhost/t/gz:1", config.clone())
+        .unwrap();
+    assert_eq!(a.diff_ids, b.diff_ids, "the same layer, compressed or not");
+    assert_eq!(a.config.cmd.as_deref(), Some(&["sh".to_string()][..]));
+    for r in ["localhost/t/plain:1", "localhost/t/gz:1"] {
+        let root = store.rootfs(r).unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/motd")).unwrap(), "hi\n");
+    }
+    let again = store
+        .import_rootfs(&plain, "localhost/t/plain:1", config)
+        .unwrap();
+    assert_eq!(again.manifest_digest, a.manifest_digest);
+    let missing = store.import_rootfs(
+        &dir.path().join("nope.tar"),
+        "localhost/t/x:1",
+        Default::default(),
+    );
+    assert!(missing.is_err());
+}

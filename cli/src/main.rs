@@ -233,6 +233,22 @@ enum ImageCommand {
         #[arg(long, default_value = "/var/lib/ferry/agent")]
         data_dir: PathBuf,
     },
+    /// Make an image of a root filesystem tarball (plain or gzip), as `docker import` does.
+    ImportRootfs {
+        file: PathBuf,
+        /// The image's reference, e.g. localhost/busybox:1.
+        #[arg(long)]
+        name: String,
+        /// Default command (the image's Cmd), repeatable: --cmd sh --cmd -c --cmd '...'.
+        #[arg(long = "cmd")]
+        cmd: Vec<String>,
+        /// Environment of the image (NAME=VALUE), repeatable; PATH defaults to the usual.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// The agent's data directory.
+        #[arg(long, default_value = "/var/lib/ferry/agent")]
+        data_dir: PathBuf,
+    },
     /// Pull an image from its registry (`busybox:1.36` is `docker.io/library/busybox:1.36`).
     Pull {
         reference: String,
@@ -913,6 +929,29 @@ async fn image(c: &ImageCommand) -> Result<()> {
                     img.manifest_digest, img.layers_unpacked
                 );
             }
+        }
+        ImageCommand::ImportRootfs {
+            file,
+            name,
+            cmd,
+            env,
+            data_dir,
+        } => {
+            let store = ImageStore::open(data_dir)?;
+            let mut env = env.clone();
+            if !env.iter().any(|e| e.starts_with("PATH=")) {
+                env.insert(
+                    0,
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                );
+            }
+            let config = ferry_agent::image::ContainerConfig {
+                cmd: (!cmd.is_empty()).then(|| cmd.clone()),
+                env: Some(env),
+                ..Default::default()
+            };
+            let info = store.import_rootfs(file, name, config)?;
+            println!("imported {name} {}", info.manifest_digest);
         }
         ImageCommand::Pull {
             reference,

@@ -46,6 +46,7 @@ pub mod error;
 pub mod oci;
 pub mod pull;
 pub mod reference;
+mod rootfs_import;
 mod unpack;
 
 use std::{
