@@ -325,6 +325,32 @@ fn pod_uids(data_dir: &Path) -> Vec<String> {
     uids
 }
 
+/// How long teardown waits for container starts a killed agent left in flight.
+const START_SETTLE: Duration = Duration::from_secs(15);
+
+/// Waits (until `deadline`) for the container starts in flight under agent data directory
+/// `data_dir` to settle: every container bundle (`runtime/containers/<id>/`) has runc's `pid`
+/// file or its monitor's `exit` file. A killed agent leaves its detached runc monitors running;
+/// `ferry agent --cleanup` skips a container runc does not know yet, and a `runc run` still in
+/// flight then creates it after the cleanup (see docs/testing.md). Returns the bundles that
+/// did not settle.
+fn wait_starts_settled(data_dir: &Path, deadline: Instant) -> Vec<PathBuf> {
+    let bundles = data_dir.join("runtime/containers");
+    loop {
+        let pending: Vec<PathBuf> = fs::read_dir(&bundles)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|b| b.is_dir() && !b.join("pid").exists() && !b.join("exit").exists())
+            .collect();
+        if pending.is_empty() || Instant::now() >= deadline {
+            return pending;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The name in /run/netns of pod `uid`'s network namespace (as the agent names it).
 pub fn pod_netns(uid: &str) -> String {
     format!("ferry-{uid}")
@@ -557,6 +583,7 @@ fn sweep_run(prefix: &str) {
             }
             // Not the containers' runc monitors (`runc run` and its shell).
             kill_processes_in_where(&ns, |cmd| !cmd.contains("runc"));
+            wait_starts_settled(&e.path(), Instant::now() + START_SETTLE);
             let log = d.join(format!("node-{i}.log"));
             match spawn_cleanup(&ns, &node, &e.path(), None, &log) {
                 Ok(c) => cleanups.push((node, c, log)),
@@ -758,10 +785,17 @@ impl Fabric {
         let mut problems = Vec::new();
         let mut uids = Vec::new();
         let mut cleanups = Vec::new();
+        let settle = Instant::now() + START_SETTLE;
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(agent) = &n.agent else { continue };
             let dir = self.agent_data_dir(i);
             uids.extend(pod_uids(&dir));
+            for b in wait_starts_settled(&dir, settle) {
+                problems.push(format!(
+                    "container start in flight after {START_SETTLE:?}: {}",
+                    b.display()
+                ));
+            }
             match spawn_cleanup(
                 &n.netns_path(),
                 &n.name,

@@ -245,7 +245,9 @@ pub async fn run(args: PodstartArgs) -> Result<()> {
     );
     let mut fabric = Fabric::new(args.nodes).context("building the multi-node harness")?;
     fabric.set_agent_log_level(&args.agent_log);
-    let result = measure(&args, &mut fabric).await;
+    // The control plane outlives the agents: it is stopped after the teardown below.
+    let mut cluster = None;
+    let result = measure(&args, &mut fabric, &mut cluster).await;
     if let Some(dir) = &args.keep_logs {
         std::fs::create_dir_all(dir)?;
         for i in 0..fabric.nodes().len() {
@@ -260,6 +262,7 @@ pub async fn run(args: PodstartArgs) -> Result<()> {
         "[bench] teardown (ferry agent --cleanup on every node) took {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    drop(cluster);
     if !left.is_empty() {
         eprintln!("[bench] left after teardown (removed by force): {left:#?}");
     }
@@ -269,19 +272,25 @@ pub async fn run(args: PodstartArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts the cluster and agents on `fabric`, runs the measurement; returns the RESULT line
-/// and the summary. The cluster is stopped when this returns; the fabric is torn down by the
-/// caller.
-async fn measure(args: &PodstartArgs, fabric: &mut Fabric) -> Result<(String, String)> {
+/// Starts the cluster (into `cluster`) and the agents on `fabric`, runs the measurement;
+/// returns the RESULT line and the summary. The caller tears the fabric down, then stops the
+/// cluster.
+async fn measure(
+    args: &PodstartArgs,
+    fabric: &mut Fabric,
+    cluster: &mut Option<Cluster>,
+) -> Result<(String, String)> {
     let n = args.nodes;
     let archive = fabric.dir().join("busybox.tar");
     image::write_busybox_archive(&archive, IMAGE)?;
     for i in 0..n {
         fabric.import_image(i, &archive)?;
     }
-    let cluster = Cluster::start_on(fabric.host_ip().into(), 1, &[])
-        .await
-        .context("starting the control plane")?;
+    let cluster = cluster.insert(
+        Cluster::start_on(fabric.host_ip().into(), 1, &[])
+            .await
+            .context("starting the control plane")?,
+    );
     println!(
         "[bench] member {} pid {}; harness {} ({} nodes)",
         cluster.members[0].addr,
@@ -292,7 +301,7 @@ async fn measure(args: &PodstartArgs, fabric: &mut Fabric) -> Result<(String, St
     let admin = cluster.member_client(0);
     // Agents are started from this (the runtime's main) thread: their parent-death signal
     // follows the spawning thread.
-    fabric.start_agents(&cluster, &[])?;
+    fabric.start_agents(cluster, &[])?;
     fabric
         .wait_nodes_ready(&admin, Duration::from_secs(60))
         .await?;
@@ -481,7 +490,6 @@ async fn measure(args: &PodstartArgs, fabric: &mut Fabric) -> Result<(String, St
         if d.p99 <= GOAL_P99_MS { "meets" } else { "misses" },
         if d.p99 <= SLO_P99_MS { "meets" } else { "misses" },
     ));
-    drop(cluster);
     Ok((result_line(total, n, &d), out))
 }
 
