@@ -443,6 +443,9 @@ impl ContainerRuntime for Runc {
         )
         .map_err(Self::io(id, "writing", &meta_path))?;
 
+        // From here the monitor's `runc run` may be on its way: `delete` lets it finish first.
+        let marker = bundle.join("monitor");
+        fs::write(&marker, b"").map_err(Self::io(id, "writing", &marker))?;
         let status = Command::new("/bin/sh")
             .env_clear()
             .env("PATH", SYSTEM_PATH)
@@ -460,12 +463,16 @@ impl ContainerRuntime for Runc {
             .arg(id)
             .arg(&spec.log_path)
             .status()
-            .map_err(|source| RuntimeError::Spawn {
-                id: id.to_owned(),
-                command: "/bin/sh (monitor)".into(),
-                source,
+            .map_err(|source| {
+                let _ = fs::remove_file(&marker);
+                RuntimeError::Spawn {
+                    id: id.to_owned(),
+                    command: "/bin/sh (monitor)".into(),
+                    source,
+                }
             })?;
         if !status.success() {
+            let _ = fs::remove_file(&marker);
             return Err(RuntimeError::StartFailed {
                 id: id.to_owned(),
                 reason: format!("monitor shell exited with {status}"),
@@ -528,6 +535,16 @@ impl ContainerRuntime for Runc {
         validate_id(id)?;
         let bundle = self.bundle_dir(id);
         let meta = self.read_meta(id);
+        // A start still in progress (the monitor's `runc run` has not registered the container
+        // yet) would finish after us and leave a running container behind: wait until runc
+        // knows it or the start has ended, then kill and delete as usual.
+        if bundle.join("monitor").exists() && !self.runc_knows(id) {
+            let deadline = Instant::now() + self.opts.start_timeout;
+            while !self.runc_knows(id) && !bundle.join("exit").exists() && Instant::now() < deadline
+            {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         if self.runc_knows(id) {
             let _ = self.kill(id, "KILL", true);
             if bundle.exists() {
