@@ -27,6 +27,10 @@ async fn add_node(c: &Client, name: &str) -> Result<()> {
         .await?;
     n["status"] = json!({"capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
                          "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}});
+    // Without a resourceVersion: node IPAM may have written the Node since (its pod CIDR).
+    if let Some(m) = n["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
     c.update_status("Node", &n).await?;
     Ok(())
 }
