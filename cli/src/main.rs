@@ -5,6 +5,7 @@ mod config;
 mod datapath;
 mod output;
 mod podio;
+mod rollout;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -67,6 +68,13 @@ enum Command {
     Logs(podio::LogsArgs),
     /// Run a command in a running container: ferry exec POD [-c NAME] -- CMD [ARGS...]
     Exec(podio::ExecArgs),
+    /// Manage a Deployment's rollouts: status, history, undo, pause, resume, restart, promote.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
+    /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.
+    Scale(rollout::ScaleArgs),
     /// Control-plane membership.
     Cluster {
         #[command(subcommand)]
@@ -553,6 +561,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Rollout { command } => rollout::rollout(&client, command).await,
+        Command::Scale(a) => rollout::scale(&client, a).await,
         Command::Cluster { command } => cluster(&client, command).await,
         Command::Auth { command } => auth(&client, command).await,
         Command::Secrets {

@@ -3,6 +3,7 @@
 //! function, unit-tested, and a small executor that applies its actions; [`run_on_leader`] is
 //! [`Turns`] paces them all.
 
+pub mod deployment;
 pub mod endpointslice;
 pub mod loadbalancer;
 pub mod nodelifecycle;
@@ -93,6 +94,7 @@ pub fn spawn_all(api: &ApiServer, settings: Settings) {
         settings.pod_cidrs,
     ));
     tokio::spawn(replicaset::run(local(), node.clone()));
+    tokio::spawn(deployment::run(local(), node.clone()));
     tokio::spawn(endpointslice::run(local(), node.clone()));
     tokio::spawn(nodelifecycle::run(
         local(),

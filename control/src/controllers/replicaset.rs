@@ -4,7 +4,8 @@
 //! matching orphans are adopted, as in Kubernetes. Missing pods are created (`<rs>-<random>`,
 //! labels and spec from the template); surplus pods are deleted, least valuable first
 //! (unscheduled, then not ready, then newest). Status reports replicas, readyReplicas,
-//! availableReplicas, fullyLabeledReplicas and observedGeneration. Level-triggered on the leader
+//! availableReplicas (Ready for `spec.minReadySeconds`), fullyLabeledReplicas and
+//! observedGeneration. Level-triggered on the leader
 //! through [`Api`]; [`plan`] is pure.
 
 use std::time::Duration;
@@ -51,8 +52,13 @@ pub struct Plan {
     pub status: Value,
 }
 
-/// The pure decision for one ReplicaSet over the pods of its namespace.
-pub fn plan(rs: &Value, pods: &[Value]) -> Result<Plan, String> {
+/// The pure decision for one ReplicaSet over the pods of its namespace, at `now` (a pod is
+/// available once Ready for `spec.minReadySeconds`).
+pub fn plan(
+    rs: &Value,
+    pods: &[Value],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Plan, String> {
     let uid = s(rs, "/metadata/uid");
     let sel = rs.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
     let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
@@ -100,11 +106,19 @@ pub fn plan(rs: &Value, pods: &[Value]) -> Result<Plan, String> {
             .collect();
     }
     let ready = owned.iter().filter(|p| is_ready(p)).count();
+    let min_ready = rs
+        .pointer("/spec/minReadySeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let available = owned
+        .iter()
+        .filter(|p| super::deployment::is_available(p, min_ready, now))
+        .count();
     let status = json!({
         "replicas": have,
         "fullyLabeledReplicas": have,
         "readyReplicas": ready,
-        "availableReplicas": ready,
+        "availableReplicas": available,
         "observedGeneration": rs.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
     });
     Ok(Plan {
@@ -150,7 +164,7 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             .filter(|p| s(p, "/metadata/namespace") == ns)
             .cloned()
             .collect();
-        let plan = match plan(rs, &in_ns) {
+        let plan = match plan(rs, &in_ns, chrono::Utc::now()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(replicaset = name, "{e}");
@@ -245,7 +259,7 @@ mod tests {
                 "2026-01-01T00:00:03Z",
             ),
         ];
-        let p = plan(&rs(4), &pods).expect("plan");
+        let p = plan(&rs(4), &pods, chrono::Utc::now()).expect("plan");
         assert_eq!(p.adopt, vec!["orphan"]);
         assert_eq!(p.create, 2);
         assert!(p.delete.is_empty());
@@ -281,9 +295,27 @@ mod tests {
                 "2026-01-01T00:00:03Z",
             ),
         ];
-        let p = plan(&rs(1), &pods).expect("plan");
+        let p = plan(&rs(1), &pods, chrono::Utc::now()).expect("plan");
         assert_eq!(p.delete, vec!["unscheduled", "not-ready", "new-ready"]);
         assert_eq!(p.create, 0);
         assert_eq!(p.status["readyReplicas"], 2);
+    }
+
+    #[test]
+    fn available_means_ready_for_min_ready_seconds() {
+        let mut set = rs(2);
+        set["spec"]["minReadySeconds"] = json!(30);
+        let mut pods = vec![
+            pod("a", Some("rs-uid"), "n1", true, "2026-01-01T00:00:01Z"),
+            pod("b", Some("rs-uid"), "n1", true, "2026-01-01T00:00:02Z"),
+        ];
+        pods[0]["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-01-01T00:00:00Z");
+        pods[1]["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-01-01T00:00:50Z");
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:01:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let p = plan(&set, &pods, now).expect("plan");
+        assert_eq!(p.status["readyReplicas"], 2);
+        assert_eq!(p.status["availableReplicas"], 1);
     }
 }
