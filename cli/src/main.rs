@@ -204,6 +204,11 @@ struct ServerArgs {
     /// Seconds a node may go without renewing its Lease before it is marked unreachable.
     #[arg(long, default_value_t = 10)]
     node_monitor_grace_seconds: u64,
+    /// Control loops to run, comma-separated: `*` for all (default), a name to add, `-name`
+    /// to leave one out (scheduler, nodeipam, replicaset, deployment, endpointslice,
+    /// nodelifecycle, loadbalancer).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
     /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line (Kubernetes' format).
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
@@ -502,6 +507,9 @@ async fn run(cli: Cli) -> Result<()> {
         opts.token_auth_file = a.token_auth_file.clone();
         opts.node_monitor_grace =
             std::time::Duration::from_secs(a.node_monitor_grace_seconds.max(1));
+        ferry_control::controllers::check_list(&a.controllers)
+            .map_err(|e| anyhow::anyhow!("--controllers: {e}"))?;
+        opts.controllers = a.controllers.clone();
         opts.node_cidr_mask = a.node_cidr_mask_size;
         opts.rate_limit_qps = a.rate_limit_qps.max(0.0);
         opts.rate_limit_burst = a.rate_limit_burst.max(1.0);

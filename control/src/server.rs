@@ -50,6 +50,8 @@ pub struct ServerOptions {
     pub history_retention: u64,
     /// How long a node may go without renewing its Lease before it is marked unreachable.
     pub node_monitor_grace: Duration,
+    /// `--controllers`: which control loops run (empty: all).
+    pub controllers: Vec<String>,
     /// Static bearer tokens (Kubernetes' token file format).
     pub token_auth_file: Option<PathBuf>,
     /// Addresses for LoadBalancer Services (None: they stay pending).
@@ -79,6 +81,7 @@ impl ServerOptions {
             history_retention: 50_000,
             token_auth_file: None,
             node_monitor_grace: Duration::from_secs(10),
+            controllers: Vec::new(),
             loadbalancer_pool: None,
             service_cidr: "10.96.0.0/12".into(),
             cluster_cidr: "10.244.0.0/16".into(),
@@ -472,6 +475,7 @@ impl Server {
             crate::controllers::Settings {
                 pod_cidrs: cidr_plan,
                 node_monitor_grace: opts.node_monitor_grace,
+                enabled: opts.controllers.clone(),
                 lb_pool,
             },
         );

@@ -28,7 +28,9 @@ fn deployment(name: &str, replicas: i64) -> Value {
 }
 
 async fn single() -> Result<(Cluster, Client)> {
-    let cluster = Cluster::start(1, &[]).await?;
+    // Without the Deployment controller: these tests check the API's own handling of
+    // Deployments, which the controller would otherwise update concurrently.
+    let cluster = Cluster::start(1, &["--controllers", "*,-deployment"]).await?;
     let client = cluster.client();
     Ok((cluster, client))
 }

@@ -27,6 +27,10 @@ async fn add_node(
     let mut n = n;
     n["status"] = json!({"capacity": {"cpu": cpu, "memory": mem, "pods": "110"},
                          "allocatable": {"cpu": cpu, "memory": mem, "pods": "110"}});
+    // Node IPAM may write the Node between create and this: no resourceVersion precondition.
+    if let Some(m) = n["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
     c.update_status("Node", &n).await?;
     Ok(())
 }

@@ -81,27 +81,95 @@ pub struct Settings {
     pub pod_cidrs: crate::nodeipam::CidrPlan,
     pub node_monitor_grace: Duration,
     pub lb_pool: Option<loadbalancer::Pool>,
+    /// Which control loops run, kube-controller-manager style: `*` for all, a name to add,
+    /// `-name` to leave one out (see [`CONTROLLERS`]).
+    pub enabled: Vec<String>,
 }
 
-/// Starts every control loop of a member (each acts only while the member leads).
+/// The control loops a member runs, by name (`--controllers`).
+pub const CONTROLLERS: &[&str] = &[
+    "scheduler",
+    "nodeipam",
+    "replicaset",
+    "deployment",
+    "endpointslice",
+    "nodelifecycle",
+    "loadbalancer",
+];
+
+/// Whether `name` runs under `--controllers LIST`.
+pub fn is_enabled(list: &[String], name: &str) -> bool {
+    if list.iter().any(|c| c.strip_prefix('-') == Some(name)) {
+        return false;
+    }
+    list.is_empty() || list.iter().any(|c| c == "*" || c == name)
+}
+
+/// Checks a `--controllers` list; the error names the unknown entry.
+pub fn check_list(list: &[String]) -> Result<(), String> {
+    for c in list {
+        let name = c.strip_prefix('-').unwrap_or(c);
+        if name != "*" && !CONTROLLERS.contains(&name) {
+            return Err(format!(
+                "unknown controller {name:?}; known: {}",
+                CONTROLLERS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Starts the enabled control loops of a member (each acts only while the member leads).
 pub fn spawn_all(api: &ApiServer, settings: Settings) {
     let node = api.node().clone();
     let local = || LocalApi(api.clone());
-    tokio::spawn(crate::scheduler::run(local(), node.clone()));
-    tokio::spawn(crate::nodeipam::run(
-        local(),
-        node.clone(),
-        settings.pod_cidrs,
-    ));
-    tokio::spawn(replicaset::run(local(), node.clone()));
-    tokio::spawn(deployment::run(local(), node.clone()));
-    tokio::spawn(endpointslice::run(local(), node.clone()));
-    tokio::spawn(nodelifecycle::run(
-        local(),
-        node.clone(),
-        settings.node_monitor_grace,
-    ));
-    if let Some(pool) = settings.lb_pool {
+    let on = |name: &str| is_enabled(&settings.enabled, name);
+    if on("scheduler") {
+        tokio::spawn(crate::scheduler::run(local(), node.clone()));
+    }
+    if on("nodeipam") {
+        tokio::spawn(crate::nodeipam::run(
+            local(),
+            node.clone(),
+            settings.pod_cidrs,
+        ));
+    }
+    if on("replicaset") {
+        tokio::spawn(replicaset::run(local(), node.clone()));
+    }
+    if on("deployment") {
+        tokio::spawn(deployment::run(local(), node.clone()));
+    }
+    if on("endpointslice") {
+        tokio::spawn(endpointslice::run(local(), node.clone()));
+    }
+    if on("nodelifecycle") {
+        tokio::spawn(nodelifecycle::run(
+            local(),
+            node.clone(),
+            settings.node_monitor_grace,
+        ));
+    }
+    if on("loadbalancer")
+        && let Some(pool) = settings.lb_pool
+    {
         tokio::spawn(loadbalancer::run(local(), node, pool));
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn controller_lists() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(is_enabled(&[], "deployment"));
+        assert!(is_enabled(&l(&["*"]), "deployment"));
+        assert!(!is_enabled(&l(&["*", "-deployment"]), "deployment"));
+        assert!(is_enabled(&l(&["*", "-deployment"]), "scheduler"));
+        assert!(!is_enabled(&l(&["scheduler"]), "deployment"));
+        assert!(check_list(&l(&["*", "-nope"])).is_err());
+        assert!(check_list(&l(&["*", "-replicaset", "scheduler"])).is_ok());
     }
 }
