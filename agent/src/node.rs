@@ -47,6 +47,8 @@ pub struct AgentOptions {
     pub cgroup_root: String,
     /// Where BPF maps and links are pinned (default `/sys/fs/bpf/ferry/<node>`).
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Resolvers the cluster DNS forwards other names to (default: the node's; `dns`).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl AgentOptions {
@@ -65,6 +67,7 @@ impl AgentOptions {
             port: DEFAULT_PORT,
             cgroup_root: "/".into(),
             bpf_pin_dir: None,
+            dns_upstreams: Vec::new(),
         }
     }
 }
@@ -299,6 +302,7 @@ async fn start_pods(
     let network = PodNetwork::new(net_opts)
         .await
         .map_err(|e| cfg(format!("pod network: {e}")))?;
+    let cluster_dns = Some(IpAddr::V4(network.gateway()));
     let runtime = crate::runtime::Runc::new(crate::runtime::RuncOptions::new(
         opts.data_dir.join("runtime"),
         &opts.node_name,
@@ -323,6 +327,7 @@ async fn start_pods(
             insecure_registries: opts.insecure_registries.clone(),
             auth: None,
         },
+        cluster_dns,
     }))
 }
 
@@ -449,6 +454,11 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         match start_pods(&client, &opts, ip, &pod_cidr).await {
             Ok(shared) => {
                 tracing::info!(pod_cidr = %pod_cidr, port = opts.port, "running this node's pods");
+                // Service discovery DNS on the pod bridge's gateway address.
+                crate::dns::spawn(
+                    client.clone(),
+                    crate::dns::DnsOptions::for_node(&opts, &shared),
+                );
                 let server = crate::server::serve(endpoint, &tls, shared.clone());
                 tokio::select! {
                     _ = crate::pods::run(shared) => {}
