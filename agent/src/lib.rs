@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod datapath;
+pub mod dns;
 pub mod image;
 pub mod network;
 pub mod node;

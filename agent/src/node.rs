@@ -50,6 +50,8 @@ pub struct AgentOptions {
     /// The interface NodePort and LoadBalancer traffic from outside arrives on: `auto` (the
     /// one holding the node's address), `none`, or a name.
     pub uplink: String,
+    /// Resolvers the cluster DNS forwards other names to (default: the node's; `dns`).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl AgentOptions {
@@ -69,6 +71,7 @@ impl AgentOptions {
             cgroup_root: "/".into(),
             bpf_pin_dir: None,
             uplink: "auto".into(),
+            dns_upstreams: Vec::new(),
         }
     }
 }
@@ -303,6 +306,7 @@ async fn start_pods(
     let network = PodNetwork::new(net_opts)
         .await
         .map_err(|e| cfg(format!("pod network: {e}")))?;
+    let cluster_dns = Some(IpAddr::V4(network.gateway()));
     let runtime = crate::runtime::Runc::new(crate::runtime::RuncOptions::new(
         opts.data_dir.join("runtime"),
         &opts.node_name,
@@ -327,6 +331,7 @@ async fn start_pods(
             insecure_registries: opts.insecure_registries.clone(),
             auth: None,
         },
+        cluster_dns,
     }))
 }
 
@@ -506,6 +511,11 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         match start_pods(&client, &opts, ip, &pod_cidr).await {
             Ok(shared) => {
                 tracing::info!(pod_cidr = %pod_cidr, port = opts.port, "running this node's pods");
+                // Service discovery DNS on the pod bridge's gateway address.
+                crate::dns::spawn(
+                    client.clone(),
+                    crate::dns::DnsOptions::for_node(&opts, &shared),
+                );
                 let server = crate::server::serve(endpoint, &tls, shared.clone());
                 tokio::select! {
                     _ = crate::pods::run(shared) => {}

@@ -347,6 +347,10 @@ struct AgentArgs {
     /// holding the node address), none, or a name.
     #[arg(long, default_value = "auto")]
     uplink: String,
+    /// A resolver (IP:PORT) the cluster DNS forwards names outside the cluster domain to
+    /// (repeatable; default: the node's non-loopback resolvers from /etc/resolv.conf).
+    #[arg(long = "dns-upstream", value_name = "IP:PORT")]
+    dns_upstreams: Vec<SocketAddr>,
     /// Remove everything this agent made on the node (containers, pod networks, the bridge,
     /// pod directories) and exit.
     #[arg(long)]
@@ -476,8 +480,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,hickory_server=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -536,6 +541,7 @@ async fn run(cli: Cli) -> Result<()> {
             cgroup_root: a.cgroup_root.clone(),
             bpf_pin_dir: a.bpf_pin_dir.clone(),
             uplink: a.uplink.clone(),
+            dns_upstreams: a.dns_upstreams.clone(),
         };
         if a.cleanup {
             ferry_agent::cleanup(&opts).await?;

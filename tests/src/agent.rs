@@ -19,12 +19,19 @@ pub struct TestAgent {
     pub server: String,
     dir: Option<tempfile::TempDir>,
     child: Option<Child>,
+    /// Extra `ferry agent` flags (`start_with`).
+    extra: Vec<String>,
 }
 
 impl TestAgent {
     /// Starts an agent for `cluster` named `<base>-<pid>-<n>` (joining with the cluster's
     /// token).
     pub fn start(cluster: &Cluster, base: &str) -> Result<TestAgent> {
+        Self::start_with(cluster, base, &[])
+    }
+
+    /// Like [`TestAgent::start`], with extra `ferry agent` flags (kept across restarts).
+    pub fn start_with(cluster: &Cluster, base: &str, extra: &[&str]) -> Result<TestAgent> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let mut a = TestAgent {
@@ -33,6 +40,7 @@ impl TestAgent {
             server: cluster.members[0].addr.clone(),
             dir: Some(tempfile::Builder::new().prefix("ferry-agent-").tempdir()?),
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         a.spawn(Some(&cluster.token))?;
         Ok(a)
@@ -54,6 +62,7 @@ impl TestAgent {
             .args(["--port", "0"])
             .arg("--cgroup-root")
             .arg(format!("/ferry/{}", self.node_name))
+            .args(&self.extra)
             .env("FERRY_LOG", "info")
             .env_remove("FERRY_TOKEN")
             .stdin(Stdio::null());

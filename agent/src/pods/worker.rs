@@ -49,11 +49,13 @@ pub struct Shared {
     pub network: Arc<PodNetwork>,
     /// `<data dir>/pods`: one directory per pod uid.
     pub pods_dir: PathBuf,
-    /// Nameservers and search domains pods start from (the node's, until cluster DNS).
+    /// The node's nameservers and search domains (for dnsPolicy Default and hostNetwork pods).
     pub dns: DnsConfig,
     pub cluster_domain: String,
     /// Registry settings for image pulls.
     pub pull: crate::image::PullOptions,
+    /// The nameserver of `dnsPolicy: ClusterFirst` pods: this agent's DNS server (`dns`).
+    pub cluster_dns: Option<IpAddr>,
 }
 
 /// Identity of the pod a worker owns.
@@ -466,6 +468,10 @@ impl Worker {
             Some("Default") => self.shared.dns.clone(),
             _ => {
                 let mut d = self.shared.dns.clone();
+                // The agent's DNS server is the only nameserver (`Default` keeps the node's).
+                if let Some(ip) = self.shared.cluster_dns {
+                    d.nameservers = vec![ip];
+                }
                 let mut searches = vec![
                     format!("{ns}.svc.{domain}"),
                     format!("svc.{domain}"),

@@ -98,6 +98,11 @@ pub fn desired_slice(svc: &Value, pods: &[Value]) -> Option<Value> {
         if !s(pod, "/spec/nodeName").is_empty() {
             ep["nodeName"] = json!(s(pod, "/spec/nodeName"));
         }
+        // As Kubernetes: a pod with a hostname in this Service's subdomain (StatefulSet pods)
+        // gets `<hostname>.<service>.<ns>.svc` in cluster DNS.
+        if !s(pod, "/spec/hostname").is_empty() && s(pod, "/spec/subdomain") == name {
+            ep["hostname"] = json!(s(pod, "/spec/hostname"));
+        }
         endpoints.push(ep);
     }
     Some(json!({
@@ -250,6 +255,16 @@ mod tests {
         );
         assert_eq!(eps[0]["targetRef"]["name"], "a");
         assert_eq!(eps[0]["nodeName"], "n1");
+        assert!(eps[0].get("hostname").is_none());
+        // A StatefulSet-style pod in the Service's subdomain gets its hostname published.
+        let mut named = pod("db-0", "10.244.0.9", true, false, json!({"app": "web"}));
+        named["spec"]["hostname"] = json!("db-0");
+        named["spec"]["subdomain"] = json!("web");
+        let slice = desired_slice(&svc, &[named.clone()]).expect("a slice");
+        assert_eq!(slice["endpoints"][0]["hostname"], "db-0");
+        named["spec"]["subdomain"] = json!("other");
+        let slice = desired_slice(&svc, &[named]).expect("a slice");
+        assert!(slice["endpoints"][0].get("hostname").is_none());
         let no_selector = json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"ports": [{"port": 80}]}});
         assert!(desired_slice(&no_selector, &pods).is_none());
     }
