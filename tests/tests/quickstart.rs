@@ -1,7 +1,8 @@
 //! Root-only: the README's quickstart, as a user runs it: `ferry up` (a member and an agent in
 //! one process), `examples/busybox-image.sh` (an image from this machine's busybox),
 //! `ferry apply -f examples/web.yaml` (a Deployment of 3 and a NodePort Service), `ferry
-//! rollout status`, then the web page by ClusterIP and by NodePort from the node.
+//! rollout status`, then the web page by ClusterIP and by NodePort from the node, and the
+//! Service's name resolved from a pod by the node's cluster DNS.
 //!
 //! Differences from the README, so a test never touches the machine's real cluster: its own
 //! data directory, port, pod bridge and pod CIDR, and socket load balancing limited to the
@@ -181,5 +182,24 @@ async fn the_readme_quickstart_works() -> Result<()> {
         3,
         "{listing}"
     );
+    // By service name from a pod: the node's cluster DNS answers for `web`.
+    let pod = listing
+        .lines()
+        .find(|l| l.starts_with("web-"))
+        .and_then(|l| l.split_whitespace().next())
+        .context("a web pod")?
+        .to_owned();
+    let looked_up = ferry(
+        &dir,
+        &[
+            "exec",
+            &pod,
+            "--",
+            "nslookup",
+            "web.default.svc.cluster.local",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&looked_up.stdout);
+    assert!(text.contains(&vip), "nslookup in a pod: {looked_up:?}");
     Ok(())
 }
