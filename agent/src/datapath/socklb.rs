@@ -548,6 +548,47 @@ fn read_maps(
     }
 }
 
+/// A reader of one node's pinned service maps, opened once and looked up many times (the
+/// propagation benchmark polls it).
+pub struct PinnedView {
+    svc: HashMap<MapData, Svc4Key, Svc4Value>,
+    backends: HashMap<MapData, u32, Backend4>,
+}
+
+impl PinnedView {
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        use aya::maps::Map;
+        let open = |name: &'static str| -> Result<Map, DatapathError> {
+            let data = MapData::from_pin(pin_dir.join(name))
+                .map_err(|e| DatapathError::map(name, "open pinned", e))?;
+            Map::from_map_data(data).map_err(|e| DatapathError::map(name, "open pinned", e))
+        };
+        Ok(PinnedView {
+            svc: HashMap::try_from(open(SVC4_MAP)?)
+                .map_err(|e| DatapathError::map(SVC4_MAP, "open", e))?,
+            backends: HashMap::try_from(open(BACKENDS4_MAP)?)
+                .map_err(|e| DatapathError::map(BACKENDS4_MAP, "open", e))?,
+        })
+    }
+
+    /// The ready backends of `frontend` as the datapath sees them now (`None`: no such
+    /// frontend).
+    pub fn ready_backends(&self, frontend: &Frontend) -> Option<Vec<BackendAddr>> {
+        let master = self.svc.get(&SockLb::key(frontend, 0), 0).ok()?;
+        Some(
+            (1..=master.count)
+                .filter_map(|slot| self.svc.get(&SockLb::key(frontend, slot), 0).ok())
+                .filter_map(|s| self.backends.get(&s.backend_id, 0).ok())
+                .map(|b| BackendAddr {
+                    addr: from_be(b.addr),
+                    port: u16::from_be(b.port),
+                    proto: b.proto,
+                })
+                .collect(),
+        )
+    }
+}
+
 /// What the maps pinned under `pin_dir` hold, read by any process (`ferry datapath services`),
 /// the agent running or not.
 pub fn dump_pinned(pin_dir: &Path) -> Result<Dump, DatapathError> {

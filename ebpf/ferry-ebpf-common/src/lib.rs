@@ -144,8 +144,8 @@ pub const NODE_IPS4_MAP: &str = "FERRY_NODE_IPS4";
 /// Per-CPU array of `u64` counters indexed by [`SockStat`].
 pub const SOCK_STATS_MAP: &str = "FERRY_SOCK_STATS";
 
-pub const SVC4_MAX_ENTRIES: u32 = 65536;
-pub const BACKENDS4_MAX_ENTRIES: u32 = 65536;
+pub const SVC4_MAX_ENTRIES: u32 = 262144;
+pub const BACKENDS4_MAX_ENTRIES: u32 = 131072;
 pub const SOCK_REVNAT4_MAX_ENTRIES: u32 = 262144;
 pub const AFFINITY4_MAX_ENTRIES: u32 = 65536;
 pub const NODE_IPS4_MAX_ENTRIES: u32 = 256;

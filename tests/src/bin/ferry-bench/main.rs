@@ -5,6 +5,7 @@
 
 mod etcd;
 mod podstart;
+mod programming;
 mod scheduler;
 mod store;
 
@@ -31,6 +32,9 @@ enum Bench {
     Scheduler(scheduler::SchedulerArgs),
     /// Pod startup latency: create to Ready of 100 pods on 3 nodes with real agents (root).
     Podstart(podstart::PodstartArgs),
+    /// Datapath programming: 10,000 services × 10 endpoints into Ferry's eBPF maps against
+    /// kube-proxy's iptables rules (root).
+    Programming(programming::ProgrammingArgs),
 }
 
 /// The `ferry` binary the benchmark starts: `$FERRY_BIN`, else `ferry` next to this executable
@@ -97,6 +101,7 @@ async fn run(bench: Bench, ferry: PathBuf) -> Result<()> {
         Bench::Store(args) => store::run(args, &ferry).await,
         Bench::Scheduler(args) => scheduler::run(args).await,
         Bench::Podstart(args) => podstart::run(args).await,
+        Bench::Programming(args) => programming::run(args).await,
     }
 }
 
