@@ -6,6 +6,7 @@
 mod etcd;
 mod podstart;
 mod programming;
+mod propagation;
 mod scheduler;
 mod store;
 
@@ -35,6 +36,9 @@ enum Bench {
     /// Datapath programming: 10,000 services × 10 endpoints into Ferry's eBPF maps against
     /// kube-proxy's iptables rules (root).
     Programming(programming::ProgrammingArgs),
+    /// Endpoint propagation: an EndpointSlice change until every node's eBPF maps hold it, on
+    /// 3 nodes with real agents (root).
+    Propagation(propagation::PropagationArgs),
 }
 
 /// The `ferry` binary the benchmark starts: `$FERRY_BIN`, else `ferry` next to this executable
@@ -102,6 +106,7 @@ async fn run(bench: Bench, ferry: PathBuf) -> Result<()> {
         Bench::Scheduler(args) => scheduler::run(args).await,
         Bench::Podstart(args) => podstart::run(args).await,
         Bench::Programming(args) => programming::run(args).await,
+        Bench::Propagation(args) => propagation::run(args).await,
     }
 }
 
