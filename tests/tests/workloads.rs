@@ -339,6 +339,30 @@ async fn garbage_collection_and_namespace_deletion() -> Result<()> {
     })
     .await?;
 
+    // A Deployment: its ReplicaSet and pods go with it (two levels of owners).
+    let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "dep"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "dep"}},
+                 "template": {"metadata": {"labels": {"app": "dep"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    c.create("Deployment", "default", &dep).await?;
+    running(&c, "default", "dep", 2).await?;
+    assert_eq!(
+        items(&c, "ReplicaSet", "default", "app=dep").await?.len(),
+        1
+    );
+    c.delete("Deployment", "default", "dep", "").await?;
+    until(
+        "dep's ReplicaSet and pods to be collected",
+        20,
+        async || {
+            Ok(items(&c, "ReplicaSet", "default", "app=dep")
+                .await?
+                .is_empty()
+                && items(&c, "Pod", "default", "app=dep").await?.is_empty())
+        },
+    )
+    .await?;
+
     // A dangling ownerReference (the owner's uid no longer exists): collected.
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dangling",
         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "bg",
