@@ -230,7 +230,9 @@ async fn jobs_complete_fail_and_expire() -> Result<()> {
     })
     .await?;
 
-    // backoffLimit 1: fails after 2 failed pods, then starts no more.
+    // backoffLimit 1: fails after 2 failed pods (the second after a 10 s back-off), then
+    // starts no more.
+    let began = Instant::now();
     c.create("Job", "default", &job("bad", "fail", 1, 1, 1))
         .await?;
     until("job bad to fail", 30, async || {
@@ -238,6 +240,7 @@ async fn jobs_complete_fail_and_expire() -> Result<()> {
         Ok(condition(&j, "Failed").is_some())
     })
     .await?;
+    assert!(began.elapsed() >= Duration::from_secs(9), "no back-off");
     let j = c.get("Job", "default", "bad").await?;
     assert_eq!(
         condition(&j, "Failed").expect("failed")["reason"],

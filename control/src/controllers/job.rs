@@ -11,7 +11,9 @@
 //! reason BackoffLimitExceeded or DeadlineExceeded. `spec.ttlSecondsAfterFinished` deletes a
 //! finished Job (and through the collector its pods) that long after it finished. Without
 //! `completions` (a work queue) the Job completes once a pod succeeded and none is active.
-//! `spec.suspend` deletes the active pods and starts none. [`plan`] is pure.
+//! `spec.suspend` deletes the active pods and starts none. After failed pods, new ones wait a
+//! back-off delay (10 s, doubled for each further failure since the last success, at most
+//! 6 min), as in Kubernetes. [`plan`] is pure.
 
 use std::time::Duration;
 
@@ -94,6 +96,53 @@ pub fn owned_by(pod: &Value, uid: &str) -> bool {
 fn condition(kind: &str, reason: &str, message: &str, now: &str) -> Value {
     json!({"type": kind, "status": "True", "reason": reason, "message": message,
            "lastProbeTime": now, "lastTransitionTime": now})
+}
+
+/// The first back-off delay after a failed pod; it doubles with each further failure since
+/// the last success, up to [`BACKOFF_MAX`] (Kubernetes' values).
+pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(360);
+
+/// When a pod finished: its last container termination, else its last condition change.
+fn finish_time(pod: &Value) -> Option<DateTime<Utc>> {
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array);
+    let terminated = statuses
+        .into_iter()
+        .flatten()
+        .filter_map(|c| time(c, "/state/terminated/finishedAt"))
+        .max();
+    terminated.or_else(|| {
+        pod.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| time(c, "/lastTransitionTime"))
+            .max()
+    })
+}
+
+/// Until when new pods wait after failures: the last failure plus BACKOFF_BASE doubled for
+/// each further failure since the last success (the epoch when there is none).
+fn backoff_until(pods: &[&Value]) -> DateTime<Utc> {
+    let last_success = pods
+        .iter()
+        .filter(|q| s(q, "/status/phase") == "Succeeded")
+        .filter_map(|q| finish_time(q))
+        .max();
+    let failures: Vec<DateTime<Utc>> = pods
+        .iter()
+        .filter(|q| s(q, "/status/phase") == "Failed")
+        .filter_map(|q| finish_time(q))
+        .filter(|t| last_success.is_none_or(|s| *t > s))
+        .collect();
+    let Some(last) = failures.iter().max() else {
+        return DateTime::<Utc>::MIN_UTC;
+    };
+    let doublings = (failures.len() - 1).min(8) as u32;
+    let delay = (BACKOFF_BASE * 2u32.pow(doublings)).min(BACKOFF_MAX);
+    *last + chrono::Duration::from_std(delay).unwrap_or_default()
 }
 
 /// The pure decision for one Job over its own pods, at `now`.
@@ -227,7 +276,9 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
                 }
             };
             let have = active.len() as i64;
-            if want > have {
+            if want > have && now < backoff_until(pods) {
+                // Failed pods are replaced after a back-off delay.
+            } else if want > have {
                 p.create = (want - have) as usize;
                 active_after = want;
             } else if have > want {
@@ -475,11 +526,21 @@ mod tests {
     #[test]
     fn fails_past_the_backoff_limit_and_deletes_running_pods() {
         let j = job(Some(1), 2, 1);
-        let (a, b, c) = (pod("a", "Failed"), pod("b", "Running"), pod("c", "Failed"));
-        // One failure is within backoffLimit 1: replace it.
+        let (mut a, b, c) = (pod("a", "Failed"), pod("b", "Running"), pod("c", "Failed"));
+        // One failure is within backoffLimit 1: replaced after the back-off delay (10 s).
+        a["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:55Z"}]);
         let p = plan(&j, &[&a], at(NOW));
-        assert_eq!(p.create, 1);
+        assert_eq!(p.create, 0);
         assert_eq!(p.status.expect("status")["failed"], 1);
+        let p = plan(&j, &[&a], at("2026-01-01T00:01:05Z"));
+        assert_eq!(p.create, 1);
+        // Two failures since the last success: 20 s.
+        let mut a2 = a.clone();
+        a2["metadata"]["name"] = json!("a2");
+        a2["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-01-01T00:00:50Z");
+        let j3 = job(Some(1), 1, 5);
+        assert_eq!(plan(&j3, &[&a, &a2], at("2026-01-01T00:01:10Z")).create, 0);
+        assert_eq!(plan(&j3, &[&a, &a2], at("2026-01-01T00:01:15Z")).create, 1);
         let p = plan(&j, &[&a, &b, &c], at(NOW));
         assert_eq!(p.create, 0);
         assert_eq!(p.delete, vec!["b"]);
