@@ -690,7 +690,7 @@ impl ApiServer {
             .unwrap_or(0)
             > 0;
         let finalize = !objects::meta_str(obj, "deletionTimestamp").is_empty()
-            && objects::finalizers(obj).is_empty()
+            && !objects::finalizers_pending(info, obj)
             && !graceful;
         let cmd = if finalize {
             Command::Delete {
@@ -946,7 +946,10 @@ impl ApiServer {
                     }
                 }
             }
-            let result = if objects::finalizers(&obj).is_empty() {
+            if objects::meta_str(&obj, "deletionTimestamp").is_empty() {
+                objects::mark_propagation(info, &mut obj, policy);
+            }
+            let result = if !objects::finalizers_pending(info, &obj) {
                 let cmd = Command::Delete {
                     key: key.clone(),
                     precondition: Precondition::ModRevision(current.mod_revision),

@@ -212,6 +212,62 @@ pub fn prepare_update(old: &Value, new: &mut Value, sub: Subresource) {
     };
 }
 
+/// Whether `obj` still waits for a finalizer: `metadata.finalizers`, and for a Namespace also
+/// `spec.finalizers` (the namespace controller's `kubernetes`).
+pub fn finalizers_pending(info: &KindInfo, obj: &Value) -> bool {
+    !finalizers(obj).is_empty()
+        || (info.kind == "Namespace"
+            && obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty()))
+}
+
+/// What a delete request's propagationPolicy adds to an object not yet being deleted, as in
+/// Kubernetes: `Foreground` the `foregroundDeletion` finalizer (the garbage collector deletes
+/// the blocking dependents first), `Orphan` the `orphan` finalizer (the collector removes the
+/// dependents' ownerReferences first). A Namespace always becomes `Terminating` with the
+/// `kubernetes` finalizer in `spec.finalizers`, which the namespace controller removes once the
+/// namespace is empty. Pods are left alone (they have their own graceful deletion).
+pub fn mark_propagation(info: &KindInfo, obj: &mut Value, policy: &str) {
+    if info.kind == "Namespace" {
+        let spec = obj
+            .as_object_mut()
+            .expect("object")
+            .entry("spec")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !spec.is_object() {
+            *spec = Value::Object(Default::default());
+        }
+        let fins = spec
+            .as_object_mut()
+            .expect("object")
+            .entry("finalizers")
+            .or_insert_with(|| Value::Array(vec![]));
+        if let Some(a) = fins.as_array_mut()
+            && !a.iter().any(|f| f == "kubernetes")
+        {
+            a.push(Value::from("kubernetes"));
+        }
+        obj["status"] = serde_json::json!({"phase": "Terminating"});
+        return;
+    }
+    let finalizer = match policy {
+        "Foreground" if info.kind != "Pod" => "foregroundDeletion",
+        "Orphan" if info.kind != "Pod" => "orphan",
+        _ => return,
+    };
+    let m = metadata_mut(obj);
+    let fins = m
+        .entry("finalizers")
+        .or_insert_with(|| Value::Array(vec![]));
+    if let Some(a) = fins.as_array_mut()
+        && !a.iter().any(|f| f == finalizer)
+    {
+        a.push(Value::from(finalizer));
+    }
+}
+
 /// RFC 7386 JSON merge patch.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
@@ -302,5 +358,31 @@ mod tests {
     fn generated_names_have_the_prefix_and_five_chars() {
         let n = generated_name("web-");
         assert!(n.starts_with("web-") && n.len() == 9);
+    }
+
+    #[test]
+    fn propagation_policies_add_finalizers() {
+        let mut rs = json!({"metadata": {"name": "rs", "finalizers": ["x"]}});
+        mark_propagation(info("ReplicaSet"), &mut rs, "Foreground");
+        mark_propagation(info("ReplicaSet"), &mut rs, "Foreground");
+        assert_eq!(
+            rs["metadata"]["finalizers"],
+            json!(["x", "foregroundDeletion"])
+        );
+        let mut rs = json!({"metadata": {"name": "rs"}});
+        mark_propagation(info("ReplicaSet"), &mut rs, "Background");
+        assert!(!finalizers_pending(info("ReplicaSet"), &rs));
+        mark_propagation(info("ReplicaSet"), &mut rs, "Orphan");
+        assert_eq!(rs["metadata"]["finalizers"], json!(["orphan"]));
+        let mut pod = json!({"metadata": {"name": "p"}});
+        mark_propagation(info("Pod"), &mut pod, "Orphan");
+        assert!(!finalizers_pending(info("Pod"), &pod));
+        let mut ns = json!({"metadata": {"name": "t"}, "status": {"phase": "Active"}});
+        mark_propagation(info("Namespace"), &mut ns, "");
+        assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+        assert_eq!(ns["status"]["phase"], "Terminating");
+        assert!(finalizers_pending(info("Namespace"), &ns));
+        ns["spec"]["finalizers"] = json!([]);
+        assert!(!finalizers_pending(info("Namespace"), &ns));
     }
 }

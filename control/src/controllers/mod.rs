@@ -3,9 +3,13 @@
 //! function, unit-tested, and a small executor that applies its actions; [`run_on_leader`] is
 //! [`Turns`] paces them all.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod endpointslice;
+pub mod gc;
+pub mod job;
 pub mod loadbalancer;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 
@@ -95,6 +99,10 @@ pub const CONTROLLERS: &[&str] = &[
     "endpointslice",
     "nodelifecycle",
     "loadbalancer",
+    "garbagecollector",
+    "namespace",
+    "job",
+    "cronjob",
 ];
 
 /// Whether `name` runs under `--controllers LIST`.
@@ -149,6 +157,18 @@ pub fn spawn_all(api: &ApiServer, settings: Settings) {
             node.clone(),
             settings.node_monitor_grace,
         ));
+    }
+    if on("garbagecollector") {
+        tokio::spawn(gc::run(local(), node.clone()));
+    }
+    if on("job") {
+        tokio::spawn(job::run(local(), node.clone()));
+    }
+    if on("cronjob") {
+        tokio::spawn(cronjob::run(local(), node.clone()));
+    }
+    if on("namespace") {
+        tokio::spawn(namespace::run(local(), node.clone()));
     }
     if on("loadbalancer")
         && let Some(pool) = settings.lb_pool

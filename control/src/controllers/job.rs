@@ -1,0 +1,618 @@
+//! Jobs: run pods from `spec.template` until `spec.completions` of them succeed, at most
+//! `spec.parallelism` at a time, as Kubernetes' Job controller does (NonIndexed completion).
+//!
+//! A Job's pods carry the labels `batch.kubernetes.io/job-name`, `job-name`,
+//! `batch.kubernetes.io/controller-uid` and `controller-uid`, and a controller ownerReference
+//! to the Job (the garbage collector deletes them with it). Failed pods count against
+//! `spec.backoffLimit` (the Job fails once more pods failed than that; with `restartPolicy:
+//! OnFailure` container restarts count too); `spec.activeDeadlineSeconds` fails the Job once it
+//! has been running that long. A failed Job's running pods are deleted. Status: active, ready,
+//! succeeded, failed, startTime, completionTime and the conditions Complete, or Failed with
+//! reason BackoffLimitExceeded or DeadlineExceeded. `spec.ttlSecondsAfterFinished` deletes a
+//! finished Job (and through the collector its pods) that long after it finished. Without
+//! `completions` (a work queue) the Job completes once a pod succeeded and none is active.
+//! `spec.suspend` deletes the active pods and starts none. After failed pods, new ones wait a
+//! back-off delay (10 s, doubled for each further failure since the last success, at most
+//! 6 min), as in Kubernetes. [`plan`] is pure.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_api::client::{Api, ListOptions};
+use serde_json::{Value, json};
+
+use crate::controllers::str_at as s;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What a Job needs now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// How many pods to create.
+    pub create: usize,
+    /// Active pods to delete (names).
+    pub delete: Vec<String>,
+    /// The new status (None: unchanged).
+    pub status: Option<Value>,
+    /// Delete the Job itself (ttlSecondsAfterFinished expired).
+    pub delete_job: bool,
+    pub events: Vec<Event>,
+}
+
+fn int(v: &Value, ptr: &str) -> Option<i64> {
+    v.pointer(ptr).and_then(Value::as_i64)
+}
+
+fn time(v: &Value, ptr: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s(v, ptr))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// The finished condition of a Job: ("Complete" | "Failed", lastTransitionTime).
+pub fn finished(job: &Value) -> Option<(String, Option<DateTime<Utc>>)> {
+    job.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| {
+            matches!(c["type"].as_str(), Some("Complete" | "Failed")) && c["status"] == "True"
+        })
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or("").to_string(),
+                time(c, "/lastTransitionTime"),
+            )
+        })
+}
+
+/// Whether a pod is owned (controller reference) by the object with this uid.
+pub fn owned_by(pod: &Value, uid: &str) -> bool {
+    pod.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r["controller"] == true && r["uid"] == uid)
+        })
+}
+
+fn condition(kind: &str, reason: &str, message: &str, now: &str) -> Value {
+    json!({"type": kind, "status": "True", "reason": reason, "message": message,
+           "lastProbeTime": now, "lastTransitionTime": now})
+}
+
+/// The first back-off delay after a failed pod; it doubles with each further failure since
+/// the last success, up to [`BACKOFF_MAX`] (Kubernetes' values).
+pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(360);
+
+/// When a pod finished: its last container termination, else its last condition change.
+fn finish_time(pod: &Value) -> Option<DateTime<Utc>> {
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array);
+    let terminated = statuses
+        .into_iter()
+        .flatten()
+        .filter_map(|c| time(c, "/state/terminated/finishedAt"))
+        .max();
+    terminated.or_else(|| {
+        pod.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| time(c, "/lastTransitionTime"))
+            .max()
+    })
+}
+
+/// Until when new pods wait after failures: the last failure plus BACKOFF_BASE doubled for
+/// each further failure since the last success (the epoch when there is none).
+fn backoff_until(pods: &[&Value]) -> DateTime<Utc> {
+    let last_success = pods
+        .iter()
+        .filter(|q| s(q, "/status/phase") == "Succeeded")
+        .filter_map(|q| finish_time(q))
+        .max();
+    let failures: Vec<DateTime<Utc>> = pods
+        .iter()
+        .filter(|q| s(q, "/status/phase") == "Failed")
+        .filter_map(|q| finish_time(q))
+        .filter(|t| last_success.is_none_or(|s| *t > s))
+        .collect();
+    let Some(last) = failures.iter().max() else {
+        return DateTime::<Utc>::MIN_UTC;
+    };
+    let doublings = (failures.len() - 1).min(8) as u32;
+    let delay = (BACKOFF_BASE * 2u32.pow(doublings)).min(BACKOFF_MAX);
+    *last + chrono::Duration::from_std(delay).unwrap_or_default()
+}
+
+/// The pure decision for one Job over its own pods, at `now`.
+pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
+    let now_s = rfc3339(now);
+    let mut p = Plan::default();
+    let old = job.get("status").cloned().unwrap_or_else(|| json!({}));
+    let count = |phase: &str| {
+        pods.iter()
+            .filter(|q| s(q, "/status/phase") == phase)
+            .count() as i64
+    };
+    let succeeded = count("Succeeded").max(int(&old, "/succeeded").unwrap_or(0));
+    let failed = count("Failed").max(int(&old, "/failed").unwrap_or(0));
+    let mut active: Vec<&Value> = pods
+        .iter()
+        .copied()
+        .filter(|q| {
+            s(q, "/metadata/deletionTimestamp").is_empty()
+                && !matches!(s(q, "/status/phase"), "Succeeded" | "Failed")
+        })
+        .collect();
+    // Least valuable first: unscheduled, not ready, newest.
+    active.sort_by_key(|q| {
+        (
+            !s(q, "/spec/nodeName").is_empty(),
+            is_ready(q),
+            std::cmp::Reverse(s(q, "/metadata/creationTimestamp").to_string()),
+        )
+    });
+    let ready = active.iter().filter(|q| is_ready(q)).count() as i64;
+
+    if let Some((_, at)) = finished(job) {
+        // Finished: only the TTL is left to watch (and stray pods of a failed Job).
+        if let Some(ttl) = int(job, "/spec/ttlSecondsAfterFinished") {
+            let at = time(job, "/status/completionTime").or(at);
+            if at.is_some_and(|t| now >= t + chrono::Duration::seconds(ttl)) {
+                p.delete_job = true;
+            }
+        }
+        p.delete = active
+            .iter()
+            .map(|q| s(q, "/metadata/name").to_string())
+            .collect();
+        return p;
+    }
+
+    let mut status = old.clone();
+    if !status.is_object() {
+        status = json!({});
+    }
+    let suspended = job["spec"]["suspend"] == true;
+    let start = time(&old, "/startTime");
+    if start.is_none() && !suspended {
+        status["startTime"] = json!(now_s);
+    }
+    let start = start.unwrap_or(now);
+    let backoff_limit = int(job, "/spec/backoffLimit").unwrap_or(6);
+    let restarts: i64 = if s(job, "/spec/template/spec/restartPolicy") == "OnFailure" {
+        active
+            .iter()
+            .flat_map(|q| {
+                q.pointer("/status/containerStatuses")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+            .sum()
+    } else {
+        0
+    };
+    let failure = if failed > backoff_limit || (restarts > 0 && restarts >= backoff_limit) {
+        Some((
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit".to_string(),
+        ))
+    } else if let Some(d) = int(job, "/spec/activeDeadlineSeconds")
+        && !suspended
+        && now >= start + chrono::Duration::seconds(d)
+    {
+        Some((
+            "DeadlineExceeded",
+            "Job was active longer than specified deadline".to_string(),
+        ))
+    } else {
+        None
+    };
+    let completions = int(job, "/spec/completions");
+    let parallelism = int(job, "/spec/parallelism").unwrap_or(1).max(0);
+    let mut conditions: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
+    let mut active_after = active.len() as i64;
+    if let Some((reason, message)) = failure {
+        p.delete = active
+            .iter()
+            .map(|q| s(q, "/metadata/name").to_string())
+            .collect();
+        active_after = 0;
+        conditions.push(condition("Failed", reason, &message, &now_s));
+        p.events.push(Event {
+            warning: true,
+            reason,
+            message,
+        });
+    } else {
+        let complete = match completions {
+            Some(c) => succeeded >= c,
+            None => succeeded > 0 && active.is_empty(),
+        };
+        if complete {
+            status["completionTime"] = json!(now_s);
+            conditions.push(condition(
+                "Complete",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                &now_s,
+            ));
+            p.events.push(Event {
+                warning: false,
+                reason: "Completed",
+                message: "Job completed".into(),
+            });
+        } else {
+            let want = if suspended {
+                0
+            } else {
+                match completions {
+                    Some(c) => parallelism.min((c - succeeded).max(0)),
+                    None if succeeded > 0 => active.len() as i64,
+                    None => parallelism,
+                }
+            };
+            let have = active.len() as i64;
+            if want > have && now < backoff_until(pods) {
+                // Failed pods are replaced after a back-off delay.
+            } else if want > have {
+                p.create = (want - have) as usize;
+                active_after = want;
+            } else if have > want {
+                p.delete = active
+                    .iter()
+                    .take((have - want) as usize)
+                    .map(|q| s(q, "/metadata/name").to_string())
+                    .collect();
+                active_after = want;
+                if suspended {
+                    p.events.push(Event {
+                        warning: false,
+                        reason: "Suspended",
+                        message: "Job suspended".into(),
+                    });
+                }
+            }
+        }
+    }
+    status["active"] = json!(active_after);
+    status["ready"] = json!(ready.min(active_after));
+    status["succeeded"] = json!(succeeded);
+    status["failed"] = json!(failed);
+    if conditions.is_empty() {
+        if let Some(m) = status.as_object_mut() {
+            m.remove("conditions");
+        }
+    } else {
+        status["conditions"] = json!(conditions);
+    }
+    if status != old {
+        p.status = Some(status);
+    }
+    p
+}
+
+/// The pod a Job creates from its template.
+pub fn pod_from_template(job: &Value) -> Value {
+    let name = s(job, "/metadata/name");
+    let uid = s(job, "/metadata/uid");
+    let mut meta = job
+        .pointer("/spec/template/metadata")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if !meta.is_object() {
+        meta = json!({});
+    }
+    if !meta["labels"].is_object() {
+        meta["labels"] = json!({});
+    }
+    for (k, v) in [
+        ("batch.kubernetes.io/job-name", name),
+        ("job-name", name),
+        ("batch.kubernetes.io/controller-uid", uid),
+        ("controller-uid", uid),
+    ] {
+        meta["labels"][k] = json!(v);
+    }
+    meta["generateName"] = json!(format!("{name}-"));
+    meta["namespace"] = json!(s(job, "/metadata/namespace"));
+    meta["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+        "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("name");
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+           "spec": job.pointer("/spec/template/spec").cloned().unwrap_or_else(|| json!({}))})
+}
+
+/// Records an Event about `obj` (kind `kind`) from `component`.
+pub async fn record<A: Api>(
+    api: &A,
+    kind: &str,
+    obj: &Value,
+    component: &str,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) {
+    let ns = s(obj, "/metadata/namespace");
+    let name = s(obj, "/metadata/name");
+    let now = rfc3339(Utc::now());
+    let api_version = ferry_api::kinds::lookup_kind(kind)
+        .map(|k| k.api_version)
+        .unwrap_or("v1");
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"kind": kind, "namespace": ns, "name": name,
+                           "uid": s(obj, "/metadata/uid"), "apiVersion": api_version},
+        "reason": reason, "message": message,
+        "type": if warning { "Warning" } else { "Normal" },
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    if let Err(err) = api.create("Event", ns, &ev).await {
+        tracing::debug!(object = name, "recording event: {err}");
+    }
+}
+
+const COMPONENT: &str = "job-controller";
+
+/// One pass over every Job.
+pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
+    let all = ListOptions::default();
+    let jobs = api.list("Job", &all).await?;
+    let pods = api.list("Pod", &all).await?;
+    let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
+    let mut acted = 0;
+    for job in jobs["items"].as_array().into_iter().flatten() {
+        if !s(job, "/metadata/deletionTimestamp").is_empty() {
+            continue;
+        }
+        let ns = s(job, "/metadata/namespace");
+        let name = s(job, "/metadata/name");
+        let uid = s(job, "/metadata/uid");
+        let mine: Vec<&Value> = pods
+            .iter()
+            .filter(|p| s(p, "/metadata/namespace") == ns && owned_by(p, uid))
+            .collect();
+        let plan = plan(job, &mine, Utc::now());
+        if plan.delete_job {
+            match api.delete("Job", ns, name).await {
+                Ok(_) => {
+                    tracing::info!(job = name, "ttlSecondsAfterFinished: deleted");
+                    acted += 1;
+                }
+                Err(e) => tracing::debug!(job = name, "deleting: {e}"),
+            }
+            continue;
+        }
+        let template = pod_from_template(job);
+        let creates = (0..plan.create).map(|_| api.create("Pod", ns, &template));
+        for r in futures::future::join_all(creates).await {
+            match r {
+                Ok(pod) => {
+                    acted += 1;
+                    let msg = format!("Created pod: {}", s(&pod, "/metadata/name"));
+                    record(api, "Job", job, COMPONENT, false, "SuccessfulCreate", &msg).await;
+                }
+                Err(e) => tracing::debug!(job = name, "creating a pod: {e}"),
+            }
+        }
+        for pod in &plan.delete {
+            match api.delete("Pod", ns, pod).await {
+                Ok(_) => {
+                    acted += 1;
+                    let msg = format!("Deleted pod: {pod}");
+                    record(api, "Job", job, COMPONENT, false, "SuccessfulDelete", &msg).await;
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::debug!(job = name, "deleting a pod: {e}"),
+            }
+        }
+        if let Some(status) = &plan.status {
+            let mut updated = job.clone();
+            updated["status"] = status.clone();
+            match api.update_status("Job", &updated).await {
+                Ok(_) => {
+                    acted += 1;
+                    for e in &plan.events {
+                        record(api, "Job", job, COMPONENT, e.warning, e.reason, &e.message).await;
+                    }
+                }
+                Err(e) => tracing::debug!(job = name, "status: {e}"),
+            }
+        }
+    }
+    Ok(acted)
+}
+
+/// Runs passes on the leader on store changes (at most every 100 ms) and every second (for
+/// deadlines and TTLs).
+pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+    let pace = super::Pace {
+        idle: Duration::from_secs(1),
+        throttle: Duration::from_millis(100),
+    };
+    let mut turns = super::Turns::new("job", node, pace);
+    while turns.next().await {
+        if let Err(e) = reconcile_all(&api).await {
+            turns.failed(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn job(completions: Option<i64>, parallelism: i64, backoff: i64) -> Value {
+        let mut j = json!({"metadata": {"name": "pi", "namespace": "default", "uid": "job-uid"},
+            "spec": {"parallelism": parallelism, "backoffLimit": backoff,
+                     "template": {"metadata": {"labels": {"app": "pi"}},
+                                  "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}});
+        if let Some(c) = completions {
+            j["spec"]["completions"] = json!(c);
+        }
+        j
+    }
+
+    fn pod(name: &str, phase: &str) -> Value {
+        json!({"metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+               "spec": {"nodeName": "n1"}, "status": {"phase": phase}})
+    }
+
+    const NOW: &str = "2026-01-01T00:01:00Z";
+
+    #[test]
+    fn runs_parallelism_pods_until_completions_succeed() {
+        let j = job(Some(3), 2, 6);
+        let p = plan(&j, &[], at(NOW));
+        assert_eq!(p.create, 2);
+        let st = p.status.expect("status");
+        assert_eq!(st["active"], 2);
+        assert_eq!(st["startTime"], NOW);
+        // One succeeded, one running: two more are needed, one more may run now.
+        let (a, b) = (pod("a", "Succeeded"), pod("b", "Running"));
+        let p = plan(&j, &[&a, &b], at(NOW));
+        assert_eq!(p.create, 1);
+        assert_eq!(p.status.expect("status")["succeeded"], 1);
+        let (a, b, c) = (
+            pod("a", "Succeeded"),
+            pod("b", "Succeeded"),
+            pod("c", "Running"),
+        );
+        assert_eq!(plan(&j, &[&a, &b], at(NOW)).create, 1);
+        assert_eq!(plan(&j, &[&a, &b, &c], at(NOW)).create, 0);
+        let d = pod("d", "Succeeded");
+        let p = plan(&j, &[&a, &b, &d], at(NOW));
+        let st = p.status.expect("status");
+        assert_eq!(st["completionTime"], NOW);
+        assert_eq!(st["conditions"][0]["type"], "Complete");
+        assert_eq!(st["active"], 0);
+        assert_eq!(p.events[0].reason, "Completed");
+    }
+
+    #[test]
+    fn fails_past_the_backoff_limit_and_deletes_running_pods() {
+        let j = job(Some(1), 2, 1);
+        let (mut a, b, c) = (pod("a", "Failed"), pod("b", "Running"), pod("c", "Failed"));
+        // One failure is within backoffLimit 1: replaced after the back-off delay (10 s).
+        a["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:55Z"}]);
+        let p = plan(&j, &[&a], at(NOW));
+        assert_eq!(p.create, 0);
+        assert_eq!(p.status.expect("status")["failed"], 1);
+        let p = plan(&j, &[&a], at("2026-01-01T00:01:05Z"));
+        assert_eq!(p.create, 1);
+        // Two failures since the last success: 20 s.
+        let mut a2 = a.clone();
+        a2["metadata"]["name"] = json!("a2");
+        a2["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-01-01T00:00:50Z");
+        let j3 = job(Some(1), 1, 5);
+        assert_eq!(plan(&j3, &[&a, &a2], at("2026-01-01T00:01:10Z")).create, 0);
+        assert_eq!(plan(&j3, &[&a, &a2], at("2026-01-01T00:01:15Z")).create, 1);
+        let p = plan(&j, &[&a, &b, &c], at(NOW));
+        assert_eq!(p.create, 0);
+        assert_eq!(p.delete, vec!["b"]);
+        let st = p.status.expect("status");
+        assert_eq!(st["conditions"][0]["type"], "Failed");
+        assert_eq!(st["conditions"][0]["reason"], "BackoffLimitExceeded");
+        assert_eq!(st["failed"], 2);
+        assert!(p.events[0].warning);
+        // OnFailure: container restarts count.
+        let mut j = job(Some(1), 1, 2);
+        j["spec"]["template"]["spec"]["restartPolicy"] = json!("OnFailure");
+        let mut r = pod("r", "Running");
+        r["status"]["containerStatuses"] = json!([{"name": "c", "restartCount": 2}]);
+        let p = plan(&j, &[&r], at(NOW));
+        assert_eq!(p.delete, vec!["r"]);
+    }
+
+    #[test]
+    fn deadline_fails_the_job() {
+        let mut j = job(Some(1), 1, 6);
+        j["spec"]["activeDeadlineSeconds"] = json!(30);
+        j["status"] = json!({"startTime": "2026-01-01T00:00:00Z", "active": 1});
+        let r = pod("r", "Running");
+        let p = plan(&j, &[&r], at("2026-01-01T00:00:20Z"));
+        assert!(p.delete.is_empty());
+        let p = plan(&j, &[&r], at("2026-01-01T00:00:31Z"));
+        assert_eq!(p.delete, vec!["r"]);
+        assert_eq!(
+            p.status.expect("status")["conditions"][0]["reason"],
+            "DeadlineExceeded"
+        );
+    }
+
+    #[test]
+    fn ttl_deletes_a_finished_job() {
+        let mut j = job(Some(1), 1, 6);
+        j["spec"]["ttlSecondsAfterFinished"] = json!(10);
+        j["status"] = json!({"completionTime": "2026-01-01T00:00:00Z", "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+        assert!(!plan(&j, &[], at("2026-01-01T00:00:05Z")).delete_job);
+        let p = plan(&j, &[], at("2026-01-01T00:00:10Z"));
+        assert!(p.delete_job);
+        assert_eq!(p.status, None);
+    }
+
+    #[test]
+    fn work_queue_and_suspend() {
+        let j = job(None, 3, 6);
+        assert_eq!(plan(&j, &[], at(NOW)).create, 3);
+        let (a, b) = (pod("a", "Succeeded"), pod("b", "Running"));
+        // A pod succeeded: no new pods; done once none is active.
+        assert_eq!(plan(&j, &[&a, &b], at(NOW)).create, 0);
+        let p = plan(&j, &[&a], at(NOW));
+        assert_eq!(
+            p.status.expect("status")["conditions"][0]["type"],
+            "Complete"
+        );
+        let mut j = job(Some(2), 2, 6);
+        j["spec"]["suspend"] = json!(true);
+        let p = plan(&j, &[&b], at(NOW));
+        assert_eq!(p.delete, vec!["b"]);
+        assert_eq!(p.create, 0);
+    }
+
+    #[test]
+    fn pods_are_labelled_and_owned() {
+        let p = pod_from_template(&job(Some(1), 1, 6));
+        assert_eq!(p["metadata"]["generateName"], "pi-");
+        assert_eq!(p["metadata"]["labels"]["job-name"], "pi");
+        assert_eq!(p["metadata"]["labels"]["controller-uid"], "job-uid");
+        assert_eq!(p["metadata"]["labels"]["app"], "pi");
+        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "Job");
+        assert!(owned_by(&p, "job-uid"));
+    }
+}
