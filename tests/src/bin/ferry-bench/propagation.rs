@@ -85,8 +85,11 @@ async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &PropagationArgs)
                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}]})
     };
-    let addr_of = |round: usize| Ipv4Addr::new(10, 250, (round / 250) as u8, (round % 250) as u8 + 1);
-    let mut current = c.create("EndpointSlice", "default", &slice(addr_of(0))).await?;
+    let addr_of =
+        |round: usize| Ipv4Addr::new(10, 250, (round / 250) as u8, (round % 250) as u8 + 1);
+    let mut current = c
+        .create("EndpointSlice", "default", &slice(addr_of(0)))
+        .await?;
     // Every node's maps, opened once the agents have pinned them and hold the first endpoint.
     let names: Vec<String> = fabric.nodes().iter().map(|n| n.name.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -96,12 +99,16 @@ async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &PropagationArgs)
             .map(|n| PinnedView::open(&std::path::Path::new("/sys/fs/bpf/ferry").join(n)))
             .collect();
         if let Ok(v) = opened
-            && v.iter().all(|v| v.ready_backends(&frontend).is_some_and(|b| b.len() == 1))
+            && v.iter()
+                .all(|v| v.ready_backends(&frontend).is_some_and(|b| b.len() == 1))
         {
             break v;
         }
         if Instant::now() > deadline {
-            bail!("the nodes' maps never held the service:\n{}", fabric.agent_logs(20));
+            bail!(
+                "the nodes' maps never held the service:\n{}",
+                fabric.agent_logs(20)
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
