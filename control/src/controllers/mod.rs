@@ -3,11 +3,14 @@
 //! function, unit-tested, and a small executor that applies its actions; [`run_on_leader`] is
 //! [`Turns`] paces them all.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod loadbalancer;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod statefulset;
+pub mod volumebinding;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +98,10 @@ pub const CONTROLLERS: &[&str] = &[
     "endpointslice",
     "nodelifecycle",
     "loadbalancer",
+    // Workload sets and storage.
+    "daemonset",
+    "statefulset",
+    "volumebinding",
 ];
 
 /// Whether `name` runs under `--controllers LIST`.
@@ -149,6 +156,16 @@ pub fn spawn_all(api: &ApiServer, settings: Settings) {
             node.clone(),
             settings.node_monitor_grace,
         ));
+    }
+    // Workload sets and storage.
+    if on("daemonset") {
+        tokio::spawn(daemonset::run(local(), node.clone()));
+    }
+    if on("statefulset") {
+        tokio::spawn(statefulset::run(local(), node.clone()));
+    }
+    if on("volumebinding") {
+        tokio::spawn(volumebinding::run(local(), node.clone()));
     }
     if on("loadbalancer")
         && let Some(pool) = settings.lb_pool

@@ -164,10 +164,34 @@ impl Scheduler {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        // Pods using claims bound to volumes with node affinity (local volumes) carry that
+        // affinity too, so they stay with their data.
+        let uses_claims = |p: &Value| {
+            p.pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.iter().any(|v| v.get("persistentVolumeClaim").is_some()))
+        };
+        let mut adjusted: HashMap<usize, Value> = HashMap::new();
+        if pods.iter().any(|p| wants_scheduling(p) && uses_claims(p)) {
+            let (pvcs, pvs) = tokio::try_join!(
+                api.list("PersistentVolumeClaim", &all),
+                api.list("PersistentVolume", &all)
+            )?;
+            let (pvcs, pvs) = (items(pvcs), items(pvs));
+            for (i, p) in pods.iter().enumerate() {
+                if wants_scheduling(p)
+                    && uses_claims(p)
+                    && let Some(a) =
+                        crate::controllers::volumebinding::with_volume_affinity(p, &pvcs, &pvs)
+                {
+                    adjusted.insert(i, a);
+                }
+            }
+        }
         let mut pending: Vec<&Value> = Vec::new();
-        for p in &pods {
+        for (i, p) in pods.iter().enumerate() {
             if wants_scheduling(p) {
-                pending.push(p);
+                pending.push(adjusted.get(&i).unwrap_or(p));
             } else if let Some(&i) = index.get(s(p, "/spec/nodeName"))
                 && !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
             {
