@@ -502,6 +502,31 @@ mod tests {
     }
 
     #[test]
+    fn node_agents_may_get_but_never_list_or_write_volumes() {
+        let s = snapshot();
+        let n1 = user("system:node:n1", &[GROUP_NODES]);
+        // The API server then checks the pod -> claim -> volume graph.
+        assert!(authorize(&s, &n1, &attrs("get", "", "persistentvolumes", "", "pv1")).is_ok());
+        assert!(authorize(&s, &n1, &attrs("list", "", "persistentvolumes", "", "")).is_err());
+        assert!(
+            authorize(
+                &s,
+                &n1,
+                &attrs("update", "", "persistentvolumes", "", "pv1")
+            )
+            .is_err()
+        );
+        assert!(
+            authorize(
+                &s,
+                &n1,
+                &attrs("delete", "", "persistentvolumeclaims", "default", "c")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn node_agents_may_write_only_their_own_node_and_lease() {
         let s = snapshot();
         let n1 = user("system:node:n1", &[GROUP_NODES]);

@@ -1,6 +1,8 @@
 //! DaemonSets and StatefulSets on simulated nodes (Node objects without agents, the test
-//! playing the agent as in deployments.rs), and one StatefulSet on a real agent whose pod keeps
-//! its data on a provisioned local volume across deletion and recreation (root only).
+//! playing the agent as in deployments.rs), claims binding to pre-created volumes (the pod
+//! waiting until then, and following the volume's node), and one StatefulSet on a real agent
+//! whose pod keeps its data on a provisioned local volume across deletion and recreation (root
+//! only).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -435,6 +437,96 @@ async fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() -> Result
             bail!("a lower ordinal updated before a higher one: {pods:?}");
         }
         healthy(&c, 3, "db:v2", false).await
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_bind_to_fitting_volumes_and_hold_pods_until_bound() -> Result<()> {
+    let cluster = Cluster::start(1, &["--node-monitor-grace-seconds", "3600"]).await?;
+    let c = cluster.client();
+    add_node(&c, "n1", json!({})).await?;
+    add_node(&c, "n2", json!({})).await?;
+    // A claim of a class without a provisioner, and a pod using it: the pod waits.
+    c.create(
+        "PersistentVolumeClaim",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "logs"},
+            "spec": {"storageClassName": "manual", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "2Gi"}}}}),
+    )
+    .await?;
+    c.create(
+        "Pod",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"},
+            "spec": {"containers": [{"name": "c", "image": "x"}],
+                     "volumes": [{"name": "logs", "persistentVolumeClaim": {"claimName": "logs"}}]}}),
+    )
+    .await?;
+    until("writer Unschedulable", 30, async || {
+        let p = c.get("Pod", "default", "writer").await?;
+        Ok(p.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "PodScheduled"
+                        && s(c, "/message").contains("unbound immediate PersistentVolumeClaims")
+                })
+            }))
+    })
+    .await?;
+    // Volumes: too small, wrong class, and a fitting one pinned to n2.
+    let pv = |name: &str, class: &str, size: &str| {
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"storageClassName": class, "capacity": {"storage": size},
+                     "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+                     "local": {"path": format!("/srv/{name}")},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n2"]}]}]}}}})
+    };
+    for (name, class, size) in [
+        ("small", "manual", "1Gi"),
+        ("fast", "fast", "5Gi"),
+        ("fits", "manual", "5Gi"),
+    ] {
+        c.create("PersistentVolume", "", &pv(name, class, size))
+            .await?;
+    }
+    until("logs bound to fits", 30, async || {
+        let claim = c.get("PersistentVolumeClaim", "default", "logs").await?;
+        let vol = c.get("PersistentVolume", "", "fits").await?;
+        Ok(s(&claim, "/spec/volumeName") == "fits"
+            && s(&claim, "/status/phase") == "Bound"
+            && s(&vol, "/status/phase") == "Bound"
+            && s(&vol, "/spec/claimRef/name") == "logs")
+    })
+    .await?;
+    // The pod then goes to the volume's node.
+    until("writer on n2", 30, async || {
+        let p = c.get("Pod", "default", "writer").await?;
+        Ok(s(&p, "/spec/nodeName") == "n2")
+    })
+    .await?;
+    assert_eq!(
+        s(
+            &c.get("PersistentVolume", "", "small").await?,
+            "/status/phase"
+        ),
+        "Available"
+    );
+    // The claim goes: a Retain volume is Released, not reused.
+    let force = DeleteOptions {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    c.delete_with("Pod", "default", "writer", &force).await?;
+    c.delete("PersistentVolumeClaim", "default", "logs", "")
+        .await?;
+    until("fits Released", 30, async || {
+        let vol = c.get("PersistentVolume", "", "fits").await?;
+        Ok(s(&vol, "/status/phase") == "Released")
     })
     .await?;
     Ok(())

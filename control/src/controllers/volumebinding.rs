@@ -346,6 +346,40 @@ pub fn with_volume_affinity(pod: &Value, pvcs: &[Value], pvs: &[Value]) -> Optio
     Some(out)
 }
 
+/// Why the pod's claims keep it from being scheduled, if they do: a claim that does not exist
+/// or is being deleted, or one that is unbound and not of the local (`WaitForFirstConsumer`)
+/// class, as kube-scheduler's VolumeBinding filter.
+pub fn claims_unready(pod: &Value, pvcs: &[Value]) -> Option<String> {
+    let ns = s(pod, "/metadata/namespace");
+    let mut unbound = false;
+    for v in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let claim = s(v, "/persistentVolumeClaim/claimName");
+        if claim.is_empty() {
+            continue;
+        }
+        let Some(pvc) = pvcs
+            .iter()
+            .find(|c| s(c, "/metadata/namespace") == ns && s(c, "/metadata/name") == claim)
+        else {
+            return Some(format!("persistentvolumeclaim \"{claim}\" not found"));
+        };
+        if !s(pvc, "/metadata/deletionTimestamp").is_empty() {
+            return Some(format!(
+                "persistentvolumeclaim \"{claim}\" is being deleted"
+            ));
+        }
+        if s(pvc, "/spec/volumeName").is_empty() && claim_class(pvc) != LOCAL_CLASS {
+            unbound = true;
+        }
+    }
+    unbound.then(|| "pod has unbound immediate PersistentVolumeClaims".to_string())
+}
+
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
@@ -631,5 +665,18 @@ mod tests {
         assert_eq!(terms[1]["matchExpressions"][1]["values"][0], "n1");
         // No bound volume: unchanged.
         assert!(with_volume_affinity(&pod, &[], &[v]).is_none());
+        // Missing or unbound immediate claims hold the pod back; an unbound local one does not.
+        assert_eq!(
+            claims_unready(&pod, &[]).as_deref(),
+            Some("persistentvolumeclaim \"data\" not found")
+        );
+        assert_eq!(claims_unready(&pod, std::slice::from_ref(&c)), None);
+        let local = pvc(json!({}));
+        assert_eq!(claims_unready(&pod, &[local]), None);
+        let manual = pvc(json!({"storageClassName": "manual"}));
+        assert_eq!(
+            claims_unready(&pod, &[manual]).as_deref(),
+            Some("pod has unbound immediate PersistentVolumeClaims")
+        );
     }
 }

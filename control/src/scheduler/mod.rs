@@ -7,6 +7,11 @@
 //! defaults). An unschedulable pod gets `PodScheduled=False` with Kubernetes' summary
 //! ("0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint ...") and a
 //! FailedScheduling Event, and is retried whenever the cluster changes.
+//!
+//! Volumes: a pod whose persistentVolumeClaim is missing, or unbound and not of the
+//! `WaitForFirstConsumer` local class, waits (Kubernetes' "pod has unbound immediate
+//! PersistentVolumeClaims"); a pod whose claim is bound to a volume with node affinity (a local
+//! volume) gets that affinity added to its own (see `controllers::volumebinding`).
 
 pub mod predicates;
 
@@ -172,18 +177,22 @@ impl Scheduler {
                 .is_some_and(|v| v.iter().any(|v| v.get("persistentVolumeClaim").is_some()))
         };
         let mut adjusted: HashMap<usize, Value> = HashMap::new();
+        // Pods whose claims are missing or waiting for an immediate binding wait, unplaced.
+        let mut blocked: HashMap<String, String> = HashMap::new();
         if pods.iter().any(|p| wants_scheduling(p) && uses_claims(p)) {
             let (pvcs, pvs) = tokio::try_join!(
                 api.list("PersistentVolumeClaim", &all),
                 api.list("PersistentVolume", &all)
             )?;
             let (pvcs, pvs) = (items(pvcs), items(pvs));
+            use crate::controllers::volumebinding::{claims_unready, with_volume_affinity};
             for (i, p) in pods.iter().enumerate() {
-                if wants_scheduling(p)
-                    && uses_claims(p)
-                    && let Some(a) =
-                        crate::controllers::volumebinding::with_volume_affinity(p, &pvcs, &pvs)
-                {
+                if !(wants_scheduling(p) && uses_claims(p)) {
+                    continue;
+                }
+                if let Some(why) = claims_unready(p, &pvcs) {
+                    blocked.insert(s(p, "/metadata/uid").to_string(), why);
+                } else if let Some(a) = with_volume_affinity(p, &pvcs, &pvs) {
                     adjusted.insert(i, a);
                 }
             }
@@ -211,7 +220,22 @@ impl Scheduler {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut bound = 0;
         for pod in pending {
-            let Some(action) = self.place(&mut infos, pod) else {
+            let action = match blocked.get(s(pod, "/metadata/uid")) {
+                Some(why) => {
+                    let message = format!("0/{} nodes are available: {why}.", infos.len());
+                    let already = pod
+                        .pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .is_some_and(|c| {
+                            c.iter().any(|c| {
+                                c["type"] == "PodScheduled" && c["message"] == message.as_str()
+                            })
+                        });
+                    (!already).then_some(Action::Unschedulable(pod, message))
+                }
+                None => self.place(&mut infos, pod),
+            };
+            let Some(action) = action else {
                 continue;
             };
             if in_flight.len() >= IN_FLIGHT
