@@ -355,6 +355,21 @@ async fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() -> Result
         Ok(claims.len() == 3 && claims.iter().all(|c| s(c, "/status/phase") == "Bound"))
     })
     .await?;
+    // Events say what the controllers did.
+    let events = list(&c, "Event", "").await?;
+    let has = |kind: &str, name: &str, reason: &str| {
+        events.iter().any(|e| {
+            s(e, "/involvedObject/kind") == kind
+                && s(e, "/involvedObject/name") == name
+                && s(e, "/reason") == reason
+        })
+    };
+    assert!(has("StatefulSet", "db", "SuccessfulCreate"), "{events:?}");
+    assert!(has(
+        "PersistentVolumeClaim",
+        "data-db-2",
+        "ProvisioningSucceeded"
+    ));
     let pvc = c
         .get("PersistentVolumeClaim", "default", "data-db-1")
         .await?;

@@ -218,6 +218,37 @@ pub fn pod_for(ds: &Value, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
 }
 
+/// Records an Event about `obj` (a Kind with apiVersion `api_version`) from `component`.
+pub(crate) async fn record_event<A: Api>(
+    api: &A,
+    obj: &Value,
+    kind: &str,
+    api_version: &str,
+    component: &str,
+    reason: &str,
+    message: &str,
+) {
+    let ns = match s(obj, "/metadata/namespace") {
+        "" => "default",
+        ns => ns,
+    };
+    let name = s(obj, "/metadata/name");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"kind": kind, "namespace": s(obj, "/metadata/namespace"), "name": name,
+                           "uid": s(obj, "/metadata/uid"), "apiVersion": api_version},
+        "reason": reason, "message": message, "type": "Normal",
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    if let Err(e) = api.create("Event", ns, &ev).await {
+        tracing::debug!(object = name, "recording event: {e}");
+    }
+}
+
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
@@ -251,16 +282,41 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             .map(|n| pod_for(ds, n))
             .collect::<Vec<_>>();
         let creates = creates.iter().map(|p| api.create("Pod", ns, p));
+        let ev = |reason: &'static str, message: String| async move {
+            record_event(
+                api,
+                ds,
+                "DaemonSet",
+                "apps/v1",
+                "daemonset-controller",
+                reason,
+                &message,
+            )
+            .await
+        };
         for r in futures::future::join_all(creates).await {
             match r {
-                Ok(_) => acted += 1,
+                Ok(p) => {
+                    acted += 1;
+                    ev(
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", s(&p, "/metadata/name")),
+                    )
+                    .await;
+                }
                 Err(e) => tracing::debug!(daemonset = name, "creating a pod: {e}"),
             }
         }
-        let deletes = plan.delete.iter().map(|p| api.delete("Pod", ns, p));
-        for r in futures::future::join_all(deletes).await {
+        let deletes = plan
+            .delete
+            .iter()
+            .map(|p| async move { (p, api.delete("Pod", ns, p).await) });
+        for (p, r) in futures::future::join_all(deletes).await {
             match r {
-                Ok(_) => acted += 1,
+                Ok(_) => {
+                    acted += 1;
+                    ev("SuccessfulDelete", format!("Deleted pod: {p}")).await;
+                }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => tracing::debug!(daemonset = name, "deleting a pod: {e}"),
             }

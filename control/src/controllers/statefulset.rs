@@ -310,13 +310,32 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             .map(|c| s(c, "/metadata/name").to_string())
             .collect();
         let plan = plan(sts, &in_ns, &claims, chrono::Utc::now());
+        let ev = |reason: &'static str, message: String| async move {
+            super::daemonset::record_event(
+                api,
+                sts,
+                "StatefulSet",
+                "apps/v1",
+                "statefulset-controller",
+                reason,
+                &message,
+            )
+            .await
+        };
         let mut failed_claims = false;
         for (t, c) in &plan.create_claims {
             match api
                 .create("PersistentVolumeClaim", ns, &claim_for(sts, t, c))
                 .await
             {
-                Ok(_) => acted += 1,
+                Ok(_) => {
+                    acted += 1;
+                    ev(
+                        "SuccessfulCreate",
+                        format!("create Claim {c} in StatefulSet {name} success"),
+                    )
+                    .await;
+                }
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => {
                     failed_claims = true;
@@ -329,16 +348,34 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             let creates = creates.iter().map(|p| api.create("Pod", ns, p));
             for r in futures::future::join_all(creates).await {
                 match r {
-                    Ok(_) => acted += 1,
+                    Ok(p) => {
+                        acted += 1;
+                        let pod = s(&p, "/metadata/name");
+                        ev(
+                            "SuccessfulCreate",
+                            format!("create Pod {pod} in StatefulSet {name} successful"),
+                        )
+                        .await;
+                    }
                     Err(e) if e.is_already_exists() => {}
                     Err(e) => tracing::debug!(statefulset = name, "creating a pod: {e}"),
                 }
             }
         }
-        let deletes = plan.delete.iter().map(|p| api.delete("Pod", ns, p));
-        for r in futures::future::join_all(deletes).await {
+        let deletes = plan
+            .delete
+            .iter()
+            .map(|p| async move { (p, api.delete("Pod", ns, p).await) });
+        for (p, r) in futures::future::join_all(deletes).await {
             match r {
-                Ok(_) => acted += 1,
+                Ok(_) => {
+                    acted += 1;
+                    ev(
+                        "SuccessfulDelete",
+                        format!("delete Pod {p} in StatefulSet {name} successful"),
+                    )
+                    .await;
+                }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => tracing::debug!(statefulset = name, "deleting a pod: {e}"),
             }

@@ -464,6 +464,20 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             }
             ClaimAction::Provision(pv) => match api.create("PersistentVolume", "", &pv).await {
                 Ok(created) => {
+                    super::daemonset::record_event(
+                        api,
+                        pvc,
+                        "PersistentVolumeClaim",
+                        "v1",
+                        "persistentvolume-controller",
+                        "ProvisioningSucceeded",
+                        &format!(
+                            "Successfully provisioned volume {} using {LOCAL_CLASS} at {}",
+                            s(&created, "/metadata/name"),
+                            s(&created, "/spec/local/path")
+                        ),
+                    )
+                    .await;
                     pvs.push(created.clone());
                     bind(api, pvc, &created).await
                 }
