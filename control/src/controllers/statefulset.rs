@@ -73,6 +73,9 @@ pub struct Plan {
     pub create: Vec<usize>,
     /// Pods to delete (names).
     pub delete: Vec<String>,
+    /// Claims to delete (`persistentVolumeClaimRetentionPolicy.whenScaled: Delete`: claims of
+    /// ordinals scaled away, once their pod is gone).
+    pub delete_claims: Vec<String>,
     pub status: Value,
 }
 
@@ -171,6 +174,21 @@ pub fn plan(sts: &Value, pods: &[Value], claims: &BTreeSet<String>, now: DateTim
             out.delete.push(name(p));
         }
     }
+    // Claims of ordinals scaled away, when the retention policy says so.
+    if s(sts, "/spec/persistentVolumeClaimRetentionPolicy/whenScaled") == "Delete" {
+        let templates: Vec<String> = claim_names(sts, 0).into_iter().map(|(t, _)| t).collect();
+        for c in claims {
+            let gone = templates.iter().any(|t| {
+                c.strip_prefix(t.as_str())
+                    .and_then(|r| r.strip_prefix('-'))
+                    .and_then(|r| ordinal(set, r))
+                    .is_some_and(|i| i >= replicas && !by_ord.contains_key(&i))
+            });
+            if gone {
+                out.delete_claims.push(c.clone());
+            }
+        }
+    }
     // Rolling update, highest ordinal first, down to the partition.
     let all_healthy = (0..replicas).all(|i| {
         by_ord
@@ -266,6 +284,16 @@ pub fn claim_for(sts: &Value, template: &str, claim: &str) -> Value {
         .unwrap_or_else(|| json!({}));
     let mut meta = t.get("metadata").cloned().unwrap_or_else(|| json!({}));
     meta["name"] = json!(claim);
+    if s(
+        sts,
+        "/spec/persistentVolumeClaimRetentionPolicy/whenDeleted",
+    ) == "Delete"
+    {
+        // Owned by the set, so garbage collection removes it with the set.
+        meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "name": s(sts, "/metadata/name"), "uid": s(sts, "/metadata/uid"),
+            "blockOwnerDeletion": true}]);
+    }
     meta["namespace"] = json!(s(sts, "/metadata/namespace"));
     for (k, v) in sts
         .pointer("/spec/selector/matchLabels")
@@ -378,6 +406,20 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => tracing::debug!(statefulset = name, "deleting a pod: {e}"),
+            }
+        }
+        for c in &plan.delete_claims {
+            match api.delete("PersistentVolumeClaim", ns, c).await {
+                Ok(_) => {
+                    acted += 1;
+                    ev(
+                        "SuccessfulDelete",
+                        format!("delete Claim {c} in StatefulSet {name} success"),
+                    )
+                    .await;
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::debug!(statefulset = name, "deleting claim {c}: {e}"),
             }
         }
         let current = sts.get("status").cloned().unwrap_or(Value::Null);
@@ -588,5 +630,28 @@ mod tests {
         assert_eq!(c["metadata"]["labels"]["app"], "db");
         assert!(c["metadata"].get("ownerReferences").is_none());
         assert_eq!(c["spec"]["resources"]["requests"]["storage"], "1Gi");
+    }
+
+    #[test]
+    fn claim_retention_policy() {
+        let mut set = sts(1, "OrderedReady");
+        let rev = revision(&set);
+        // Retain (the default): claims of scaled-away ordinals stay.
+        let p = plan(&set, &[pod(0, &rev, true)], &claims(3), Utc::now());
+        assert!(p.delete_claims.is_empty());
+        // whenScaled Delete: claims of ordinals >= replicas go once their pod is gone.
+        set["spec"]["persistentVolumeClaimRetentionPolicy"] =
+            json!({"whenScaled": "Delete", "whenDeleted": "Delete"});
+        let p = plan(
+            &set,
+            &[pod(0, &rev, true), pod(1, &rev, true)],
+            &claims(3),
+            Utc::now(),
+        );
+        assert_eq!(p.delete_claims, vec!["data-db-2"]);
+        assert_eq!(p.delete, vec!["db-1"]);
+        // whenDeleted Delete: the claim is owned by the set (garbage collection removes it).
+        let c = claim_for(&set, "data", "data-db-0");
+        assert_eq!(c["metadata"]["ownerReferences"][0]["uid"], "sts-uid");
     }
 }
