@@ -142,13 +142,25 @@ pub async fn register(
     transition: &str,
 ) -> Result<Value, AgentError> {
     let name = &opts.node_name;
+    // Where the control plane's local provisioner puts this node's volumes.
+    let volume_dir = opts.data_dir.join("local-volumes").display().to_string();
     let node = match client.get("Node", "", name).await {
+        Ok(n)
+            if n.pointer("/metadata/annotations/ferry.dev~1local-volume-dir")
+                != Some(&json!(volume_dir)) =>
+        {
+            let patch =
+                json!({"metadata": {"annotations": {"ferry.dev/local-volume-dir": volume_dir}}});
+            client.patch("Node", "", name, &patch).await?
+        }
         Ok(n) => n,
         Err(e) if e.is_not_found() => {
             let body = json!({
                 "apiVersion": "v1",
                 "kind": "Node",
-                "metadata": {"name": name, "labels": {
+                "metadata": {"name": name,
+                    "annotations": {"ferry.dev/local-volume-dir": volume_dir},
+                    "labels": {
                     "kubernetes.io/hostname": name,
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": sysinfo::architecture(),

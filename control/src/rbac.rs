@@ -30,7 +30,8 @@ pub fn node_of(user: &UserInfo) -> Option<&str> {
 /// Kubernetes' node authorizer, for what a node agent may do: read nodes and pods; write only
 /// its own Node (and status) and its own Lease; write pod status and delete pods (the API server
 /// then checks the pod is bound to this node); record events; get the ConfigMaps, Secrets and
-/// PVCs that pods bound to it reference (the API server checks the reference). Nothing else.
+/// PVCs that pods bound to it reference, and the PersistentVolumes those PVCs are bound to (the
+/// API server checks the reference). Nothing else.
 fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
     let read = matches!(a.verb.as_str(), "get" | "list" | "watch");
     let own = a.name == node;
@@ -54,7 +55,7 @@ fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
         ("", "services") | ("discovery.k8s.io", "endpointslices") => read,
         // Only `get`, and only of objects its pods reference: the API server checks the
         // reference graph (`pod_references`) before answering.
-        ("", "configmaps" | "secrets" | "persistentvolumeclaims") => {
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims" | "persistentvolumes") => {
             a.verb == "get" && !a.name.is_empty()
         }
         _ => false,
@@ -498,6 +499,31 @@ mod tests {
         }))
         .expect("binding");
         Snapshot::new(roles, vec![pod_reader], vec![ops], vec![rb, team_view])
+    }
+
+    #[test]
+    fn node_agents_may_get_but_never_list_or_write_volumes() {
+        let s = snapshot();
+        let n1 = user("system:node:n1", &[GROUP_NODES]);
+        // The API server then checks the pod -> claim -> volume graph.
+        assert!(authorize(&s, &n1, &attrs("get", "", "persistentvolumes", "", "pv1")).is_ok());
+        assert!(authorize(&s, &n1, &attrs("list", "", "persistentvolumes", "", "")).is_err());
+        assert!(
+            authorize(
+                &s,
+                &n1,
+                &attrs("update", "", "persistentvolumes", "", "pv1")
+            )
+            .is_err()
+        );
+        assert!(
+            authorize(
+                &s,
+                &n1,
+                &attrs("delete", "", "persistentvolumeclaims", "default", "c")
+            )
+            .is_err()
+        );
     }
 
     #[test]

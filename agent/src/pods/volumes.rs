@@ -9,7 +9,12 @@
 //!   every top-level name is a symlink through `..data`. Secrets are written to a tmpfs, never
 //!   to the node's disk. Updated in place when the object changes.
 //!
-//! Owns only the pod's `volumes/` directory; never removes anything through a hostPath.
+//! - `persistentVolumeClaim`: the directory of the PersistentVolume the claim is bound to
+//!   (`spec.local.path` or `spec.hostPath.path`, see [`claim_path`]), created if missing and
+//!   bind-mounted like a hostPath; it outlives the pod, so a recreated pod finds its data.
+//!
+//! Owns only the pod's `volumes/` directory; never removes anything through a hostPath or a
+//! claim's volume.
 
 use std::{
     collections::BTreeMap,
@@ -248,12 +253,88 @@ fn same_content(dir: &Path, files: &BTreeMap<PathBuf, FileContent>) -> bool {
 /// not exist.
 pub type ObjectData = Option<BTreeMap<String, Vec<u8>>>;
 
+/// Where a persistentVolumeClaim volume's data lives on `node`: the bound volume's
+/// `spec.local.path` or `spec.hostPath.path`. The claim must be Bound to `pv` and `pv`'s
+/// `claimRef` must name the claim back (a claim naming someone else's volume gets nothing), and
+/// a volume with node affinity must allow `node` (by its `kubernetes.io/hostname` or name).
+pub fn claim_path(
+    pvc: &serde_json::Value,
+    pv: &serde_json::Value,
+    node: &str,
+) -> Result<PathBuf, String> {
+    let st = |v: &'_ serde_json::Value, p: &str| -> String {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let claim = st(pvc, "/metadata/name");
+    if st(pvc, "/status/phase") != "Bound" || st(pvc, "/spec/volumeName").is_empty() {
+        return Err(format!("persistentVolumeClaim {claim:?} is not bound yet"));
+    }
+    if st(pv, "/metadata/name") != st(pvc, "/spec/volumeName")
+        || st(pv, "/spec/claimRef/uid") != st(pvc, "/metadata/uid")
+        || st(pv, "/spec/claimRef/name") != claim
+        || st(pv, "/spec/claimRef/namespace") != st(pvc, "/metadata/namespace")
+    {
+        return Err(format!(
+            "persistentVolume {:?} is not bound to claim {claim:?}",
+            st(pvc, "/spec/volumeName")
+        ));
+    }
+    if let Some(terms) = pv
+        .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+        .and_then(serde_json::Value::as_array)
+    {
+        let fits = terms.iter().any(|t| {
+            t["matchExpressions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|e| {
+                    e["key"] != "kubernetes.io/hostname"
+                        || match e["operator"].as_str() {
+                            Some("In") => e["values"]
+                                .as_array()
+                                .is_some_and(|v| v.iter().any(|v| v == node)),
+                            Some("NotIn") => !e["values"]
+                                .as_array()
+                                .is_some_and(|v| v.iter().any(|v| v == node)),
+                            _ => true,
+                        }
+                })
+        });
+        if !fits {
+            return Err(format!(
+                "persistentVolume {:?} is not reachable from node {node:?} (node affinity)",
+                st(pv, "/metadata/name")
+            ));
+        }
+    }
+    let path = [st(pv, "/spec/local/path"), st(pv, "/spec/hostPath/path")]
+        .into_iter()
+        .find(|p| !p.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "persistentVolume {:?}: only local and hostPath volumes are supported",
+                st(pv, "/metadata/name")
+            )
+        })?;
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(format!("volume path {} must be absolute", path.display()));
+    }
+    Ok(path)
+}
+
 /// Sets up (or refreshes) `volume` under `volumes_dir`, reading configMap and secret data from
-/// `lookup(kind, name)` (kind `ConfigMap` or `Secret`).
+/// `lookup(kind, name)` (kind `ConfigMap` or `Secret`) and the node path of a claim from
+/// `claim(name)` (see [`claim_path`]).
 pub fn prepare(
     volumes_dir: &Path,
     volume: &Volume,
     lookup: &dyn Fn(&str, &str) -> ObjectData,
+    claim: &dyn Fn(&str) -> Result<PathBuf, String>,
 ) -> Result<Prepared, VolumeError> {
     let name = volume.name.as_str();
     let dir = volumes_dir.join(name);
@@ -341,10 +422,14 @@ pub fn prepare(
             s.default_mode,
             s.optional == Some(true),
         )
-    } else if volume.persistent_volume_claim.is_some() {
-        return Err(invalid(
-            "persistentVolumeClaim volumes need a bound PersistentVolume; PV/PVC binding is not available in this version yet".into(),
-        ));
+    } else if let Some(c) = &volume.persistent_volume_claim {
+        let path = claim(&c.claim_name).map_err(invalid)?;
+        fs::create_dir_all(&path).map_err(io_err(name, "creating", &path))?;
+        return Ok(Prepared {
+            name: name.into(),
+            path,
+            readonly: c.read_only == Some(true),
+        });
     } else {
         return Err(invalid(
             "unsupported volume type: use emptyDir, hostPath, configMap or secret".into(),
@@ -404,6 +489,30 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn claims_resolve_only_to_the_volume_bound_back() {
+        use serde_json::json;
+        let pvc = json!({"metadata": {"name": "data", "namespace": "default", "uid": "u1"},
+            "spec": {"volumeName": "pv1"}, "status": {"phase": "Bound"}});
+        let pv = json!({"metadata": {"name": "pv1"},
+            "spec": {"local": {"path": "/srv/pv1"},
+                     "claimRef": {"name": "data", "namespace": "default", "uid": "u1"},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}]}]}}}});
+        assert_eq!(claim_path(&pvc, &pv, "n1"), Ok(PathBuf::from("/srv/pv1")));
+        assert!(claim_path(&pvc, &pv, "n2").is_err(), "another node");
+        let mut other = pv.clone();
+        other["spec"]["claimRef"]["uid"] = json!("someone-else");
+        assert!(claim_path(&pvc, &other, "n1").is_err());
+        let mut pending = pvc.clone();
+        pending["status"]["phase"] = json!("Pending");
+        assert!(claim_path(&pending, &pv, "n1").is_err());
+        let mut host = pv.clone();
+        host["spec"] = json!({"hostPath": {"path": "/srv/h"},
+            "claimRef": {"name": "data", "namespace": "default", "uid": "u1"}});
+        assert_eq!(claim_path(&pvc, &host, "n9"), Ok(PathBuf::from("/srv/h")));
     }
 
     #[test]

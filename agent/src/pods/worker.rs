@@ -514,9 +514,16 @@ impl Worker {
         }
         self.volumes_at = Some(Instant::now());
         let sources = self.fetch_sources(pod).await;
+        let claims = self.fetch_claims(spec).await;
         let dir = self.dir.join("volumes");
         let vols = spec.volumes.clone().unwrap_or_default();
         let result = tokio::task::spawn_blocking(move || {
+            let claim = |name: &str| -> Result<std::path::PathBuf, String> {
+                claims
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| Err(format!("persistentVolumeClaim {name:?} not read")))
+            };
             let lookup = |kind: &str, name: &str| -> volumes::ObjectData {
                 match kind {
                     "ConfigMap" => sources
@@ -529,7 +536,7 @@ impl Worker {
                 }
             };
             vols.iter()
-                .map(|v| volumes::prepare(&dir, v, &lookup))
+                .map(|v| volumes::prepare(&dir, v, &lookup, &claim))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await;
@@ -546,6 +553,44 @@ impl Worker {
             }
             Err(e) => self.volume_error = Some(e.to_string()),
         }
+    }
+
+    /// Where the pod's persistentVolumeClaim volumes live on this node: each claim and the
+    /// volume it is bound to, read now (see `volumes::claim_path`).
+    async fn fetch_claims(
+        &self,
+        spec: &PodSpec,
+    ) -> std::collections::BTreeMap<String, Result<std::path::PathBuf, String>> {
+        let ns = &self.pod.namespace;
+        let client = &self.shared.client;
+        let mut out = std::collections::BTreeMap::new();
+        for v in spec.volumes.iter().flatten() {
+            let Some(c) = &v.persistent_volume_claim else {
+                continue;
+            };
+            let name = c.claim_name.clone();
+            let r = async {
+                let pvc = client
+                    .get("PersistentVolumeClaim", ns, &name)
+                    .await
+                    .map_err(|e| format!("persistentVolumeClaim {name:?}: {e}"))?;
+                let pv_name = pvc
+                    .pointer("/spec/volumeName")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                if pv_name.is_empty() {
+                    return Err(format!("persistentVolumeClaim {name:?} is not bound yet"));
+                }
+                let pv = client
+                    .get("PersistentVolume", "", pv_name)
+                    .await
+                    .map_err(|e| format!("persistentVolume {pv_name:?}: {e}"))?;
+                volumes::claim_path(&pvc, &pv, &self.shared.node_name)
+            }
+            .await;
+            out.insert(name, r);
+        }
+        out
     }
 
     /// The ConfigMaps and Secrets the pod references, read now (binary ConfigMap data is

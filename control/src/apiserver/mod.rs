@@ -221,6 +221,9 @@ impl ApiServer {
         let Some(node) = user.and_then(rbac::node_of) else {
             return Ok(());
         };
+        if info.kind == "PersistentVolume" {
+            return self.node_may_read_volume(node, name).await;
+        }
         if !matches!(info.kind, "ConfigMap" | "Secret" | "PersistentVolumeClaim") {
             return Ok(());
         }
@@ -242,6 +245,54 @@ impl ApiServer {
         Err(ApiError::Forbidden(format!(
             "{} \"{name}\" is forbidden: node {node:?} may only read {} referenced by pods bound to it",
             info.plural, info.plural
+        )))
+    }
+
+    /// The node authorizer's graph check for PersistentVolumes: a node may read a volume only
+    /// when a pod bound to it uses a claim whose `spec.volumeName` names the volume.
+    async fn node_may_read_volume(&self, node: &str, name: &str) -> ApiResult<()> {
+        let pods = kinds::lookup("Pod").expect("Pod is a known kind");
+        let claims = kinds::lookup("PersistentVolumeClaim").expect("PVC is a known kind");
+        self.node.read_barrier().await?;
+        let range = self
+            .node
+            .sm
+            .range(&objects::prefix(pods, None))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        for kv in &range.kvs {
+            let pod = self.decode_stored(kv)?;
+            if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
+                continue;
+            }
+            let ns = pod
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            for v in pod
+                .pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(claim) = v
+                    .pointer("/persistentVolumeClaim/claimName")
+                    .and_then(Value::as_str)
+                else {
+                    continue;
+                };
+                if let Some(kv) = self.get_kv(&objects::key(claims, ns, claim)).await?
+                    && self
+                        .decode_stored(&kv)?
+                        .pointer("/spec/volumeName")
+                        .and_then(Value::as_str)
+                        == Some(name)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Err(ApiError::Forbidden(format!(
+            "persistentvolumes \"{name}\" is forbidden: node {node:?} may only read persistentvolumes bound to claims of pods bound to it"
         )))
     }
 

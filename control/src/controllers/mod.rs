@@ -4,6 +4,7 @@
 //! [`Turns`] paces them all.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
@@ -12,6 +13,8 @@ pub mod loadbalancer;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod statefulset;
+pub mod volumebinding;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +106,10 @@ pub const CONTROLLERS: &[&str] = &[
     "namespace",
     "job",
     "cronjob",
+    // Workload sets and storage.
+    "daemonset",
+    "statefulset",
+    "volumebinding",
 ];
 
 /// Whether `name` runs under `--controllers LIST`.
@@ -169,6 +176,16 @@ pub fn spawn_all(api: &ApiServer, settings: Settings) {
     }
     if on("namespace") {
         tokio::spawn(namespace::run(local(), node.clone()));
+    }
+    // Workload sets and storage.
+    if on("daemonset") {
+        tokio::spawn(daemonset::run(local(), node.clone()));
+    }
+    if on("statefulset") {
+        tokio::spawn(statefulset::run(local(), node.clone()));
+    }
+    if on("volumebinding") {
+        tokio::spawn(volumebinding::run(local(), node.clone()));
     }
     if on("loadbalancer")
         && let Some(pool) = settings.lb_pool

@@ -7,6 +7,11 @@
 //! defaults). An unschedulable pod gets `PodScheduled=False` with Kubernetes' summary
 //! ("0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint ...") and a
 //! FailedScheduling Event, and is retried whenever the cluster changes.
+//!
+//! Volumes: a pod whose persistentVolumeClaim is missing, or unbound and not of the
+//! `WaitForFirstConsumer` local class, waits (Kubernetes' "pod has unbound immediate
+//! PersistentVolumeClaims"); a pod whose claim is bound to a volume with node affinity (a local
+//! volume) gets that affinity added to its own (see `controllers::volumebinding`).
 
 pub mod predicates;
 
@@ -164,10 +169,38 @@ impl Scheduler {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        // Pods using claims bound to volumes with node affinity (local volumes) carry that
+        // affinity too, so they stay with their data.
+        let uses_claims = |p: &Value| {
+            p.pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.iter().any(|v| v.get("persistentVolumeClaim").is_some()))
+        };
+        let mut adjusted: HashMap<usize, Value> = HashMap::new();
+        // Pods whose claims are missing or waiting for an immediate binding wait, unplaced.
+        let mut blocked: HashMap<String, String> = HashMap::new();
+        if pods.iter().any(|p| wants_scheduling(p) && uses_claims(p)) {
+            let (pvcs, pvs) = tokio::try_join!(
+                api.list("PersistentVolumeClaim", &all),
+                api.list("PersistentVolume", &all)
+            )?;
+            let (pvcs, pvs) = (items(pvcs), items(pvs));
+            use crate::controllers::volumebinding::{claims_unready, with_volume_affinity};
+            for (i, p) in pods.iter().enumerate() {
+                if !(wants_scheduling(p) && uses_claims(p)) {
+                    continue;
+                }
+                if let Some(why) = claims_unready(p, &pvcs) {
+                    blocked.insert(s(p, "/metadata/uid").to_string(), why);
+                } else if let Some(a) = with_volume_affinity(p, &pvcs, &pvs) {
+                    adjusted.insert(i, a);
+                }
+            }
+        }
         let mut pending: Vec<&Value> = Vec::new();
-        for p in &pods {
+        for (i, p) in pods.iter().enumerate() {
             if wants_scheduling(p) {
-                pending.push(p);
+                pending.push(adjusted.get(&i).unwrap_or(p));
             } else if let Some(&i) = index.get(s(p, "/spec/nodeName"))
                 && !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
             {
@@ -187,7 +220,22 @@ impl Scheduler {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut bound = 0;
         for pod in pending {
-            let Some(action) = self.place(&mut infos, pod) else {
+            let action = match blocked.get(s(pod, "/metadata/uid")) {
+                Some(why) => {
+                    let message = format!("0/{} nodes are available: {why}.", infos.len());
+                    let already = pod
+                        .pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .is_some_and(|c| {
+                            c.iter().any(|c| {
+                                c["type"] == "PodScheduled" && c["message"] == message.as_str()
+                            })
+                        });
+                    (!already).then_some(Action::Unschedulable(pod, message))
+                }
+                None => self.place(&mut infos, pod),
+            };
+            let Some(action) = action else {
                 continue;
             };
             if in_flight.len() >= IN_FLIGHT

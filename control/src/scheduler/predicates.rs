@@ -230,6 +230,18 @@ impl<'a> PodTerms<'a> {
     }
 }
 
+/// Whether the pod may run on `node` by placement alone: nodeSelector, required node affinity
+/// and NoSchedule / NoExecute taints against its tolerations (no resources, no
+/// `spec.unschedulable`). The DaemonSet controller's `nodeShouldRunDaemonPod`.
+pub fn placement_fits(pod: &Value, node: &NodeInfo) -> bool {
+    let terms = PodTerms::new(pod);
+    terms.selector_matches(node)
+        && node.taints.iter().all(|t| {
+            !matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+                || tolerates(terms.tolerations, t)
+        })
+}
+
 /// Why `node` cannot take the pod, if it cannot (one reason, in kube-scheduler's wording).
 pub fn filter(pod: &Value, req: &PodRequest, node: &NodeInfo) -> Option<String> {
     PodTerms::new(pod).check(req, node).map(Cow::into_owned)

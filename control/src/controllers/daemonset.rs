@@ -1,0 +1,563 @@
+//! DaemonSets: one pod from `spec.template` on every eligible node.
+//!
+//! A node is eligible when the template's nodeSelector, required node affinity and tolerations
+//! (plus the tolerations Kubernetes gives every daemon pod: not-ready, unreachable,
+//! disk/memory/pid pressure, unschedulable; network-unavailable for hostNetwork pods) let it run
+//! there. Pods are created with `spec.nodeName` set to their node directly (the pre-1.12
+//! Kubernetes way; the default scheduler is not involved, so resources are not checked), carry a
+//! `controller-revision-hash` label (the template's hash) and are owned by the DaemonSet. Pods on
+//! nodes no longer eligible (or gone) are deleted, as are failed pods (recreated next pass) and
+//! duplicates on one node.
+//!
+//! Updates: `RollingUpdate` deletes old-revision pods, unavailable ones first, while no more than
+//! `maxUnavailable` (default 1, of the desired count, rounded up) nodes lack an available pod; the
+//! replacement is created on the next pass (`maxSurge` is not supported: it is treated as 0).
+//! `OnDelete` replaces a pod only after someone deletes it. [`plan`] is pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_api::client::{Api, ListOptions};
+use serde_json::{Value, json};
+
+use super::deployment::{is_available, is_ready, scaled_value, template_hash};
+use crate::controllers::str_at as s;
+use crate::scheduler::NodeInfo;
+use crate::scheduler::predicates::placement_fits;
+
+/// The label with a pod's template revision, as in Kubernetes.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+fn controller_uid(pod: &Value) -> Option<&str> {
+    super::deployment::controller_uid(pod)
+}
+
+/// The tolerations the DaemonSet controller adds to every daemon pod.
+pub fn default_tolerations(host_network: bool) -> Vec<Value> {
+    let mut t = vec![
+        json!({"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}),
+        json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}),
+        json!({"key": "node.kubernetes.io/disk-pressure", "operator": "Exists", "effect": "NoSchedule"}),
+        json!({"key": "node.kubernetes.io/memory-pressure", "operator": "Exists", "effect": "NoSchedule"}),
+        json!({"key": "node.kubernetes.io/pid-pressure", "operator": "Exists", "effect": "NoSchedule"}),
+        json!({"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}),
+    ];
+    if host_network {
+        t.push(json!({"key": "node.kubernetes.io/network-unavailable", "operator": "Exists", "effect": "NoSchedule"}));
+    }
+    t
+}
+
+/// The template's pod spec with the default tolerations added (those already present kept).
+fn daemon_pod_spec(ds: &Value) -> Value {
+    let mut spec = ds
+        .pointer("/spec/template/spec")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let host_network = spec["hostNetwork"] == true;
+    let mut tolerations: Vec<Value> = spec["tolerations"].as_array().cloned().unwrap_or_default();
+    for t in default_tolerations(host_network) {
+        if !tolerations
+            .iter()
+            .any(|x| x["key"] == t["key"] && x["effect"] == t["effect"])
+        {
+            tolerations.push(t);
+        }
+    }
+    spec["tolerations"] = Value::Array(tolerations);
+    spec
+}
+
+/// The revision hash of the DaemonSet's template.
+pub fn revision(ds: &Value) -> String {
+    template_hash(
+        ds.pointer("/spec/template").unwrap_or(&Value::Null),
+        ds.pointer("/status/collisionCount").and_then(Value::as_i64),
+    )
+}
+
+/// What a DaemonSet needs now.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// Nodes to create a pod on.
+    pub create: Vec<String>,
+    /// Pods to delete (names).
+    pub delete: Vec<String>,
+    pub status: Value,
+}
+
+/// The pure decision for one DaemonSet over all nodes and the pods of its namespace at `now`.
+pub fn plan(ds: &Value, nodes: &[Value], pods: &[Value], now: DateTime<Utc>) -> Plan {
+    let uid = s(ds, "/metadata/uid");
+    let rev = revision(ds);
+    let min_ready = ds
+        .pointer("/spec/minReadySeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let probe = json!({"spec": daemon_pod_spec(ds)});
+    // Owned, not terminating pods by node.
+    let mut by_node: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    let mut terminating: BTreeSet<&str> = BTreeSet::new();
+    for p in pods.iter().filter(|p| controller_uid(p) == Some(uid)) {
+        let node = s(p, "/spec/nodeName");
+        if !s(p, "/metadata/deletionTimestamp").is_empty() {
+            terminating.insert(node);
+            continue;
+        }
+        by_node.entry(node).or_default().push(p);
+    }
+    // Kubernetes' nodeShouldRunDaemonPod: a new pod needs NoSchedule and NoExecute taints
+    // tolerated; a running one keeps its node unless a NoExecute taint is not.
+    let eligible: BTreeSet<String> = nodes
+        .iter()
+        .filter(|n| s(n, "/metadata/deletionTimestamp").is_empty())
+        .map(NodeInfo::from_node)
+        .filter(|n| {
+            if by_node.contains_key(n.name.as_str()) {
+                let mut n = n.clone();
+                n.taints.retain(|t| t["effect"] == "NoExecute");
+                placement_fits(&probe, &n)
+            } else {
+                placement_fits(&probe, n)
+            }
+        })
+        .map(|n| n.name)
+        .collect();
+    let mut out = Plan::default();
+    let name = |p: &Value| s(p, "/metadata/name").to_string();
+    let mut misscheduled = 0;
+    // Per eligible node: its one kept pod.
+    let mut kept: BTreeMap<&str, &Value> = BTreeMap::new();
+    for (node, list) in &mut by_node {
+        if !eligible.contains(*node) {
+            misscheduled += list.len();
+            out.delete.extend(list.iter().map(|p| name(p)));
+            continue;
+        }
+        list.sort_by_key(|p| s(p, "/metadata/creationTimestamp").to_string());
+        let (failed, live): (Vec<&Value>, Vec<&Value>) =
+            list.iter().partition(|p| s(p, "/status/phase") == "Failed");
+        out.delete.extend(failed.iter().map(|p| name(p)));
+        if let Some((first, dups)) = live.split_first() {
+            kept.insert(node, first);
+            out.delete.extend(dups.iter().map(|p| name(p)));
+        }
+    }
+    for node in &eligible {
+        if !kept.contains_key(node.as_str()) && !terminating.contains(node.as_str()) {
+            out.create.push(node.clone());
+        }
+    }
+    let pod_rev = |p: &Value| {
+        p.pointer(&format!("/metadata/labels/{REVISION_LABEL}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let desired = eligible.len() as i64;
+    let available = kept
+        .values()
+        .filter(|p| is_available(p, min_ready, now))
+        .count() as i64;
+    if s(ds, "/spec/updateStrategy/type") != "OnDelete" {
+        let max_unavailable = ds
+            .pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable")
+            .map(|v| scaled_value(v, desired, true).unwrap_or(1))
+            .unwrap_or(1)
+            .max(1);
+        let mut unavailable = desired - available;
+        let old: Vec<&Value> = kept
+            .values()
+            .copied()
+            .filter(|p| pod_rev(p) != rev)
+            .collect();
+        // Old pods that are not available cost nothing to replace.
+        for p in old.iter().filter(|p| !is_available(p, min_ready, now)) {
+            out.delete.push(name(p));
+        }
+        for p in old.iter().filter(|p| is_available(p, min_ready, now)) {
+            if unavailable >= max_unavailable {
+                break;
+            }
+            out.delete.push(name(p));
+            unavailable += 1;
+        }
+    }
+    let updated = kept.values().filter(|p| pod_rev(p) == rev).count();
+    out.status = json!({
+        "desiredNumberScheduled": desired,
+        "currentNumberScheduled": kept.len(),
+        "numberMisscheduled": misscheduled,
+        "numberReady": kept.values().filter(|p| is_ready(p)).count(),
+        "updatedNumberScheduled": updated,
+        "numberAvailable": available,
+        "numberUnavailable": desired - available,
+        "observedGeneration": ds.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
+    });
+    out
+}
+
+/// The pod the DaemonSet runs on `node`.
+pub fn pod_for(ds: &Value, node: &str) -> Value {
+    let name = s(ds, "/metadata/name");
+    let mut meta = ds
+        .pointer("/spec/template/metadata")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    meta["generateName"] = json!(format!("{name}-"));
+    meta["namespace"] = json!(s(ds, "/metadata/namespace"));
+    meta["labels"][REVISION_LABEL] = json!(revision(ds));
+    meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": name,
+        "uid": s(ds, "/metadata/uid"), "controller": true, "blockOwnerDeletion": true}]);
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("name");
+    }
+    let mut spec = daemon_pod_spec(ds);
+    spec["nodeName"] = json!(node);
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+}
+
+/// Records an Event about `obj` (a Kind with apiVersion `api_version`) from `component`.
+pub(crate) async fn record_event<A: Api>(
+    api: &A,
+    obj: &Value,
+    kind: &str,
+    api_version: &str,
+    component: &str,
+    reason: &str,
+    message: &str,
+) {
+    let ns = match s(obj, "/metadata/namespace") {
+        "" => "default",
+        ns => ns,
+    };
+    let name = s(obj, "/metadata/name");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"kind": kind, "namespace": s(obj, "/metadata/namespace"), "name": name,
+                           "uid": s(obj, "/metadata/uid"), "apiVersion": api_version},
+        "reason": reason, "message": message, "type": "Normal",
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    if let Err(e) = api.create("Event", ns, &ev).await {
+        tracing::debug!(object = name, "recording event: {e}");
+    }
+}
+
+fn items(v: &Value) -> Vec<Value> {
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// One pass over every DaemonSet.
+pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
+    let all = ListOptions::default();
+    let sets = api.list("DaemonSet", &all).await?;
+    let sets = items(&sets);
+    if sets.is_empty() {
+        return Ok(0);
+    }
+    let nodes = items(&api.list("Node", &all).await?);
+    let pods = items(&api.list("Pod", &all).await?);
+    let mut acted = 0;
+    for ds in &sets {
+        if !s(ds, "/metadata/deletionTimestamp").is_empty() {
+            continue;
+        }
+        let ns = s(ds, "/metadata/namespace");
+        let name = s(ds, "/metadata/name");
+        let in_ns: Vec<Value> = pods
+            .iter()
+            .filter(|p| s(p, "/metadata/namespace") == ns)
+            .cloned()
+            .collect();
+        let plan = plan(ds, &nodes, &in_ns, chrono::Utc::now());
+        let creates = plan
+            .create
+            .iter()
+            .map(|n| pod_for(ds, n))
+            .collect::<Vec<_>>();
+        let creates = creates.iter().map(|p| api.create("Pod", ns, p));
+        let ev = |reason: &'static str, message: String| async move {
+            record_event(
+                api,
+                ds,
+                "DaemonSet",
+                "apps/v1",
+                "daemonset-controller",
+                reason,
+                &message,
+            )
+            .await
+        };
+        for r in futures::future::join_all(creates).await {
+            match r {
+                Ok(p) => {
+                    acted += 1;
+                    ev(
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", s(&p, "/metadata/name")),
+                    )
+                    .await;
+                }
+                Err(e) => tracing::debug!(daemonset = name, "creating a pod: {e}"),
+            }
+        }
+        let deletes = plan
+            .delete
+            .iter()
+            .map(|p| async move { (p, api.delete("Pod", ns, p).await) });
+        for (p, r) in futures::future::join_all(deletes).await {
+            match r {
+                Ok(_) => {
+                    acted += 1;
+                    ev("SuccessfulDelete", format!("Deleted pod: {p}")).await;
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::debug!(daemonset = name, "deleting a pod: {e}"),
+            }
+        }
+        let current = ds.get("status").cloned().unwrap_or(Value::Null);
+        let changed = plan
+            .status
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(k, v)| current[k] != *v);
+        if changed {
+            let mut updated = ds.clone();
+            let mut status = current.as_object().cloned().unwrap_or_default();
+            for (k, v) in plan.status.as_object().into_iter().flatten() {
+                status.insert(k.clone(), v.clone());
+            }
+            updated["status"] = Value::Object(status);
+            if let Err(e) = api.update_status("DaemonSet", &updated).await {
+                tracing::debug!(daemonset = name, "status: {e}");
+            }
+        }
+    }
+    Ok(acted)
+}
+
+/// Runs passes on the leader whenever the store changes (at most every 100 ms).
+pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+    let pace = super::Pace {
+        idle: Duration::from_secs(5),
+        throttle: Duration::from_millis(100),
+    };
+    let mut turns = super::Turns::new("daemonset", node, pace);
+    while turns.next().await {
+        if let Err(e) = reconcile_all(&api).await {
+            turns.failed(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds(extra_spec: Value) -> Value {
+        let mut d = json!({"metadata": {"name": "agent", "namespace": "default", "uid": "ds-uid", "generation": 3},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                     "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+                     "template": {"metadata": {"labels": {"app": "agent"}},
+                                  "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}});
+        for (k, v) in extra_spec.as_object().into_iter().flatten() {
+            d["spec"][k] = v.clone();
+        }
+        d
+    }
+
+    fn node(name: &str, labels: Value, taints: Value) -> Value {
+        json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}})
+    }
+
+    fn pod(name: &str, node: &str, rev: &str, ready: bool) -> Value {
+        json!({"metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"app": "agent", REVISION_LABEL: rev},
+                "ownerReferences": [{"uid": "ds-uid", "controller": true}]},
+               "spec": {"nodeName": node},
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
+                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    }
+
+    fn now() -> DateTime<Utc> {
+        chrono::Utc::now()
+    }
+
+    #[test]
+    fn one_pod_per_eligible_node_with_selector_and_taints() {
+        let d = ds(json!({}));
+        let rev = revision(&d);
+        let nodes = vec![
+            node("a", json!({}), json!([])),
+            node("b", json!({}), json!([])),
+            node(
+                "gpu",
+                json!({}),
+                json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+            ),
+            // Default tolerations cover a not-ready or cordoned node.
+            node(
+                "notready",
+                json!({}),
+                json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"},
+                       {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]),
+            ),
+        ];
+        let pods = vec![pod("agent-a", "a", &rev, true)];
+        let p = plan(&d, &nodes, &pods, now());
+        assert_eq!(p.create, vec!["b", "notready"]);
+        assert!(p.delete.is_empty());
+        assert_eq!(p.status["desiredNumberScheduled"], 3);
+        assert_eq!(p.status["currentNumberScheduled"], 1);
+        assert_eq!(p.status["numberReady"], 1);
+        assert_eq!(p.status["updatedNumberScheduled"], 1);
+        assert_eq!(p.status["observedGeneration"], 3);
+
+        // A nodeSelector narrows the nodes; a pod on a node no longer eligible goes.
+        let d = ds(json!({}));
+        let mut d2 = d.clone();
+        d2["spec"]["template"]["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+        let rev2 = revision(&d2);
+        let nodes = vec![
+            node("a", json!({"disk": "ssd"}), json!([])),
+            node("b", json!({}), json!([])),
+        ];
+        let pods = vec![
+            pod("agent-a", "a", &rev2, true),
+            pod("agent-b", "b", &rev2, true),
+        ];
+        let p = plan(&d2, &nodes, &pods, now());
+        assert!(p.create.is_empty());
+        assert_eq!(p.delete, vec!["agent-b"]);
+        assert_eq!(p.status["numberMisscheduled"], 1);
+        // Required node affinity too.
+        let mut d3 = d.clone();
+        d3["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+            {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}]}}});
+        let p = plan(&d3, &nodes, &[], now());
+        assert_eq!(p.create, vec!["b"]);
+        // A NoSchedule taint keeps new pods off but leaves a running one; NoExecute evicts.
+        let tainted = |effect: &str| {
+            vec![node(
+                "a",
+                json!({}),
+                json!([{"key": "maint", "value": "x", "effect": effect}]),
+            )]
+        };
+        assert!(
+            plan(&d, &tainted("NoSchedule"), &[], now())
+                .create
+                .is_empty()
+        );
+        let running = vec![pod("agent-a", "a", &rev, true)];
+        assert!(
+            plan(&d, &tainted("NoSchedule"), &running, now())
+                .delete
+                .is_empty()
+        );
+        assert_eq!(
+            plan(&d, &tainted("NoExecute"), &running, now()).delete,
+            vec!["agent-a"]
+        );
+    }
+
+    #[test]
+    fn rolling_update_respects_max_unavailable() {
+        let d = ds(json!({}));
+        let rev = revision(&d);
+        let nodes: Vec<Value> = ["a", "b", "c"]
+            .iter()
+            .map(|n| node(n, json!({}), json!([])))
+            .collect();
+        let pods = vec![
+            pod("p-a", "a", "old", true),
+            pod("p-b", "b", "old", true),
+            pod("p-c", "c", "old", true),
+        ];
+        let p = plan(&d, &nodes, &pods, now());
+        assert_eq!(p.delete.len(), 1, "{p:?}");
+        assert!(p.create.is_empty());
+        // One node without a pod (being replaced): no more deletions until it is available.
+        let pods2 = vec![pod("p-b", "b", "old", true), pod("p-c", "c", "old", true)];
+        let p = plan(&d, &nodes, &pods2, now());
+        assert_eq!(p.create, vec!["a"]);
+        assert!(p.delete.is_empty());
+        // The replacement is not ready yet: still no deletion.
+        let pods3 = vec![
+            pod("n-a", "a", &rev, false),
+            pod("p-b", "b", "old", true),
+            pod("p-c", "c", "old", true),
+        ];
+        let p = plan(&d, &nodes, &pods3, now());
+        assert!(p.delete.is_empty() && p.create.is_empty());
+        assert_eq!(p.status["updatedNumberScheduled"], 1);
+        assert_eq!(p.status["numberUnavailable"], 1);
+        // An old pod that is not available is replaced at once, whatever the budget.
+        let pods4 = vec![
+            pod("n-a", "a", &rev, false),
+            pod("p-b", "b", "old", false),
+            pod("p-c", "c", "old", true),
+        ];
+        let p = plan(&d, &nodes, &pods4, now());
+        assert_eq!(p.delete, vec!["p-b"]);
+        // maxUnavailable 100% replaces all at once.
+        let mut all = d.clone();
+        all["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] = json!("100%");
+        let p = plan(&all, &nodes, &pods, now());
+        assert_eq!(p.delete.len(), 3);
+    }
+
+    #[test]
+    fn on_delete_failed_pods_and_duplicates() {
+        let d = ds(json!({"updateStrategy": {"type": "OnDelete"}}));
+        let rev = revision(&d);
+        let nodes = vec![
+            node("a", json!({}), json!([])),
+            node("b", json!({}), json!([])),
+        ];
+        let mut failed = pod("f-b", "b", &rev, false);
+        failed["status"]["phase"] = json!("Failed");
+        let mut dup = pod("dup-a", "a", "old", true);
+        dup["metadata"]["creationTimestamp"] = json!("2026-01-02T00:00:00Z");
+        let pods = vec![pod("p-a", "a", "old", true), dup, failed];
+        let p = plan(&d, &nodes, &pods, now());
+        // OnDelete keeps the old pod; the failed one goes and is replaced; the newer duplicate goes.
+        assert_eq!(p.delete, vec!["dup-a", "f-b"]);
+        assert_eq!(p.create, vec!["b"]);
+        assert_eq!(p.status["updatedNumberScheduled"], 0);
+        // A terminating pod's node waits for it to go before getting a new one.
+        let mut term = pod("t-b", "b", &rev, true);
+        term["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let p = plan(&d, &nodes, &[pod("p-a", "a", &rev, true), term], now());
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn daemon_pods_are_bound_and_tolerate_node_problems() {
+        let mut d = ds(json!({}));
+        d["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+        let p = pod_for(&d, "a");
+        assert_eq!(p["spec"]["nodeName"], "a");
+        assert_eq!(p["metadata"]["generateName"], "agent-");
+        assert_eq!(
+            p["metadata"]["labels"][REVISION_LABEL],
+            revision(&d).as_str()
+        );
+        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "DaemonSet");
+        let keys: Vec<&str> = p["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["key"].as_str())
+            .collect();
+        assert!(keys.contains(&"node.kubernetes.io/unreachable"));
+        assert!(keys.contains(&"node.kubernetes.io/network-unavailable"));
+    }
+}
