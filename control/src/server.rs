@@ -497,10 +497,17 @@ impl Server {
     }
 
     /// Stops serving and shuts raft down.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         let _ = self.node.raft.shutdown().await;
-        let _ = self.serve.await;
+        // Graceful shutdown waits for open streams (watches) to end; clients that never hang up
+        // (an in-process agent's watches, in `ferry up`) must not keep the member alive.
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.serve)
+            .await
+            .is_err()
+        {
+            self.serve.abort();
+        }
     }
 }
 

@@ -97,8 +97,17 @@ async fn up_runs_a_single_node_cluster_and_restarts_into_it() -> Result<()> {
     let up = start(dir.path(), port)?;
     let first = ready_node(dir.path()).await?;
     // Stop by SIGTERM (our own child, by PID) and start again on the same data.
+    let mut up = up;
     let pid = nix::unistd::Pid::from_raw(up.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    // It stops by itself (its own agent's open watches must not keep the member alive).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while up.0.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            bail!("ferry up did not stop within 15 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(up);
     let _again = start(dir.path(), port)?;
     let second = ready_node(dir.path()).await?;
