@@ -5,13 +5,7 @@
 
 use std::{fs, io, path::Path, path::PathBuf};
 
-fn is_mountpoint(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(m), Some(parent)) = (fs::metadata(path), path.parent()) else {
-        return false;
-    };
-    fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())
-}
+use super::volumes::is_mountpoint;
 
 /// Mounts the overlay for an instance (idempotent) and returns the merged directory.
 pub fn mount(image_rootfs: &Path, dir: &Path) -> io::Result<PathBuf> {

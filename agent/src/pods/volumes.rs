@@ -131,7 +131,8 @@ pub fn safe_relative(volume: &str, p: &str) -> Result<PathBuf, VolumeError> {
     }
 }
 
-fn is_mountpoint(path: &Path) -> bool {
+/// Whether something is mounted at `path` (it is on another device than its parent).
+pub(crate) fn is_mountpoint(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let (Ok(m), Some(parent)) = (fs::metadata(path), path.parent()) else {
         return false;
