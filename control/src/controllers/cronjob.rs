@@ -20,7 +20,8 @@ use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use ferry_api::client::{Api, ListOptions};
 use serde_json::{Value, json};
 
-use super::job::{Event, finished, owned_by, record};
+use super::job::{Event, finished, owned_by};
+use super::record_event as record;
 use crate::controllers::str_at as s;
 
 /// A parsed cron schedule: the allowed values of each field as bit sets.

@@ -218,37 +218,6 @@ pub fn pod_for(ds: &Value, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
 }
 
-/// Records an Event about `obj` (a Kind with apiVersion `api_version`) from `component`.
-pub(crate) async fn record_event<A: Api>(
-    api: &A,
-    obj: &Value,
-    kind: &str,
-    api_version: &str,
-    component: &str,
-    reason: &str,
-    message: &str,
-) {
-    let ns = match s(obj, "/metadata/namespace") {
-        "" => "default",
-        ns => ns,
-    };
-    let name = s(obj, "/metadata/name");
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"kind": kind, "namespace": s(obj, "/metadata/namespace"), "name": name,
-                           "uid": s(obj, "/metadata/uid"), "apiVersion": api_version},
-        "reason": reason, "message": message, "type": "Normal",
-        "source": {"component": component},
-        "reportingComponent": component,
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    });
-    if let Err(e) = api.create("Event", ns, &ev).await {
-        tracing::debug!(object = name, "recording event: {e}");
-    }
-}
-
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
@@ -283,12 +252,12 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             .collect::<Vec<_>>();
         let creates = creates.iter().map(|p| api.create("Pod", ns, p));
         let ev = |reason: &'static str, message: String| async move {
-            record_event(
+            super::record_event(
                 api,
-                ds,
                 "DaemonSet",
-                "apps/v1",
+                ds,
                 "daemonset-controller",
+                false,
                 reason,
                 &message,
             )
@@ -321,23 +290,8 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
                 Err(e) => tracing::debug!(daemonset = name, "deleting a pod: {e}"),
             }
         }
-        let current = ds.get("status").cloned().unwrap_or(Value::Null);
-        let changed = plan
-            .status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .any(|(k, v)| current[k] != *v);
-        if changed {
-            let mut updated = ds.clone();
-            let mut status = current.as_object().cloned().unwrap_or_default();
-            for (k, v) in plan.status.as_object().into_iter().flatten() {
-                status.insert(k.clone(), v.clone());
-            }
-            updated["status"] = Value::Object(status);
-            if let Err(e) = api.update_status("DaemonSet", &updated).await {
-                tracing::debug!(daemonset = name, "status: {e}");
-            }
+        if let Err(e) = super::update_status_fields(api, "DaemonSet", ds, &plan.status).await {
+            tracing::debug!(daemonset = name, "status: {e}");
         }
     }
     Ok(acted)

@@ -1373,23 +1373,17 @@ fn items(list: Value) -> Vec<Value> {
     }
 }
 
-async fn event<A: Api>(api: &A, d: &Value, e: &Event, now: &str) {
-    let ns = s(d, "/metadata/namespace");
-    let name = s(d, "/metadata/name");
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"kind": "Deployment", "namespace": ns, "name": name,
-                           "uid": s(d, "/metadata/uid"), "apiVersion": "apps/v1"},
-        "reason": e.reason, "message": e.message,
-        "type": if e.warning { "Warning" } else { "Normal" },
-        "source": {"component": "deployment-controller"},
-        "reportingComponent": "deployment-controller",
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    });
-    if let Err(err) = api.create("Event", ns, &ev).await {
-        tracing::debug!(deployment = name, "recording event: {err}");
-    }
+async fn event<A: Api>(api: &A, d: &Value, e: &Event) {
+    super::record_event(
+        api,
+        "Deployment",
+        d,
+        "deployment-controller",
+        e.warning,
+        e.reason,
+        &e.message,
+    )
+    .await;
 }
 
 /// Applies one Deployment's plan. Returns the number of writes.
@@ -1443,7 +1437,6 @@ async fn reconcile<A: Api>(
         now,
     };
     let plan = plan(&observed)?;
-    let stamp = rfc3339(now);
     let mut status = plan.status.clone();
 
     if let Some(rs) = &plan.create {
@@ -1521,7 +1514,7 @@ async fn reconcile<A: Api>(
         }
     }
     for e in &plan.events {
-        event(api, d, e, &stamp).await;
+        event(api, d, e).await;
     }
     let current = d.get("status").cloned().unwrap_or_else(|| json!({}));
     if current != status {

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use ferry_api::client::{Api, ListOptions};
 use serde_json::{Value, json};
 
+use crate::controllers::record_event as record;
 use crate::controllers::str_at as s;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -346,38 +347,6 @@ pub fn pod_from_template(job: &Value) -> Value {
     }
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
            "spec": job.pointer("/spec/template/spec").cloned().unwrap_or_else(|| json!({}))})
-}
-
-/// Records an Event about `obj` (kind `kind`) from `component`.
-pub async fn record<A: Api>(
-    api: &A,
-    kind: &str,
-    obj: &Value,
-    component: &str,
-    warning: bool,
-    reason: &str,
-    message: &str,
-) {
-    let ns = s(obj, "/metadata/namespace");
-    let name = s(obj, "/metadata/name");
-    let now = rfc3339(Utc::now());
-    let api_version = ferry_api::kinds::lookup_kind(kind)
-        .map(|k| k.api_version)
-        .unwrap_or("v1");
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"kind": kind, "namespace": ns, "name": name,
-                           "uid": s(obj, "/metadata/uid"), "apiVersion": api_version},
-        "reason": reason, "message": message,
-        "type": if warning { "Warning" } else { "Normal" },
-        "source": {"component": component},
-        "reportingComponent": component,
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    });
-    if let Err(err) = api.create("Event", ns, &ev).await {
-        tracing::debug!(object = name, "recording event: {err}");
-    }
 }
 
 const COMPONENT: &str = "job-controller";

@@ -30,6 +30,63 @@ pub(crate) fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
 }
 
+/// Records an Event about `obj` (kind `kind`) from `component`: what every control loop uses
+/// for the decisions a user sees in `ferry describe`. Best effort: a failed write is logged.
+pub(crate) async fn record_event<A: ferry_api::client::Api>(
+    api: &A,
+    kind: &str,
+    obj: &Value,
+    component: &str,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) {
+    let ns = str_at(obj, "/metadata/namespace");
+    let name = str_at(obj, "/metadata/name");
+    // Events about cluster-scoped objects live in `default`, as in Kubernetes.
+    let event_ns = if ns.is_empty() { "default" } else { ns };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let api_version = ferry_api::kinds::lookup_kind(kind)
+        .map(|k| k.api_version)
+        .unwrap_or("v1");
+    let ev = serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": event_ns},
+        "involvedObject": {"kind": kind, "namespace": ns, "name": name,
+                           "uid": str_at(obj, "/metadata/uid"), "apiVersion": api_version},
+        "reason": reason, "message": message,
+        "type": if warning { "Warning" } else { "Normal" },
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    if let Err(err) = api.create("Event", event_ns, &ev).await {
+        tracing::debug!(object = name, "recording event: {err}");
+    }
+}
+
+/// Writes the fields of `status` over `obj`'s status (other fields kept), only when one of
+/// them differs.
+pub(crate) async fn update_status_fields<A: ferry_api::client::Api>(
+    api: &A,
+    kind: &str,
+    obj: &Value,
+    status: &Value,
+) -> Result<(), ferry_api::client::ClientError> {
+    let current = obj.get("status").cloned().unwrap_or(Value::Null);
+    let fields = status.as_object().into_iter().flatten();
+    if !fields.clone().any(|(k, v)| current[k] != *v) {
+        return Ok(());
+    }
+    let mut merged = current.as_object().cloned().unwrap_or_default();
+    for (k, v) in fields {
+        merged.insert(k.clone(), v.clone());
+    }
+    let mut updated = obj.clone();
+    updated["status"] = Value::Object(merged);
+    api.update_status(kind, &updated).await.map(drop)
+}
+
 /// How a control loop is paced.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {

@@ -339,12 +339,12 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             .collect();
         let plan = plan(sts, &in_ns, &claims, chrono::Utc::now());
         let ev = |reason: &'static str, message: String| async move {
-            super::daemonset::record_event(
+            super::record_event(
                 api,
-                sts,
                 "StatefulSet",
-                "apps/v1",
+                sts,
                 "statefulset-controller",
+                false,
                 reason,
                 &message,
             )
@@ -422,23 +422,8 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
                 Err(e) => tracing::debug!(statefulset = name, "deleting claim {c}: {e}"),
             }
         }
-        let current = sts.get("status").cloned().unwrap_or(Value::Null);
-        let changed = plan
-            .status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .any(|(k, v)| current[k] != *v);
-        if changed {
-            let mut updated = sts.clone();
-            let mut status = current.as_object().cloned().unwrap_or_default();
-            for (k, v) in plan.status.as_object().into_iter().flatten() {
-                status.insert(k.clone(), v.clone());
-            }
-            updated["status"] = Value::Object(status);
-            if let Err(e) = api.update_status("StatefulSet", &updated).await {
-                tracing::debug!(statefulset = name, "status: {e}");
-            }
+        if let Err(e) = super::update_status_fields(api, "StatefulSet", sts, &plan.status).await {
+            tracing::debug!(statefulset = name, "status: {e}");
         }
     }
     Ok(acted)

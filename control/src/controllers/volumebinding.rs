@@ -464,12 +464,12 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             }
             ClaimAction::Provision(pv) => match api.create("PersistentVolume", "", &pv).await {
                 Ok(created) => {
-                    super::daemonset::record_event(
+                    super::record_event(
                         api,
-                        pvc,
                         "PersistentVolumeClaim",
-                        "v1",
+                        pvc,
                         "persistentvolume-controller",
+                        false,
                         "ProvisioningSucceeded",
                         &format!(
                             "Successfully provisioned volume {} using {LOCAL_CLASS} at {}",

@@ -72,20 +72,17 @@ async fn set_scheduled_condition<A: Api>(
 }
 
 async fn event<A: Api>(api: &A, pod: &Value, kind: &str, reason: &str, message: &str) {
-    let ns = s(pod, "/metadata/namespace");
-    let name = s(pod, "/metadata/name");
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"kind": "Pod", "namespace": ns, "name": name, "uid": s(pod, "/metadata/uid"), "apiVersion": "v1"},
-        "reason": reason, "message": message, "type": kind,
-        "source": {"component": "default-scheduler"},
-        "reportingComponent": "default-scheduler",
-        "firstTimestamp": now(), "lastTimestamp": now(), "count": 1,
-    });
-    if let Err(e) = api.create("Event", ns, &ev).await {
-        tracing::debug!("recording event: {e}");
-    }
+    let warning = kind == "Warning";
+    crate::controllers::record_event(
+        api,
+        "Pod",
+        pod,
+        "default-scheduler",
+        warning,
+        reason,
+        message,
+    )
+    .await;
 }
 
 /// Pods bound (or marked unschedulable) concurrently in a pass. The store folds concurrent
