@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod datapath;
 pub mod dns;
 pub mod image;
+pub mod informer;
 pub mod network;
 pub mod node;
 pub mod pods;

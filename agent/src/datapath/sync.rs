@@ -4,19 +4,18 @@
 //! ([`super::socklb::SockLb::sync`]).
 
 use std::{
-    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use ferry_api::client::{Client, ListOptions};
-use futures::StreamExt;
+use ferry_api::client::Client;
 use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{DatapathError, services, socklb::SockLb};
+use crate::informer::{Cache, lock};
 
 /// How long changes are gathered before the maps are written.
 const COALESCE: Duration = Duration::from_millis(5);
@@ -31,88 +30,6 @@ pub struct SyncOptions {
     pub node_ips: Vec<Ipv4Addr>,
     /// Where traffic from outside arrives, if north-south translation is on.
     pub uplink: Option<super::socklb::Uplink>,
-}
-
-type Cache = Arc<Mutex<BTreeMap<(String, String), Value>>>;
-
-fn lock(c: &Cache) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Value>> {
-    c.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn key_of(v: &Value) -> (String, String) {
-    let s = |p: &str| {
-        v.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    (s("/metadata/namespace"), s("/metadata/name"))
-}
-
-/// List+watch of one kind into `cache`; bumps `changed` after every change and marks `synced`
-/// once the first list is in.
-async fn informer(
-    client: Client,
-    kind: &'static str,
-    cache: Cache,
-    changed: watch::Sender<u64>,
-    synced: watch::Sender<bool>,
-) {
-    let opts = ListOptions::default();
-    loop {
-        let list = match client.list(kind, &opts).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(kind, error = %e, "datapath: listing; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let rv = list
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        {
-            let mut c = lock(&cache);
-            c.clear();
-            for item in list["items"].as_array().into_iter().flatten() {
-                c.insert(key_of(item), item.clone());
-            }
-        }
-        changed.send_modify(|n| *n += 1);
-        synced.send_replace(true);
-        let mut stream = match client.watch(kind, &opts, &rv, false).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(kind, error = %e, "datapath: watching; relisting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => {
-                    let mut c = lock(&cache);
-                    match ev.kind.as_str() {
-                        "ADDED" | "MODIFIED" => {
-                            c.insert(key_of(&ev.object), ev.object);
-                        }
-                        "DELETED" => {
-                            c.remove(&key_of(&ev.object));
-                        }
-                        _ => continue,
-                    }
-                    drop(c);
-                    changed.send_modify(|n| *n += 1);
-                }
-                Err(e) => {
-                    tracing::info!(kind, error = %e, "datapath: watch ended; relisting");
-                    break;
-                }
-            }
-        }
-    }
 }
 
 /// Loads and attaches the socket load balancer, then keeps its maps in sync until dropped.
@@ -138,14 +55,14 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
     let (svc_synced_tx, mut svc_synced) = watch::channel(false);
     let (eps_synced_tx, mut eps_synced) = watch::channel(false);
     let informers = [
-        tokio::spawn(informer(
+        tokio::spawn(crate::informer::run(
             client.clone(),
             "Service",
             services.clone(),
             changed_tx.clone(),
             svc_synced_tx,
         )),
-        tokio::spawn(informer(
+        tokio::spawn(crate::informer::run(
             client.clone(),
             "EndpointSlice",
             slices.clone(),
@@ -170,8 +87,8 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
         tokio::time::sleep(COALESCE).await;
         changed.borrow_and_update();
         let started = Instant::now();
-        let svcs: Vec<Value> = lock(&services).values().cloned().collect();
-        let eps: Vec<Value> = lock(&slices).values().cloned().collect();
+        let svcs: Vec<Value> = lock(&services).values().map(|v| Value::clone(v)).collect();
+        let eps: Vec<Value> = lock(&slices).values().map(|v| Value::clone(v)).collect();
         let desired = services::desired(&svcs, &eps);
         let lb2 = lb.clone();
         let r = tokio::task::spawn_blocking(move || {

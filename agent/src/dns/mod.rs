@@ -18,14 +18,12 @@ pub mod handler;
 pub mod zone;
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
-use ferry_api::client::{Client, ListOptions};
-use futures::StreamExt;
+use ferry_api::client::Client;
 use hickory_server::Server;
 use serde_json::Value;
 use tokio::{
@@ -34,6 +32,7 @@ use tokio::{
 };
 
 use self::{forward::Forwarder, handler::Handler, zone::Zone};
+use crate::informer::{Cache, lock};
 
 /// The port pods' resolvers use (resolv.conf cannot name another).
 pub const DEFAULT_PORT: u16 = 53;
@@ -121,91 +120,6 @@ pub fn spawn(client: Client, opts: DnsOptions) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Objects by (namespace, name); `Arc`s so a rebuild copies pointers, not JSON.
-type Cache = Arc<Mutex<BTreeMap<(String, String), Arc<Value>>>>;
-
-fn lock(c: &Cache) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Arc<Value>>> {
-    c.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn key_of(v: &Value) -> (String, String) {
-    let s = |p: &str| {
-        v.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    (s("/metadata/namespace"), s("/metadata/name"))
-}
-
-/// List+watch of one kind into `cache` (the datapath's informer pattern); bumps `changed`
-/// after every change and marks `synced` once the first list is in.
-async fn informer(
-    client: Client,
-    kind: &'static str,
-    cache: Cache,
-    changed: watch::Sender<u64>,
-    synced: watch::Sender<bool>,
-) {
-    let opts = ListOptions::default();
-    loop {
-        let mut list = match client.list(kind, &opts).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(kind, error = %e, "dns: listing; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let rv = list
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        {
-            let mut c = lock(&cache);
-            c.clear();
-            if let Value::Array(items) = list["items"].take() {
-                for item in items {
-                    c.insert(key_of(&item), Arc::new(item));
-                }
-            }
-        }
-        changed.send_modify(|n| *n += 1);
-        synced.send_replace(true);
-        let mut stream = match client.watch(kind, &opts, &rv, false).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(kind, error = %e, "dns: watching; relisting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => {
-                    let mut c = lock(&cache);
-                    match ev.kind.as_str() {
-                        "ADDED" | "MODIFIED" => {
-                            c.insert(key_of(&ev.object), Arc::new(ev.object));
-                        }
-                        "DELETED" => {
-                            c.remove(&key_of(&ev.object));
-                        }
-                        _ => continue,
-                    }
-                    drop(c);
-                    changed.send_modify(|n| *n += 1);
-                }
-                Err(e) => {
-                    tracing::info!(kind, error = %e, "dns: watch ended; relisting");
-                    break;
-                }
-            }
-        }
-    }
-}
-
 /// Binds UDP and TCP on `addr`, retrying until both succeed (the address may be busy for a
 /// moment, e.g. while a previous agent's sockets close).
 async fn bind(addr: SocketAddr) -> (UdpSocket, TcpListener) {
@@ -274,14 +188,14 @@ pub async fn run(client: Client, opts: DnsOptions) -> Result<(), DnsError> {
         }
     }
     let _informers = AbortOnDrop(vec![
-        tokio::spawn(informer(
+        tokio::spawn(crate::informer::run(
             client.clone(),
             "Service",
             services.clone(),
             changed_tx.clone(),
             svc_synced_tx,
         )),
-        tokio::spawn(informer(
+        tokio::spawn(crate::informer::run(
             client,
             "EndpointSlice",
             slices.clone(),
