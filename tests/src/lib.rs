@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod image;
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -13,27 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ferry_api::client::{Client, DeleteOptions, ListOptions};
+use ferry_tests::sim::{add_node, until};
 use ferry_tests::{Cluster, ferry_bin};
 use futures::StreamExt;
 use serde_json::{Value, json};
-
-async fn add_node(c: &Client, name: &str) -> Result<()> {
-    let mut n = c
-        .create(
-            "Node",
-            "",
-            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}),
-        )
-        .await?;
-    n["status"] = json!({"capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
-                         "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}});
-    // Without a resourceVersion: node IPAM may have written the Node since (its pod CIDR).
-    if let Some(m) = n["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
-    c.update_status("Node", &n).await?;
-    Ok(())
-}
 
 fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
@@ -192,17 +175,6 @@ async fn sets(c: &Client, app: &str) -> Result<Vec<Value>> {
     Ok(l["items"].as_array().cloned().unwrap_or_default())
 }
 
-async fn until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await? {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// The Deployment has rolled out its current generation with `replicas` pods of `image`.
 async fn rolled_out(c: &Client, name: &str, img: &str) -> Result<bool> {
     let d = c.get("Deployment", "default", name).await?;
@@ -242,7 +214,7 @@ async fn start() -> Result<(Cluster, Client)> {
     let cluster = Cluster::start(1, &["--node-monitor-grace-seconds", "3600"]).await?;
     let c = cluster.client();
     for n in ["n1", "n2", "n3"] {
-        add_node(&c, n).await?;
+        add_node(&c, n, json!({})).await?;
     }
     Ok((cluster, c))
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use ferry_api::client::{Client, DeleteOptions, ListOptions};
+use ferry_tests::sim::{add_node, until};
 use ferry_tests::{Cluster, agent::TestAgent, image};
 use serde_json::{Value, json};
 
@@ -27,25 +28,6 @@ fn is_ready(p: &Value) -> bool {
 
 fn terminating(p: &Value) -> bool {
     !s(p, "/metadata/deletionTimestamp").is_empty()
-}
-
-async fn add_node(c: &Client, name: &str, labels: Value) -> Result<()> {
-    let mut l = labels;
-    l["kubernetes.io/hostname"] = json!(name);
-    let mut n = c
-        .create(
-            "Node",
-            "",
-            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": l}}),
-        )
-        .await?;
-    n["status"] = json!({"capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
-                         "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}});
-    if let Some(m) = n["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
-    c.update_status("Node", &n).await?;
-    Ok(())
 }
 
 /// Plays the node agent: bound pods become Running and Ready `delay` after it first sees them;
@@ -137,18 +119,6 @@ async fn list(c: &Client, kind: &str, selector: &str) -> Result<Vec<Value>> {
         .as_array()
         .cloned()
         .unwrap_or_default())
-}
-
-/// Polls `f` until it returns true; each poll may also check an invariant (returning an error).
-async fn until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await? {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 fn daemon_set(img: &str) -> Value {

@@ -12,24 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use ferry_api::client::{Client, DeleteOptions, ListOptions};
 use ferry_tests::Cluster;
+use ferry_tests::sim::{add_node, until};
 use serde_json::{Value, json};
-
-async fn add_node(c: &Client, name: &str) -> Result<()> {
-    let mut n = c
-        .create(
-            "Node",
-            "",
-            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}),
-        )
-        .await?;
-    n["status"] = json!({"capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
-                         "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}});
-    if let Some(m) = n["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
-    c.update_status("Node", &n).await?;
-    Ok(())
-}
 
 fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
@@ -124,17 +108,6 @@ fn utc(offset: i64) -> String {
     )
 }
 
-async fn until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await? {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
 fn in_ns(ns: &str, selector: &str) -> ListOptions {
     ListOptions {
         namespace: Some(ns.into()),
@@ -160,7 +133,7 @@ async fn start() -> Result<(Cluster, Client)> {
     let cluster = Cluster::start(1, &["--node-monitor-grace-seconds", "3600"]).await?;
     let c = cluster.client();
     for n in ["n1", "n2"] {
-        add_node(&c, n).await?;
+        add_node(&c, n, json!({})).await?;
     }
     Ok((cluster, c))
 }
