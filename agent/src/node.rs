@@ -440,6 +440,7 @@ fn datapath_options(
             Some(IpAddr::V4(v4)) => vec![v4],
             _ => vec![],
         },
+        node_name: opts.node_name.clone(),
         uplink: uplink_for(opts, ip, pod_cidr)?,
     })
 }

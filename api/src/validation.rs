@@ -1531,6 +1531,14 @@ impl Errs {
                 "Invalid value: may only be set for externally-accessible services",
             ));
         }
+        if s.health_check_node_port.is_some_and(|p| p != 0)
+            && !(ty == "LoadBalancer" && s.external_traffic_policy.as_deref() == Some("Local"))
+        {
+            self.push(FieldError::new(
+                "spec.healthCheckNodePort",
+                "Invalid value: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+            ));
+        }
         let headless = s.cluster_ip.as_deref() == Some("None");
         if let Some(ip) = s
             .cluster_ip

@@ -41,13 +41,17 @@ pub fn run(c: &DatapathCommand) -> Result<()> {
             dir.display()
         )
     })?;
-    println!("{:<24} {:<5} {:<7} BACKENDS", "FRONTEND", "PROTO", "READY");
+    println!("{:<33} {:<5} {:<7} BACKENDS", "FRONTEND", "PROTO", "READY");
     for f in &dump.frontends {
-        let front = if f.frontend.addr.is_unspecified() {
+        let mut front = if f.frontend.addr.is_unspecified() {
             format!("*:{} (NodePort)", f.frontend.port)
         } else {
             format!("{}:{}", f.frontend.addr, f.frontend.port)
         };
+        // externalTrafficPolicy: Local: what traffic from outside the node gets.
+        if f.frontend.is_external() {
+            front.push_str(" external");
+        }
         let backends: Vec<String> = f
             .backends
             .iter()
@@ -66,7 +70,7 @@ pub fn run(c: &DatapathCommand) -> Result<()> {
             .map(|s| format!("  [ClientIP affinity {s}s]"))
             .unwrap_or_default();
         println!(
-            "{front:<24} {:<5} {:<7} {}{affinity}",
+            "{front:<33} {:<5} {:<7} {}{affinity}",
             proto(f.frontend.proto),
             format!("{}/{}", f.ready, f.backends.len()),
             if backends.is_empty() {

@@ -1,17 +1,21 @@
 //! A small busybox image built here, in Rust, as an OCI image archive (what
 //! `ferry image import` reads): one uncompressed layer with the node's static busybox and a
 //! symlink per applet, and an image config with a default `Cmd` of `sh`.
+//! [`write_busybox_archive_with`] adds programs of this machine and the shared libraries they
+//! load (the benchmarks' load generator and HTTP server).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 /// Applets linked into the image's `/bin`.
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "ls", "sleep", "httpd", "nc", "wget", "dd", "head", "tr", "touch", "rm",
     "chmod", "mkdir", "env", "hostname", "true", "false", "ps", "kill", "grep", "ip", "ping",
-    "nslookup", "date", "id", "test", "printf", "yes",
+    "nslookup", "date", "id", "test", "printf", "yes", "timeout",
 ];
 
 /// The node's static busybox, if installed (`busybox-static`).
@@ -39,12 +43,52 @@ fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header
     h
 }
 
-fn layer(busybox: &[u8]) -> Result<Vec<u8>> {
+/// The files that make `binary` run in an image: itself at `dest` (a path in the image), and
+/// every shared library and the dynamic loader `ldd` lists, each at its path on this machine
+/// (read through symlinks). Empty for a static binary but itself.
+pub fn host_binary_files(binary: &Path, dest: &str) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = vec![(
+        dest.trim_start_matches('/').to_string(),
+        binary.to_path_buf(),
+    )];
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() && !text.contains("not a dynamic executable") {
+        bail!(
+            "ldd {}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    for line in text.lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            if !Path::new(p).is_file() {
+                bail!("{}: library {p} not found", binary.display());
+            }
+            files.push((p.trim_start_matches('/').to_string(), PathBuf::from(p)));
+        } else if line.contains("not found") {
+            bail!("{}: {}", binary.display(), line.trim());
+        }
+    }
+    Ok(files)
+}
+
+fn layer(busybox: &[u8], extra: &[(String, PathBuf)]) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
     for dir in ["bin/", "etc/", "tmp/", "www/", "root/"] {
         let mut h = header(dir, tar::EntryType::Directory, 0o755, 0);
         h.set_cksum();
         b.append(&h, std::io::empty())?;
+        dirs.insert(dir.to_string());
     }
     let mut h = header(
         "bin/busybox",
@@ -76,14 +120,50 @@ fn layer(busybox: &[u8]) -> Result<Vec<u8>> {
     );
     h.set_cksum();
     b.append(&h, &index[..])?;
+    let mut written = BTreeSet::new();
+    for (dest, src) in extra {
+        if !written.insert(dest.clone()) {
+            continue;
+        }
+        // Parent directories first, each once.
+        let mut parent = String::new();
+        for part in dest
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, p)| p)
+        {
+            parent.push_str(part);
+            parent.push('/');
+            if dirs.insert(parent.clone()) {
+                let mut h = header(&parent, tar::EntryType::Directory, 0o755, 0);
+                h.set_cksum();
+                b.append(&h, std::io::empty())?;
+            }
+        }
+        let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+        let mut h = header(dest, tar::EntryType::Regular, 0o755, data.len() as u64);
+        h.set_cksum();
+        b.append(&h, &data[..])?;
+    }
     Ok(b.into_inner()?)
 }
 
 /// Writes an OCI image archive of busybox named `reference` (e.g. `localhost/test/busybox:1`)
 /// to `path`.
 pub fn write_busybox_archive(path: &Path, reference: &str) -> Result<()> {
+    write_busybox_archive_with(path, reference, &[])
+}
+
+/// [`write_busybox_archive`] plus `extra` files: (path in the image, file on this machine),
+/// e.g. from [`host_binary_files`].
+pub fn write_busybox_archive_with(
+    path: &Path,
+    reference: &str,
+    extra: &[(String, PathBuf)],
+) -> Result<()> {
     let bb = std::fs::read(busybox().context("busybox-static is not installed")?)?;
-    let layer = layer(&bb)?;
+    let layer = layer(&bb, extra)?;
     let layer_digest = sha256_hex(&layer);
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",

@@ -7,7 +7,11 @@
 //!   the other node's (DNAT + SNAT: the pod sees the node's address);
 //! - node 2 has no local pod: every flow is SNAT-ed to a remote one;
 //! - a LoadBalancer address (from the cluster's pool, routed to node 2 by the client) answers
-//!   the same way.
+//!   the same way;
+//! - a LoadBalancer with `externalTrafficPolicy: Local`: its NodePort on node 0 and 1 always
+//!   reaches the local pod, which sees the client's address; node 2 drops it; the health check
+//!   node port answers 200 with one local endpoint on node 0 and 1, 503 with none on node 2;
+//! - `internalTrafficPolicy: Local`: each web pod reaching the ClusterIP gets itself.
 //!
 //! Every reply comes back from the address and port the client asked. Once with direct routes
 //! between nodes, once through VXLAN (the SNAT-ed packet is redirected into the tunnel device).
@@ -206,6 +210,147 @@ async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
             bail!(
                 "LoadBalancer {lb_ip} unreachable:\n{}",
                 fabric.agent_log_tail(2, 20)
+            );
+        }
+    }
+    traffic_policies(fabric, &c, &client_ip).await
+}
+
+/// `GET /` on the health check node port `port` of node `i`: (status line, body).
+fn health_check(fabric: &Fabric, i: usize, port: u16) -> (String, String) {
+    let ip = fabric.node(i).ip;
+    let out = fabric.client_exec(&[
+        "/bin/busybox",
+        "sh",
+        "-c",
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {ip} {port}"),
+    ]);
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let status = text.lines().next().unwrap_or("").trim().to_owned();
+    let body = text.rsplit("\r\n\r\n").next().unwrap_or("").to_owned();
+    (status, body)
+}
+
+async fn traffic_policies(fabric: &Fabric, c: &Client, client_ip: &str) -> Result<()> {
+    let svc = c
+        .create(
+            "Service",
+            "default",
+            &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web-local"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                     "internalTrafficPolicy": "Local", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        )
+        .await?;
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap_or(0) as u16;
+    let hc_port = svc["spec"]["healthCheckNodePort"].as_u64().unwrap_or(0) as u16;
+    assert!(
+        hc_port >= 30000,
+        "no healthCheckNodePort allocated: {svc:#}"
+    );
+    assert_ne!(hc_port, node_port);
+    // Nodes 0 and 1: every flow stays on the node, and the pod sees the client.
+    for i in 0..2 {
+        let node_ip = fabric.node(i).ip.to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut answered = 0;
+        while answered < 5 {
+            if let Some(line) = who(fabric, &node_ip, node_port) {
+                let (pod, saw) = line.split_once(' ').unwrap_or((&line, ""));
+                let saw = saw.trim_start_matches("[::ffff:").trim_end_matches(']');
+                assert_eq!(
+                    pod,
+                    format!("web-{i}"),
+                    "node {i} kept the flow local: {line}"
+                );
+                assert_eq!(saw, client_ip, "the pod sees the client (no SNAT): {line}");
+                answered += 1;
+            } else if Instant::now() > deadline {
+                bail!(
+                    "externalTrafficPolicy Local NodePort {node_ip}:{node_port} unreachable:\n{}",
+                    fabric.agent_log_tail(i, 20)
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = health_check(fabric, i, hc_port);
+            if status == "HTTP/1.1 200 OK" {
+                let v: Value = serde_json::from_str(&body)?;
+                assert_eq!(v["localEndpoints"], 1, "{body}");
+                assert_eq!(v["service"]["name"], "web-local", "{body}");
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("health check port {hc_port} on node {i}: {status:?} {body:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Node 2 has no local pod: its health check says so, and outside traffic is dropped
+    // (once its maps hold the external entry, so the refusal is the policy's, not a gap).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = health_check(fabric, 2, hc_port);
+        let listed = fabric.node_check(
+            2,
+            &[
+                &ferry_tests::ferry_bin().display().to_string(),
+                "datapath",
+                "services",
+                "--node-name",
+                &fabric.node(2).name,
+            ],
+        )?;
+        let external = listed
+            .lines()
+            .any(|l| l.starts_with(&format!("*:{node_port} (NodePort) external")));
+        if status == "HTTP/1.1 503 Service Unavailable" && external {
+            let v: Value = serde_json::from_str(&body)?;
+            assert_eq!(v["localEndpoints"], 0, "{body}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("node 2: health check {status:?} {body:?}; maps:\n{listed}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let node2 = fabric.node(2).ip.to_string();
+    for _ in 0..3 {
+        assert_eq!(
+            who(fabric, &node2, node_port),
+            None,
+            "node 2 has no local endpoint: outside traffic must be dropped"
+        );
+    }
+    // internalTrafficPolicy: Local: a pod reaching the ClusterIP gets its own node's endpoint.
+    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or("").to_owned();
+    for i in 0..2 {
+        for _ in 0..4 {
+            let (out, code) = c
+                .pod_exec(ferry_api::proto::PodExecRequest {
+                    namespace: "default".into(),
+                    pod: format!("web-{i}"),
+                    container: String::new(),
+                    command: vec![
+                        "wget".into(),
+                        "-q".into(),
+                        "-O".into(),
+                        "-".into(),
+                        format!("http://{cluster_ip}/cgi-bin/who"),
+                    ],
+                    timeout_seconds: 20,
+                    uid: String::new(),
+                })
+                .await?;
+            let out = String::from_utf8_lossy(&out);
+            assert_eq!(code, 0, "web-{i} → {cluster_ip}: {out}");
+            assert!(
+                out.starts_with(&format!("web-{i} ")),
+                "internalTrafficPolicy Local: web-{i} reached {out:?}"
             );
         }
     }

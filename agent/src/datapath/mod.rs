@@ -11,6 +11,7 @@
 //! thread, whichever network namespace that thread is in.
 
 mod error;
+pub mod health;
 pub mod services;
 pub mod socklb;
 pub mod sync;

@@ -4,22 +4,48 @@
 //!
 //! Backend choice follows KEP-1669: ready endpoints serve; when none is ready, serving endpoints
 //! that are terminating take new connections; endpoints that are not serving never do.
+//!
+//! Traffic policies, as kube-proxy applies them: `internalTrafficPolicy: Local` gives a
+//! ClusterIP this node's endpoints only; `externalTrafficPolicy: Local` adds an
+//! [`svc_scope::EXTERNAL`] entry with this node's endpoints for NodePorts, LoadBalancer
+//! addresses and external IPs, used by traffic from outside the node (which then keeps its
+//! source address: it is never sent to another node). Connections made on the node itself keep
+//! the cluster-wide entry.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
-use ferry_ebpf_common::ipproto;
+use ferry_ebpf_common::{ipproto, svc_scope};
 use serde_json::Value;
 
 /// A service address as clients use it. `addr` 0.0.0.0 is a NodePort (any of the node's
-/// addresses, or loopback).
+/// addresses, or loopback). `scope` says which clients the entry serves ([`svc_scope`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub proto: u8,
+    pub scope: u8,
+}
+
+impl Frontend {
+    /// The entry connections made on the node use (and outside traffic, unless
+    /// externalTrafficPolicy is Local).
+    pub fn internal(addr: Ipv4Addr, port: u16, proto: u8) -> Frontend {
+        Frontend {
+            addr,
+            port,
+            proto,
+            scope: svc_scope::INTERNAL,
+        }
+    }
+
+    /// The entry of traffic from outside the node (externalTrafficPolicy: Local).
+    pub fn is_external(&self) -> bool {
+        self.scope == svc_scope::EXTERNAL
+    }
 }
 
 /// A pod address and port behind a frontend.
@@ -58,9 +84,9 @@ fn ipv4(v: &str) -> Option<Ipv4Addr> {
     v.parse().ok()
 }
 
-/// The desired frontends of all `services`, with backends from `slices` (EndpointSlices
-/// labelled `kubernetes.io/service-name`).
-pub fn desired(services: &[Value], slices: &[Value]) -> BTreeMap<Frontend, Entry> {
+/// The desired frontends of all `services` on node `node`, with backends from `slices`
+/// (EndpointSlices labelled `kubernetes.io/service-name`).
+pub fn desired(services: &[Value], slices: &[Value], node: &str) -> BTreeMap<Frontend, Entry> {
     // (namespace, service) -> slices
     let mut by_service: BTreeMap<(&str, &str), Vec<&Value>> = BTreeMap::new();
     for sl in slices {
@@ -119,6 +145,9 @@ pub fn desired(services: &[Value], slices: &[Value]) -> BTreeMap<Frontend, Entry
                 .map_or(10_800, |t| t.min(86_400) as u32)
         });
         let slices = by_service.get(&(ns, name)).cloned().unwrap_or_default();
+        let itp_local = s(svc, "/spec/internalTrafficPolicy") == "Local";
+        let etp_local = s(svc, "/spec/externalTrafficPolicy") == "Local"
+            && matches!(kind, "NodePort" | "LoadBalancer");
         for port in svc
             .pointer("/spec/ports")
             .and_then(Value::as_array)
@@ -132,22 +161,40 @@ pub fn desired(services: &[Value], slices: &[Value]) -> BTreeMap<Frontend, Entry
                 continue;
             };
             let port_name = port["name"].as_str().unwrap_or("");
-            let (ready, terminating) = backends(&slices, port_name, proto);
-            let entry = Entry {
-                service: if port_name.is_empty() {
-                    format!("{ns}/{name}")
-                } else {
-                    format!("{ns}/{name}:{port_name}")
-                },
-                ready,
-                terminating,
-                affinity_s,
+            let entry = |only_node: Option<&str>| {
+                let (ready, terminating) = backends(&slices, port_name, proto, only_node);
+                Entry {
+                    service: if port_name.is_empty() {
+                        format!("{ns}/{name}")
+                    } else {
+                        format!("{ns}/{name}:{port_name}")
+                    },
+                    ready,
+                    terminating,
+                    affinity_s,
+                }
             };
-            let mut add = |addr: Ipv4Addr, port: u16| {
-                out.insert(Frontend { addr, port, proto }, entry.clone());
+            let cluster = entry(None);
+            let local = (itp_local || etp_local).then(|| entry(Some(node)));
+            let local = local.as_ref().unwrap_or(&cluster);
+            for ip in &cluster_ips {
+                let e = if itp_local { local } else { &cluster };
+                out.insert(Frontend::internal(*ip, svc_port, proto), e.clone());
+            }
+            let mut external = |addr: Ipv4Addr, port: u16| {
+                out.insert(Frontend::internal(addr, port, proto), cluster.clone());
+                if etp_local {
+                    let f = Frontend {
+                        addr,
+                        port,
+                        proto,
+                        scope: svc_scope::EXTERNAL,
+                    };
+                    out.insert(f, local.clone());
+                }
             };
-            for ip in cluster_ips.iter().chain(&lb_ips).chain(&external_ips) {
-                add(*ip, svc_port);
+            for ip in lb_ips.iter().chain(&external_ips) {
+                external(*ip, svc_port);
             }
             if matches!(kind, "NodePort" | "LoadBalancer")
                 && let Some(np) = port["nodePort"]
@@ -155,15 +202,21 @@ pub fn desired(services: &[Value], slices: &[Value]) -> BTreeMap<Frontend, Entry
                     .and_then(|p| u16::try_from(p).ok())
                 && np > 0
             {
-                add(Ipv4Addr::UNSPECIFIED, np);
+                external(Ipv4Addr::UNSPECIFIED, np);
             }
         }
     }
     out
 }
 
-/// The ready and serving-terminating backends of one service port.
-fn backends(slices: &[&Value], port_name: &str, proto: u8) -> (Vec<BackendAddr>, Vec<BackendAddr>) {
+/// The ready and serving-terminating backends of one service port; with `only_node`, those on
+/// that node only (the endpoint's `nodeName`).
+fn backends(
+    slices: &[&Value],
+    port_name: &str,
+    proto: u8,
+    only_node: Option<&str>,
+) -> (Vec<BackendAddr>, Vec<BackendAddr>) {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for sl in slices {
@@ -187,6 +240,9 @@ fn backends(slices: &[&Value], port_name: &str, proto: u8) -> (Vec<BackendAddr>,
             .into_iter()
             .flatten()
         {
+            if only_node.is_some_and(|n| ep["nodeName"].as_str() != Some(n)) {
+                continue;
+            }
             let c = &ep["conditions"];
             // Kubernetes: an unset `ready` means ready; `serving` defaults to `ready`.
             let is_ready = c["ready"].as_bool().unwrap_or(true);
@@ -254,7 +310,7 @@ mod tests {
             {"addresses": ["10.244.1.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
             {"addresses": ["10.244.1.4"], "conditions": {"ready": false, "serving": false, "terminating": false}},
         ]))];
-        let d = desired(&services, &slices);
+        let d = desired(&services, &slices, "n1");
         let fronts: Vec<String> = d
             .keys()
             .map(|f| format!("{}:{}/{}", f.addr, f.port, f.proto))
@@ -268,11 +324,7 @@ mod tests {
                 "192.168.77.240:80/6"
             ]
         );
-        let e = &d[&Frontend {
-            addr: "10.96.0.10".parse().unwrap(),
-            port: 80,
-            proto: 6,
-        }];
+        let e = &d[&Frontend::internal("10.96.0.10".parse().unwrap(), 80, 6)];
         let ips = |v: &[BackendAddr]| v.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>();
         assert_eq!(ips(&e.ready), ["10.244.0.2", "10.244.1.2"]);
         assert_eq!(ips(&e.terminating), ["10.244.1.3"]);
@@ -290,13 +342,70 @@ mod tests {
                 json!({"spec": {"clusterIP": "10.96.0.11", "ports": [{"port": 53, "protocol": "SCTP"}]}}),
             ),
         ];
-        assert!(desired(&services, &[]).is_empty());
+        assert!(desired(&services, &[], "n1").is_empty());
         // A ClusterIP without endpoints is still a frontend (connections are refused).
         let s = [svc(
             json!({"spec": {"clusterIP": "10.96.0.12", "ports": [{"port": 53, "protocol": "UDP"}]}}),
         )];
-        let d = desired(&s, &[]);
+        let d = desired(&s, &[], "n1");
         assert_eq!(d.len(), 1);
         assert!(d.values().next().unwrap().ready.is_empty());
+    }
+
+    #[test]
+    fn traffic_policies_local_use_this_nodes_endpoints() {
+        let eps = json!([
+            {"addresses": ["10.244.0.2"], "nodeName": "n0", "conditions": {"ready": true}},
+            {"addresses": ["10.244.1.2"], "nodeName": "n1", "conditions": {"ready": true}},
+            {"addresses": ["10.244.1.3"], "nodeName": "n1",
+             "conditions": {"ready": false, "serving": true, "terminating": true}},
+        ]);
+        let services = [svc(json!({
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                     "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.168.77.240"}]}},
+        }))];
+        let d = desired(&services, &[slice(eps.clone())], "n1");
+        let ips = |f: Frontend| {
+            let e = &d[&f];
+            (
+                e.ready
+                    .iter()
+                    .map(|b| b.addr.to_string())
+                    .collect::<Vec<_>>(),
+                e.terminating.len(),
+            )
+        };
+        let ext = |addr: &str, port| Frontend {
+            scope: svc_scope::EXTERNAL,
+            ..Frontend::internal(addr.parse().unwrap(), port, 6)
+        };
+        let int = |addr: &str, port| Frontend::internal(addr.parse().unwrap(), port, 6);
+        // internalTrafficPolicy: Local: the ClusterIP has this node's endpoints only.
+        assert_eq!(ips(int("10.96.0.10", 80)), (vec!["10.244.1.2".into()], 1));
+        // externalTrafficPolicy: Local: outside traffic gets this node's endpoints, traffic
+        // from the node itself all of them.
+        for (addr, port) in [("0.0.0.0", 30080), ("192.168.77.240", 80)] {
+            assert_eq!(ips(ext(addr, port)), (vec!["10.244.1.2".into()], 1));
+            assert_eq!(
+                ips(int(addr, port)),
+                (vec!["10.244.0.2".into(), "10.244.1.2".into()], 1)
+            );
+        }
+        assert_eq!(d.len(), 5);
+        // A node without endpoints still gets the external entry, empty: outside traffic is
+        // dropped there.
+        let d = desired(&services, &[slice(eps.clone())], "n2");
+        assert!(d[&ext("0.0.0.0", 30080)].ready.is_empty());
+        assert_eq!(d[&int("0.0.0.0", 30080)].ready.len(), 2);
+        // Cluster policies (the default): one entry per frontend, every endpoint.
+        let cluster = [svc(json!({
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.11",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30081}]}}))];
+        let d = desired(&cluster, &[slice(eps)], "n1");
+        assert_eq!(d.len(), 2);
+        assert!(d.keys().all(|f| f.scope == svc_scope::INTERNAL));
+        assert!(d.values().all(|e| e.ready.len() == 2));
     }
 }

@@ -30,7 +30,7 @@ use ferry_ebpf_common::{
     AFFINITY4_MAP, BACKENDS4_MAP, Backend4, NAT4_MAP, NODE_CONFIG_MAP, NODE_IPS4_MAP, NS_STATS_MAP,
     NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4, PROG_RECVMSG4,
     PROG_SENDMSG4, PROG_TO_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC4_MAP, SockStat, Svc4Key,
-    Svc4Value, svc_flags,
+    Svc4Value, svc_flags, svc_scope,
 };
 
 use super::{
@@ -292,6 +292,7 @@ impl SockLb {
                 addr: from_be(k.addr),
                 port: u16::from_be(k.port),
                 proto: k.proto,
+                scope: k.scope,
             };
             self.installed.insert(
                 f,
@@ -329,7 +330,7 @@ impl SockLb {
             port: f.port.to_be(),
             slot,
             proto: f.proto,
-            scope: 0,
+            scope: f.scope,
             _pad: [0; 2],
         }
     }
@@ -367,7 +368,19 @@ impl SockLb {
             frontends: desired.len(),
             ..Default::default()
         };
-        for (f, e) in desired {
+        // External-scope entries first: an internal master announces its external twin
+        // (`HAS_EXTERNAL`) only once the twin exists, so outside traffic never finds the flag
+        // without the entry. (Removal is the other way round: the flag goes in this loop, the
+        // twin after it.)
+        let ordered = desired
+            .iter()
+            .filter(|(f, _)| f.scope == svc_scope::EXTERNAL)
+            .chain(
+                desired
+                    .iter()
+                    .filter(|(f, _)| f.scope != svc_scope::EXTERNAL),
+            );
+        for (f, e) in ordered {
             let mut ids = Vec::with_capacity(e.ready.len() + e.terminating.len());
             for b in e.ready.iter().chain(&e.terminating) {
                 ids.push(self.backend_id(b, &mut report)?);
@@ -396,16 +409,24 @@ impl SockLb {
                     report.writes += 1;
                 }
             }
+            let has_external = f.scope == svc_scope::INTERNAL
+                && desired.contains_key(&Frontend {
+                    scope: svc_scope::EXTERNAL,
+                    ..*f
+                });
+            let mut flags = 0;
+            if e.affinity_s.is_some() {
+                flags |= svc_flags::AFFINITY;
+            }
+            if has_external {
+                flags |= svc_flags::HAS_EXTERNAL;
+            }
             let master = Svc4Value {
                 backend_id: 0,
                 count,
                 fb_count: fb,
                 rev_nat_id,
-                flags: if e.affinity_s.is_some() {
-                    svc_flags::AFFINITY
-                } else {
-                    0
-                },
+                flags,
                 affinity_s: e.affinity_s.unwrap_or(0),
             };
             let key = Self::key(f, 0);
@@ -513,6 +534,7 @@ fn read_maps(
             addr: from_be(k.addr),
             port: u16::from_be(k.port),
             proto: k.proto,
+            scope: k.scope,
         };
         let backends = (1..=v.count + v.fb_count)
             .filter_map(|slot| svc.get(&SockLb::key(&f, slot), 0).ok())

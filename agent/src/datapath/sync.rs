@@ -1,7 +1,8 @@
 //! Keeps this node's service maps in step with the cluster: lists and watches Services and
 //! EndpointSlices, and after every change (coalesced for a few milliseconds) recomputes the
 //! desired frontends ([`super::services::desired`]) and applies the difference
-//! ([`super::socklb::SockLb::sync`]).
+//! ([`super::socklb::SockLb::sync`]); also keeps the health check node ports
+//! ([`super::health`]) open.
 
 use std::{
     net::Ipv4Addr,
@@ -14,7 +15,7 @@ use ferry_api::client::Client;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{DatapathError, services, socklb::SockLb};
+use super::{DatapathError, health, services, socklb::SockLb};
 use crate::informer::{Cache, lock};
 
 /// How long changes are gathered before the maps are written.
@@ -28,6 +29,8 @@ pub struct SyncOptions {
     pub cgroup: PathBuf,
     /// This node's addresses (NodePort frontends).
     pub node_ips: Vec<Ipv4Addr>,
+    /// This node's name (the endpoints traffic policies `Local` keep).
+    pub node_name: String,
     /// Where traffic from outside arrives, if north-south translation is on.
     pub uplink: Option<super::socklb::Uplink>,
 }
@@ -83,13 +86,15 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
     let _ = svc_synced.wait_for(|s| *s).await;
     let _ = eps_synced.wait_for(|s| *s).await;
     let mut first = true;
+    let mut health_checks = health::HealthChecks::default();
     loop {
         tokio::time::sleep(COALESCE).await;
         changed.borrow_and_update();
         let started = Instant::now();
         let svcs: Vec<Value> = lock(&services).values().map(|v| Value::clone(v)).collect();
         let eps: Vec<Value> = lock(&slices).values().map(|v| Value::clone(v)).collect();
-        let desired = services::desired(&svcs, &eps);
+        let desired = services::desired(&svcs, &eps, &opts.node_name);
+        health_checks.apply(&health::wanted(&svcs, &eps, &opts.node_name));
         let lb2 = lb.clone();
         let r = tokio::task::spawn_blocking(move || {
             lb2.lock().unwrap_or_else(|p| p.into_inner()).sync(&desired)

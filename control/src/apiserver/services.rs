@@ -1,5 +1,7 @@
 //! Service address allocation, in the API server as in Kubernetes: a ClusterIP from the service
-//! CIDR (default 10.96.0.0/12) and NodePorts from 30000-32767, unique cluster-wide.
+//! CIDR (default 10.96.0.0/12) and NodePorts from 30000-32767, unique cluster-wide; a
+//! LoadBalancer with externalTrafficPolicy Local also gets its `healthCheckNodePort` from the
+//! NodePort range (every agent answers health checks on it, see agent/src/datapath/health.rs).
 //!
 //! Each allocated address is claimed with a compare-and-swap create of an internal key
 //! (`/_ferry/alloc/...`, never visible through the API) before the Service is written, so two
@@ -208,35 +210,54 @@ impl ApiServer {
                 .map_or(0, Vec::len);
             for i in 0..count {
                 let given = svc["spec"]["ports"][i]["nodePort"].as_i64().unwrap_or(0);
-                let port = if given != 0 {
-                    if !self.claim(port_key(given), owner).await? {
-                        return Err(invalid(
-                            name,
-                            format!(
-                                "spec.ports[{i}].nodePort: Invalid value: {given}: provided port is already allocated"
-                            ),
-                        ));
-                    }
-                    given
-                } else {
-                    let (lo, hi) = (i64::from(NODE_PORT_RANGE.0), i64::from(NODE_PORT_RANGE.1));
-                    let span = hi - lo + 1;
-                    let start = rand::rng().random_range(0..span);
-                    let mut got = None;
-                    for k in 0..span {
-                        let p = lo + (start + k) % span;
-                        if self.claim(port_key(p), owner).await? {
-                            got = Some(p);
-                            break;
-                        }
-                    }
-                    got.ok_or_else(|| ApiError::Internal("no NodePort left in 30000-32767".into()))?
-                };
+                let port = self.node_port(given, owner).await?.map_err(|why| {
+                    invalid(
+                        name,
+                        format!("spec.ports[{i}].nodePort: Invalid value: {given}: {why}"),
+                    )
+                })?;
                 claimed.push(port_key(port));
                 svc["spec"]["ports"][i]["nodePort"] = json!(port);
             }
         }
+        if needs_health_check_port(svc) {
+            let given = svc["spec"]["healthCheckNodePort"].as_i64().unwrap_or(0);
+            let field = "spec.healthCheckNodePort";
+            let port = self
+                .node_port(given, owner)
+                .await?
+                .map_err(|why| invalid(name, format!("{field}: Invalid value: {given}: {why}")))?;
+            claimed.push(port_key(port));
+            svc["spec"]["healthCheckNodePort"] = json!(port);
+        }
         Ok(())
+    }
+
+    /// Claims NodePort `given`, or a free one when `given` is 0. `Ok(Err(why))`: the given port
+    /// is not available.
+    async fn node_port(&self, given: i64, owner: &str) -> Result<Result<i64, String>, ApiError> {
+        let (lo, hi) = (i64::from(NODE_PORT_RANGE.0), i64::from(NODE_PORT_RANGE.1));
+        if given != 0 {
+            if !(lo..=hi).contains(&given) {
+                return Ok(Err(format!(
+                    "provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                )));
+            }
+            return Ok(if self.claim(port_key(given), owner).await? {
+                Ok(given)
+            } else {
+                Err("provided port is already allocated".into())
+            });
+        }
+        let span = hi - lo + 1;
+        let start = rand::rng().random_range(0..span);
+        for k in 0..span {
+            let p = lo + (start + k) % span;
+            if self.claim(port_key(p), owner).await? {
+                return Ok(Ok(p));
+            }
+        }
+        Err(ApiError::Internal(format!("no NodePort left in {lo}-{hi}")))
     }
 
     /// Keeps a Service's allocated addresses across updates: unset fields take the old values;
@@ -273,6 +294,29 @@ impl ApiServer {
             }
             _ => {}
         }
+        let old_hc = old
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        match new
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+        {
+            0 if old_hc != 0 && needs_health_check_port(new) => {
+                new["spec"]["healthCheckNodePort"] = json!(old_hc);
+            }
+            0 => {}
+            p if p != old_hc => {
+                return Err(invalid(
+                    &name,
+                    format!(
+                        "spec.healthCheckNodePort: Invalid value: {p}: field is immutable (it is allocated when a LoadBalancer Service with externalTrafficPolicy Local is created)"
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let old_ports: Vec<Value> = old
             .pointer("/spec/ports")
             .and_then(Value::as_array)
@@ -299,6 +343,18 @@ impl ApiServer {
 
     /// The claim keys a stored Service holds.
     pub(crate) fn service_claims(svc: &Value) -> Vec<String> {
+        let mut keys = Self::port_and_ip_claims(svc);
+        if let Some(p) = svc
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .filter(|p| *p != 0)
+        {
+            keys.push(port_key(p));
+        }
+        keys
+    }
+
+    fn port_and_ip_claims(svc: &Value) -> Vec<String> {
         let mut keys = Vec::new();
         if let Some(ip) = svc
             .pointer("/spec/clusterIP")
@@ -323,6 +379,16 @@ impl ApiServer {
         }
         keys
     }
+}
+
+/// A LoadBalancer with externalTrafficPolicy Local: load balancers check its nodes' health on
+/// `spec.healthCheckNodePort`.
+fn needs_health_check_port(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+        && svc
+            .pointer("/spec/externalTrafficPolicy")
+            .and_then(Value::as_str)
+            == Some("Local")
 }
 
 #[cfg(test)]
@@ -356,6 +422,32 @@ mod tests {
                 "/_ferry/alloc/clusterip/10.96.0.5",
                 "/_ferry/alloc/nodeport/30080"
             ]
+        );
+    }
+
+    #[test]
+    fn health_check_port_is_kept_while_the_policy_is_local() {
+        let old = json!({"metadata": {"name": "s"}, "spec": {"type": "LoadBalancer",
+            "externalTrafficPolicy": "Local", "healthCheckNodePort": 31000,
+            "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}});
+        assert!(needs_health_check_port(&old));
+        let mut new = json!({"metadata": {"name": "s"}, "spec": {"type": "LoadBalancer",
+            "externalTrafficPolicy": "Local", "ports": [{"port": 80, "protocol": "TCP"}]}});
+        ApiServer::keep_service_allocations(&old, &mut new).expect("kept");
+        assert_eq!(new["spec"]["healthCheckNodePort"], 31000);
+        let mut cluster = json!({"metadata": {"name": "s"}, "spec": {"type": "LoadBalancer",
+            "externalTrafficPolicy": "Cluster", "ports": [{"port": 80, "protocol": "TCP"}]}});
+        ApiServer::keep_service_allocations(&old, &mut cluster).expect("kept");
+        assert!(cluster["spec"].get("healthCheckNodePort").is_none());
+        let mut moved = new.clone();
+        moved["spec"]["healthCheckNodePort"] = json!(31001);
+        let err = ApiServer::keep_service_allocations(&old, &mut moved).expect_err("immutable");
+        assert!(
+            err.to_string().contains("spec.healthCheckNodePort"),
+            "{err}"
+        );
+        assert!(
+            ApiServer::service_claims(&old).contains(&"/_ferry/alloc/nodeport/31000".to_string())
         );
     }
 }

@@ -160,6 +160,22 @@ pub const PROG_GETPEERNAME4: &str = "ferry_getpeername4";
 pub mod svc_flags {
     /// sessionAffinity: ClientIP, for `affinity_s` seconds.
     pub const AFFINITY: u16 = 1;
+    /// Set on an [`svc_scope::INTERNAL`] master entry whose frontend also has an
+    /// [`svc_scope::EXTERNAL`] entry (externalTrafficPolicy: Local), so traffic from outside
+    /// looks that one up and other traffic never pays for the second lookup.
+    pub const HAS_EXTERNAL: u16 = 2;
+}
+
+/// Values of [`Svc4Key::scope`]: which clients an entry's backends serve.
+pub mod svc_scope {
+    /// Connections made on this node (socket load balancing) and, unless an
+    /// [`EXTERNAL`] entry exists, traffic from outside too. internalTrafficPolicy: Local
+    /// narrows a ClusterIP's internal entry to this node's endpoints.
+    pub const INTERNAL: u8 = 0;
+    /// Traffic from outside the node to a NodePort, LoadBalancer or external IP with
+    /// externalTrafficPolicy: Local: this node's endpoints only (none: dropped, so that load
+    /// balancers' health checks steer clients to nodes that have some).
+    pub const EXTERNAL: u8 = 1;
 }
 
 /// Key of [`SVC4_MAP`].
@@ -173,7 +189,7 @@ pub struct Svc4Key {
     /// 0: the master entry; 1..: backend slots.
     pub slot: u16,
     pub proto: u8,
-    /// Reserved for traffic-policy scopes (external / internal); 0 today.
+    /// See [`svc_scope`].
     pub scope: u8,
     pub _pad: [u8; 2],
 }

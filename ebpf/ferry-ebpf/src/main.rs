@@ -26,7 +26,7 @@ use ferry_ebpf_common::{
     DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, NAT4_MAX_ENTRIES,
     NODE_IPS4_MAX_ENTRIES, NatKey, NatValue, NodeConfig, NsStat, PacketCounter,
     SOCK_REVNAT4_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey, SockRevValue, SockStat, Svc4Key,
-    Svc4Value, Verdict, ipproto, nat_dir, nat_flags, svc_flags,
+    Svc4Value, Verdict, ipproto, nat_dir, nat_flags, svc_flags, svc_scope,
 };
 
 #[map]
@@ -219,7 +219,7 @@ fn sock_forward(ctx: &SockAddrContext) -> i32 {
         port,
         slot: 0,
         proto,
-        scope: 0,
+        scope: svc_scope::INTERNAL,
         _pad: [0; 2],
     };
     let svc = match FERRY_SVC4.get_ptr(&key) {
@@ -601,10 +601,10 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         port: p.dport,
         slot: 0,
         proto: p.proto,
-        scope: 0,
+        scope: svc_scope::INTERNAL,
         _pad: [0; 2],
     };
-    let svc = match FERRY_SVC4.get_ptr(&skey) {
+    let mut svc = match FERRY_SVC4.get_ptr(&skey) {
         // SAFETY: a live map value.
         Some(v) => unsafe { *v },
         None => {
@@ -619,6 +619,19 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
             }
         }
     };
+    // externalTrafficPolicy: Local: traffic from outside gets this node's endpoints only.
+    if svc.flags & svc_flags::HAS_EXTERNAL != 0 {
+        skey.scope = svc_scope::EXTERNAL;
+        match FERRY_SVC4.get_ptr(&skey) {
+            // SAFETY: a live map value.
+            Some(v) => svc = unsafe { *v },
+            None => {
+                count_ns(NsStat::NoBackend);
+                count_drop(DropReason::NoBackend);
+                return TC_ACT_SHOT;
+            }
+        }
+    }
     let n = if svc.count > 0 {
         svc.count
     } else {

@@ -3,6 +3,7 @@
 //! one `RESULT <name> key=value ...` line. Normally run through `tests/bench/run NAME`, which
 //! builds the release binaries first. Method and figures: docs/benchmarks.md.
 
+mod datapath;
 mod etcd;
 mod podstart;
 mod programming;
@@ -39,6 +40,7 @@ enum Bench {
     /// Endpoint propagation: an EndpointSlice change until every node's eBPF maps hold it, on
     /// 3 nodes with real agents (root).
     Propagation(propagation::PropagationArgs),
+    Datapath(datapath::DatapathArgs),
 }
 
 /// The `ferry` binary the benchmark starts: `$FERRY_BIN`, else `ferry` next to this executable
@@ -107,6 +109,7 @@ async fn run(bench: Bench, ferry: PathBuf) -> Result<()> {
         Bench::Podstart(args) => podstart::run(args).await,
         Bench::Programming(args) => programming::run(args).await,
         Bench::Propagation(args) => propagation::run(args).await,
+        Bench::Datapath(args) => datapath::run(args).await,
     }
 }
 

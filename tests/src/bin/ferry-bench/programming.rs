@@ -52,11 +52,7 @@ fn endpoint(i: usize, k: usize, shift: usize) -> Ipv4Addr {
 fn desired(n: usize, m: usize, shift: usize) -> BTreeMap<Frontend, Entry> {
     (0..n)
         .map(|i| {
-            let f = Frontend {
-                addr: vip(i),
-                port: 80,
-                proto: 6,
-            };
+            let f = Frontend::internal(vip(i), 80, 6);
             let e = Entry {
                 service: format!("bench/svc-{i}:http"),
                 ready: (0..m)
@@ -74,17 +70,29 @@ fn desired(n: usize, m: usize, shift: usize) -> BTreeMap<Frontend, Entry> {
         .collect()
 }
 
-/// kube-proxy's iptables-restore input for `n` services of `m` endpoints.
-fn iptables_rules(n: usize, m: usize) -> String {
+/// kube-proxy's iptables-restore input (nat table) for `n` services: service `i` at
+/// `vip(i)`:80/TCP, named `bench/svc-<i>:http`, with endpoints `endpoints(i)` on port
+/// `target_port`. With `portals`, PREROUTING and OUTPUT jump to KUBE-SERVICES as kube-proxy
+/// has them; without, the caller adds the jump (the `datapath` benchmark switches it on only
+/// while iptables is measured).
+pub(crate) fn iptables_rules(
+    n: usize,
+    vip: impl Fn(usize) -> Ipv4Addr,
+    endpoints: impl Fn(usize) -> Vec<Ipv4Addr>,
+    target_port: u16,
+    portals: bool,
+) -> String {
     let mut chains = String::new();
     let mut rules = String::new();
     chains.push_str("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
-    rules.push_str(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
-    );
-    rules.push_str(
-        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
-    );
+    if portals {
+        rules.push_str(
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+        );
+        rules.push_str(
+            "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+        );
+    }
     rules.push_str("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n");
     rules.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
     rules.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
@@ -102,7 +110,9 @@ fn iptables_rules(n: usize, m: usize) -> String {
             rules,
             "-A {svc} ! -s 10.244.0.0/16 -d {v}/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ"
         );
-        for k in 0..m {
+        let eps = endpoints(i);
+        let m = eps.len();
+        for (k, e) in eps.iter().enumerate() {
             let sep = format!("KUBE-SEP-{i:012X}{k:04X}");
             let _ = writeln!(chains, ":{sep} - [0:0]");
             if k + 1 < m {
@@ -114,11 +124,10 @@ fn iptables_rules(n: usize, m: usize) -> String {
             } else {
                 let _ = writeln!(rules, "-A {svc} -j {sep}");
             }
-            let e = endpoint(i, k, 0);
             let _ = writeln!(rules, "-A {sep} -s {e}/32 -j KUBE-MARK-MASQ");
             let _ = writeln!(
                 rules,
-                "-A {sep} -p tcp -m tcp -j DNAT --to-destination {e}:8080"
+                "-A {sep} -p tcp -m tcp -j DNAT --to-destination {e}:{target_port}"
             );
         }
     }
@@ -197,7 +206,13 @@ pub async fn run(args: ProgrammingArgs) -> Result<()> {
     let _ = ferry_agent::datapath::socklb::remove(&pin_dir);
     let _ = std::fs::remove_dir(&cgroup);
     let (first, noop, one_each, writes) = result?;
-    let rules = iptables_rules(n, m);
+    let rules = iptables_rules(
+        n,
+        vip,
+        |i| (0..m).map(|k| endpoint(i, k, 0)).collect(),
+        8080,
+        true,
+    );
     let rule_count = rules.lines().filter(|l| l.starts_with("-A ")).count();
     let ipt = time_iptables_restore(&rules)?;
     println!();

@@ -73,11 +73,7 @@ async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &PropagationArgs)
         .as_str()
         .context("clusterIP")?
         .parse()?;
-    let frontend = Frontend {
-        addr: vip,
-        port: 80,
-        proto: 6,
-    };
+    let frontend = Frontend::internal(vip, 80, 6);
     let slice = |ip: Ipv4Addr| {
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                "metadata": {"name": "prop-1", "labels": {"kubernetes.io/service-name": "prop"}},

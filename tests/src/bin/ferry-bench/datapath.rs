@@ -1,0 +1,825 @@
+//! The `datapath` benchmark: HTTP through a Ferry ClusterIP against the pod IP directly and
+//! against the same services as kube-proxy's iptables and nftables rules.
+//!
+//! Two nodes of the multi-node harness (network namespaces, real `ferry agent` processes, runc)
+//! and a 1-member control plane. An image built here from this machine's binaries holds wrk
+//! (the load generator) and `ferry-bench-httpd` (a minimal keep-alive HTTP/1.1 server). Backend
+//! pods (`--backends`, label `app=dp-backend`) run the server on node 1; a client pod runs on
+//! node 0, and every request crosses the fabric from node 0 to node 1, as between pods on two
+//! machines.
+//!
+//! For each service count N (`--services`), the cluster holds N Services selecting the
+//! backends (created through the API; the EndpointSlice controller publishes their endpoints
+//! and the agents program their maps), node 0's namespace holds the same N services as
+//! kube-proxy's iptables layout (KUBE-SERVICES → KUBE-SVC → KUBE-SEP, DATAPATH-NOTES §5) and as
+//! its nftables layout (`table ip kube-proxy`, `service-ips` verdict map), each on its own
+//! addresses. The measured service is the last of the N: the worst case for iptables' linear
+//! KUBE-SERVICES chain, no different for the others.
+//!
+//! Modes, each measured with wrk run in the client pod (`ferry exec`, so in the pod's network
+//! namespace and cgroup, where Ferry's socket load balancer applies):
+//! - `direct`: the backend pod IP and port;
+//! - `ferry`: the Ferry ClusterIP (socket load balancing at connect);
+//! - `iptables`: kube-proxy iptables VIP, with PREROUTING → KUBE-SERVICES switched on only
+//!   during these runs;
+//! - `nftables`: kube-proxy nftables VIP, with the `nat-prerouting` base chain present only
+//!   during these runs.
+//!
+//! Both kinds of traffic: a new connection per request (`Connection: close`) and keep-alive.
+//! Runs are interleaved (round r: every kind, every mode) and each figure is the median over
+//! `--rounds`. Netfilter's conntrack is active in node 0's namespace in every mode once the
+//! nat tables exist, as on a kube-proxy node: that costs the direct and Ferry modes a little
+//! too, so the ratios against iptables and nftables are conservative.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ferry_agent::datapath::{services::Frontend, socklb::PinnedView};
+use ferry_api::client::Client;
+use ferry_api::proto;
+use ferry_tests::netns::{self, Fabric};
+use ferry_tests::{Cluster, image};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::programming::iptables_rules;
+
+const IMAGE: &str = "localhost/ferry-bench/datapath:1";
+/// Goals: the ClusterIP at least this fraction of the pod IP's requests/s at every count...
+const GOAL_RATIO_DIRECT: f64 = 0.97;
+/// ... and at least this multiple of iptables' at the largest count, new connections.
+const GOAL_RATIO_IPTABLES: f64 = 1.5;
+const MODES: [&str; 4] = ["direct", "ferry", "iptables", "nftables"];
+/// The backend port of each mode (the server listens on all four). The server closes first
+/// after `Connection: close`, so it holds a TIME_WAIT per connection, and a SYN that reuses
+/// its 4-tuple is only accepted with a newer TCP timestamp. The client's timestamp offset is
+/// keyed by the address it connects to (the pod IP for direct and Ferry, the VIP for the
+/// kube-proxy modes), so modes sharing one port would have their SYNs rejected by each
+/// other's TIME_WAITs (PAWS) and stall for a retransmission: an artefact of measuring them
+/// one after the other. One port per mode keeps their 4-tuples apart.
+const MODE_PORTS: [u16; 4] = [8081, 8082, 8083, 8084];
+const DIRECT_PORT: u16 = MODE_PORTS[0];
+const FERRY_PORT: u16 = MODE_PORTS[1];
+const IPTABLES_PORT: u16 = MODE_PORTS[2];
+const NFTABLES_PORT: u16 = MODE_PORTS[3];
+const KINDS: [(&str, bool); 2] = [("new connection", true), ("keep-alive", false)];
+
+#[derive(Args, Debug)]
+pub struct DatapathArgs {
+    /// Service counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000, 10_000])]
+    services: Vec<usize>,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    duration: u32,
+    /// Runs per mode and kind at each count (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Concurrent connections (wrk -c), shared among the backends.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Backend pods (all on node 1). In the direct mode each gets its own wrk with its share of
+    /// the connections; the other modes run as many wrk processes against the service.
+    #[arg(long, default_value_t = 1)]
+    backends: usize,
+}
+
+/// kube-proxy iptables VIP of service `i` of `n` (outside the cluster's service CIDR
+/// 10.96.0.0/12). The measured service, the last, has the same address at every count: the
+/// client's TCP timestamp offset is keyed by the address it connects to, and a new address
+/// would meet the server's TIME_WAITs of the previous count with older timestamps (see
+/// [`MODE_PORTS`]).
+fn ipt_vip(i: usize, n: usize) -> Ipv4Addr {
+    vip_in(Ipv4Addr::new(10, 128, 0, 0), i, n)
+}
+
+/// kube-proxy nftables VIP of service `i` of `n` (as [`ipt_vip`]).
+fn nft_vip(i: usize, n: usize) -> Ipv4Addr {
+    vip_in(Ipv4Addr::new(10, 129, 0, 0), i, n)
+}
+
+fn vip_in(base: Ipv4Addr, i: usize, n: usize) -> Ipv4Addr {
+    let offset = if i + 1 == n { 0xfffe } else { 1 + i as u32 };
+    Ipv4Addr::from(u32::from(base) + offset)
+}
+
+/// kube-proxy's nftables ruleset (`nft -f` input) for `n` services on port 80/TCP with
+/// endpoints `eps` on `NFTABLES_PORT`, without the `nat-prerouting` base chain (see
+/// [`NFT_PORTALS_ON`]). Chain names as kube-proxy's: `service-<id>-<ns>/<name>/tcp/<port>`,
+/// `endpoint-<id>-<ns>/<name>/tcp/<port>__<ip>/<port>`.
+fn nft_rules(n: usize, eps: &[Ipv4Addr]) -> String {
+    let mut s = String::from(
+        "table ip kube-proxy {
+  chain mark-for-masquerade { meta mark set meta mark or 0x4000; }
+  chain masquerading { meta mark & 0x4000 == 0 return; meta mark set meta mark xor 0x4000; masquerade fully-random; }
+  chain nat-postrouting { type nat hook postrouting priority srcnat; policy accept; jump masquerading; }
+  map service-nodeports { type inet_proto . inet_service : verdict; }
+",
+    );
+    let svc_chain = |i: usize| format!("service-{i:08X}-bench/svc-{i}/tcp/http");
+    for i in 0..n {
+        let v = nft_vip(i, n);
+        let mut vmap = Vec::new();
+        for (k, e) in eps.iter().enumerate() {
+            let ep = format!("endpoint-{i:04X}{k:04X}-bench/svc-{i}/tcp/http__{e}/{NFTABLES_PORT}");
+            let _ = writeln!(
+                s,
+                "  chain {ep} {{ ip saddr {e} jump mark-for-masquerade; meta l4proto tcp dnat to {e}:{NFTABLES_PORT}; }}"
+            );
+            vmap.push(format!("{k} : goto {ep}"));
+        }
+        let _ = writeln!(
+            s,
+            "  chain {} {{ ip daddr {v} tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade; numgen random mod {} vmap {{ {} }}; }}",
+            svc_chain(i),
+            eps.len(),
+            vmap.join(", ")
+        );
+    }
+    s.push_str("  map service-ips {\n    type ipv4_addr . inet_proto . inet_service : verdict;\n");
+    if n > 0 {
+        s.push_str("    elements = {\n");
+        for i in 0..n {
+            let _ = writeln!(
+                s,
+                "      {} . tcp . 80 : goto {},",
+                nft_vip(i, n),
+                svc_chain(i)
+            );
+        }
+        s.push_str("    }\n");
+    }
+    s.push_str("  }\n");
+    s.push_str(
+        "  chain services {
+    ip daddr . meta l4proto . th dport vmap @service-ips;
+    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports;
+  }
+}
+",
+    );
+    s
+}
+
+/// Adds kube-proxy's `nat-prerouting` base chain (traffic from pods enters the services).
+const NFT_PORTALS_ON: &str = "add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority dstnat; policy accept; }
+add rule ip kube-proxy nat-prerouting jump services
+";
+const NFT_PORTALS_OFF: &str = "flush chain ip kube-proxy nat-prerouting
+delete chain ip kube-proxy nat-prerouting
+";
+const IPT_PORTAL: [&str; 6] = [
+    "PREROUTING",
+    "-m",
+    "comment",
+    "--comment",
+    "kubernetes service portals",
+    "-j",
+];
+
+/// Runs `argv` in node 0's namespace with `input` on stdin; fails with its stderr.
+fn node0(fabric: &Fabric, argv: &[&str], input: &str) -> Result<()> {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", fabric.node(0).netns_path().display()))
+        .arg("--")
+        .args(argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", argv[0]))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{argv:?} in node 0: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn iptables_portal(fabric: &Fabric, on: bool) -> Result<()> {
+    let mut argv = vec!["iptables", "-t", "nat", if on { "-I" } else { "-D" }];
+    argv.extend(IPT_PORTAL);
+    argv.push("KUBE-SERVICES");
+    node0(fabric, &argv, "")
+}
+
+/// One wrk run's figures.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    requests_per_s: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// A wrk duration (`812.00us`, `1.23ms`, `2.01s`, `1.00m`) in milliseconds.
+fn wrk_ms(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        "h" => v * 3_600_000.0,
+        _ => return None,
+    })
+}
+
+/// Parses wrk's `--latency` report: `Requests/sec:`, the `99%` line of the latency
+/// distribution, socket errors and non-2xx responses.
+fn parse_wrk(out: &str) -> Result<Run> {
+    let mut run = Run::default();
+    let mut rps = None;
+    let mut p99 = None;
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = t.strip_prefix("99%") {
+            p99 = wrk_ms(v.trim());
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            // connect 0, read 0, write 0, timeout 0
+            run.errors += v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            run.errors += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    run.requests_per_s = rps.context("no Requests/sec in wrk's output")?;
+    run.p99_ms = p99.context("no 99% latency in wrk's output")?;
+    Ok(run)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Bench<'a> {
+    fabric: &'a Fabric,
+    client: Client,
+    args: &'a DatapathArgs,
+    backend_ips: Vec<Ipv4Addr>,
+}
+
+impl Bench<'_> {
+    /// Runs `argv` in the client pod (its first container), returns stdout; fails on a
+    /// non-zero exit.
+    async fn client_exec(&self, argv: &[String], timeout_s: u32) -> Result<String> {
+        let (out, code) = self
+            .client
+            .pod_exec(proto::PodExecRequest {
+                namespace: "default".into(),
+                pod: "dp-client".into(),
+                container: String::new(),
+                command: argv.to_vec(),
+                timeout_seconds: timeout_s,
+                uid: String::new(),
+            })
+            .await?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if code != 0 {
+            bail!("{argv:?} in the client pod exited with {code}: {text}");
+        }
+        Ok(text)
+    }
+
+    /// The targets of `mode` with `n` services: one URL per backend share.
+    fn targets(&self, mode: &str, n: usize, ferry_vip: Ipv4Addr) -> Vec<String> {
+        (0..self.backend_ips.len())
+            .map(|k| match mode {
+                "direct" => format!("http://{}:{DIRECT_PORT}/", self.backend_ips[k]),
+                "ferry" => format!("http://{ferry_vip}:80/"),
+                "iptables" => format!("http://{}:80/", ipt_vip(n - 1, n)),
+                _ => format!("http://{}:80/", nft_vip(n - 1, n)),
+            })
+            .collect()
+    }
+
+    /// One measurement: a wrk per target at once, for `seconds`; requests/s summed, p99 the
+    /// worst.
+    async fn wrk(&self, targets: &[String], close: bool, seconds: u32) -> Result<Run> {
+        let per = (self.args.connections / targets.len()).max(1);
+        let runs = futures::future::join_all(targets.iter().map(|url| {
+            let mut argv: Vec<String> = ["wrk", "-t1", "--latency"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            argv.push(format!("-c{per}"));
+            argv.push(format!("-d{seconds}s"));
+            if close {
+                argv.extend(["-H".into(), "Connection: close".into()]);
+            }
+            argv.push(url.clone());
+            async move {
+                let out = self.client_exec(&argv, seconds + 60).await?;
+                parse_wrk(&out).with_context(|| format!("wrk {url}: {out}"))
+            }
+        }))
+        .await;
+        let mut total = Run::default();
+        for r in runs {
+            let r = r?;
+            total.requests_per_s += r.requests_per_s;
+            total.p99_ms = total.p99_ms.max(r.p99_ms);
+            total.errors += r.errors;
+        }
+        Ok(total)
+    }
+
+    /// Creates Services `svc-<have>..svc-<n-1>` selecting the backends; returns the ClusterIP
+    /// of the last.
+    async fn ferry_services(&self, have: usize, n: usize) -> Result<Ipv4Addr> {
+        let results: Vec<Result<Value>> = futures::stream::iter(have..n)
+            .map(|i| {
+                let c = self.client.clone();
+                async move {
+                    let svc = json!({"apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": format!("svc-{i}")},
+                        "spec": {"selector": {"app": "dp-backend"},
+                                 "ports": [{"name": "http", "port": 80, "targetPort": FERRY_PORT}]}});
+                    Ok(c.create("Service", "default", &svc).await?)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        let last = self
+            .client
+            .get("Service", "default", &format!("svc-{}", n - 1))
+            .await?;
+        last["spec"]["clusterIP"]
+            .as_str()
+            .context("svc clusterIP")?
+            .parse()
+            .context("svc clusterIP")
+    }
+
+    /// Waits until node 0's maps hold every backend for the first and the last service.
+    async fn wait_programmed(&self, first: Ipv4Addr, last: Ipv4Addr) -> Result<()> {
+        let pin = Path::new("/sys/fs/bpf/ferry").join(&self.fabric.node(0).name);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Ok(view) = PinnedView::open(&pin)
+                && [first, last].iter().all(|&addr| {
+                    view.ready_backends(&Frontend::internal(addr, 80, 6))
+                        .is_some_and(|b| b.len() == self.backend_ips.len())
+                })
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node 0's maps never held the services:\n{}",
+                    self.fabric.agent_logs(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Loads the iptables and nftables layouts of `n` services into node 0 (replacing the
+    /// previous ones), both switched off.
+    fn kube_proxy_rules(&self, n: usize) -> Result<(Duration, Duration)> {
+        let eps = self.backend_ips.clone();
+        let rules = iptables_rules(n, |i| ipt_vip(i, n), |_| eps.clone(), IPTABLES_PORT, false);
+        node0(self.fabric, &["iptables", "-t", "nat", "-F"], "")?;
+        node0(self.fabric, &["iptables", "-t", "nat", "-X"], "")?;
+        let started = Instant::now();
+        node0(self.fabric, &["iptables-restore", "--noflush"], &rules)?;
+        let ipt = started.elapsed();
+        let _ = node0(
+            self.fabric,
+            &["nft", "delete", "table", "ip", "kube-proxy"],
+            "",
+        );
+        let started = Instant::now();
+        node0(self.fabric, &["nft", "-f", "-"], &nft_rules(n, &eps))?;
+        Ok((ipt, started.elapsed()))
+    }
+
+    /// Switches `mode`'s kube-proxy rules on or off (no-op for direct and ferry).
+    fn portals(&self, mode: &str, on: bool) -> Result<()> {
+        match mode {
+            "iptables" => iptables_portal(self.fabric, on),
+            "nftables" => node0(
+                self.fabric,
+                &["nft", "-f", "-"],
+                if on { NFT_PORTALS_ON } else { NFT_PORTALS_OFF },
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every mode answers with the server's body (a broken path fails here, not as a
+    /// figure).
+    async fn check(&self, mode: &str, n: usize, vip: Ipv4Addr) -> Result<()> {
+        for url in self.targets(mode, n, vip) {
+            let argv: Vec<String> = ["timeout", "5", "wget", "-q", "-O", "-", &url]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            let body = self
+                .client_exec(&argv, 30)
+                .await
+                .with_context(|| format!("{mode}: GET {url} from the client pod"))?;
+            if body != "hello, ferry\n" {
+                bail!("{mode}: GET {url} answered {body:?}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn measure_mode(
+        &self,
+        mode: &str,
+        n: usize,
+        vip: Ipv4Addr,
+        close: bool,
+        seconds: u32,
+    ) -> Result<Run> {
+        self.portals(mode, true)?;
+        let r = self.wrk(&self.targets(mode, n, vip), close, seconds).await;
+        let off = self.portals(mode, false);
+        let r = r?;
+        off?;
+        Ok(r)
+    }
+}
+
+/// Figures of one service count: (kind, mode) → runs.
+type Figures = BTreeMap<(usize, usize), Vec<Run>>;
+
+pub async fn run(args: DatapathArgs) -> Result<()> {
+    netns::available().map_err(anyhow::Error::msg)?;
+    if args.services.is_empty() || args.services.iter().any(|&n| n == 0 || n > 60_000) {
+        bail!("--services: give one or more counts from 1 to 60000, e.g. 10,1000,10000");
+    }
+    if args.backends == 0 || args.rounds == 0 || args.duration == 0 {
+        bail!("--backends, --rounds and --duration must be at least 1");
+    }
+    for tool in ["wrk", "iptables-restore", "nft", "ldd"] {
+        if which(tool).is_none() {
+            bail!("{tool} not found: tests/bench/run datapath installs wrk, iptables and nftables");
+        }
+    }
+    let mut fabric = Fabric::new(2).context("building the multi-node harness")?;
+    let cluster = Cluster::start_on(fabric.host_ip().into(), 1, &[]).await?;
+    let conntrack = raise_conntrack_max();
+    let result = measure(&mut fabric, &cluster, &args).await;
+    if let Some(old) = conntrack {
+        let _ = std::fs::write(CONNTRACK_MAX, old);
+    }
+    let left = fabric.teardown();
+    drop(fabric);
+    drop(cluster);
+    if !left.is_empty() {
+        eprintln!("[bench] left after teardown (removed by force): {left:#?}");
+    }
+    result
+}
+
+const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// kube-proxy raises nf_conntrack_max (32768 per core, at least 131072); a run of new
+/// connections at full speed leaves more TIME_WAIT entries than the default allows on a small
+/// machine. Returns the old value to restore.
+fn raise_conntrack_max() -> Option<String> {
+    let _ = Command::new("modprobe").arg("nf_conntrack").status();
+    let old = std::fs::read_to_string(CONNTRACK_MAX).ok()?;
+    if old.trim().parse::<u64>().ok()? < 1 << 20 {
+        std::fs::write(CONNTRACK_MAX, (1u64 << 20).to_string()).ok()?;
+        Some(old)
+    } else {
+        None
+    }
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The image: busybox, wrk and ferry-bench-httpd with their shared libraries.
+fn build_image(path: &Path) -> Result<()> {
+    let httpd = std::env::current_exe()?.with_file_name("ferry-bench-httpd");
+    if !httpd.is_file() {
+        bail!(
+            "{} not found: run `tests/bench/run datapath` (it builds it)",
+            httpd.display()
+        );
+    }
+    let wrk = which("wrk").context("wrk not found")?;
+    let mut files = image::host_binary_files(&wrk, "bin/wrk")?;
+    files.extend(image::host_binary_files(&httpd, "bin/ferry-bench-httpd")?);
+    image::write_busybox_archive_with(path, IMAGE, &files)
+}
+
+async fn wait_pods_ready(c: &Client, names: &[String], fabric: &Fabric) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut pods = Vec::new();
+        for n in names {
+            let p = c.get("Pod", "default", n).await?;
+            let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if ready {
+                pods.push(p);
+            }
+        }
+        if pods.len() == names.len() {
+            return Ok(pods);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "pods {names:?} not Ready within 120 s:\n{}",
+                fabric.agent_logs(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &DatapathArgs) -> Result<()> {
+    let c = cluster.client();
+    let archive = fabric.dir().join("datapath-image.tar");
+    build_image(&archive)?;
+    for i in 0..2 {
+        fabric.import_image(i, &archive)?;
+    }
+    fabric.start_agents(cluster, &[])?;
+    fabric.wait_nodes_ready(&c, Duration::from_secs(60)).await?;
+
+    let pod = |name: &str, node: &str, labels: Value, command: Value, probe: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "labels": labels},
+               "spec": {"nodeName": node, "containers": [{
+                   "name": "main", "image": IMAGE, "imagePullPolicy": "Never",
+                   "command": command, "readinessProbe": probe}]}})
+    };
+    let mut names = Vec::new();
+    for k in 0..args.backends {
+        let name = format!("dp-backend-{k}");
+        c.create(
+            "Pod",
+            "default",
+            &pod(
+                &name,
+                &fabric.node(1).name,
+                json!({"app": "dp-backend"}),
+                json!(
+                    ["/bin/ferry-bench-httpd"]
+                        .into_iter()
+                        .chain(MODE_PORTS.map(|p| p.to_string()).iter().map(String::as_str))
+                        .collect::<Vec<_>>()
+                ),
+                json!({"tcpSocket": {"port": DIRECT_PORT}, "periodSeconds": 1}),
+            ),
+        )
+        .await?;
+        names.push(name);
+    }
+    c.create(
+        "Pod",
+        "default",
+        &pod(
+            "dp-client",
+            &fabric.node(0).name,
+            json!({"app": "dp-client"}),
+            json!(["sleep", "1000000"]),
+            json!({"exec": {"command": ["true"]}, "periodSeconds": 1}),
+        ),
+    )
+    .await?;
+    names.push("dp-client".into());
+    let pods = wait_pods_ready(&c, &names, fabric).await?;
+    let backend_ips = pods[..args.backends]
+        .iter()
+        .map(|p| {
+            p["status"]["podIP"]
+                .as_str()
+                .context("backend podIP")?
+                .parse::<Ipv4Addr>()
+                .context("backend podIP")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    println!(
+        "datapath: client pod on {} → {} backend pod(s) {:?} on {}; wrk -t1 -c{} per run, {} s × {} rounds",
+        fabric.node(0).name,
+        args.backends,
+        backend_ips,
+        fabric.node(1).name,
+        args.connections,
+        args.duration,
+        args.rounds
+    );
+    let bench = Bench {
+        fabric: &*fabric,
+        client: c.clone(),
+        args,
+        backend_ips,
+    };
+
+    let mut counts = args.services.clone();
+    counts.sort_unstable();
+    counts.dedup();
+    let mut have = 0;
+    let mut first_vip = None;
+    // (count, kind, mode) → median requests/s and p99.
+    let mut table: BTreeMap<(usize, usize, usize), (f64, f64, u64)> = BTreeMap::new();
+    for &n in &counts {
+        let started = Instant::now();
+        let vip = bench.ferry_services(have, n).await?;
+        let first = match first_vip {
+            Some(v) => v,
+            None => {
+                let s = c.get("Service", "default", "svc-0").await?;
+                let v: Ipv4Addr = s["spec"]["clusterIP"]
+                    .as_str()
+                    .context("svc-0 clusterIP")?
+                    .parse()?;
+                first_vip = Some(v);
+                v
+            }
+        };
+        have = n;
+        bench.wait_programmed(first, vip).await?;
+        let ferry_took = started.elapsed();
+        let (ipt_took, nft_took) = bench.kube_proxy_rules(n)?;
+        println!(
+            "\n{n} services: Ferry (API create → node 0's maps) {:.1} s, iptables-restore {:.1} s, nft -f {:.1} s",
+            ferry_took.as_secs_f64(),
+            ipt_took.as_secs_f64(),
+            nft_took.as_secs_f64()
+        );
+        for mode in MODES {
+            bench.portals(mode, true)?;
+            let checked = bench.check(mode, n, vip).await;
+            bench.portals(mode, false)?;
+            checked?;
+        }
+        // Warm-up (caches, conntrack, the servers' runtimes), not counted.
+        for mode in MODES {
+            bench.measure_mode(mode, n, vip, true, 1).await?;
+        }
+        let mut figures: Figures = BTreeMap::new();
+        for round in 0..args.rounds {
+            for (k, (_, close)) in KINDS.iter().enumerate() {
+                for (m, mode) in MODES.iter().enumerate() {
+                    let r = bench
+                        .measure_mode(mode, n, vip, *close, args.duration)
+                        .await?;
+                    eprintln!(
+                        "[bench] {n} services, round {}, {}, {mode}: {:.0} req/s, p99 {:.2} ms{}",
+                        round + 1,
+                        KINDS[k].0,
+                        r.requests_per_s,
+                        r.p99_ms,
+                        if r.errors > 0 {
+                            format!(", {} errors", r.errors)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    figures.entry((k, m)).or_default().push(r);
+                }
+            }
+        }
+        println!("| traffic | mode | requests/s | p99 | ÷ direct | errors |");
+        println!("|---|---|---:|---:|---:|---:|");
+        for (k, (kind, _)) in KINDS.iter().enumerate() {
+            let med = |m: usize| {
+                let runs = &figures[&(k, m)];
+                (
+                    median(runs.iter().map(|r| r.requests_per_s).collect()),
+                    median(runs.iter().map(|r| r.p99_ms).collect()),
+                    runs.iter().map(|r| r.errors).sum::<u64>(),
+                )
+            };
+            let direct = med(0).0;
+            for (m, mode) in MODES.iter().enumerate() {
+                let (rps, p99, errors) = med(m);
+                println!(
+                    "| {kind} | {mode} | {rps:.0} | {p99:.2} ms | {:.3} | {errors} |",
+                    rps / direct
+                );
+                table.insert((n, k, m), (rps, p99, errors));
+            }
+        }
+    }
+
+    // The RESULT: ratio_direct the lowest over counts and kinds; the peers at the largest
+    // count, new connections.
+    let mut ratio_direct = f64::INFINITY;
+    for &n in &counts {
+        for k in 0..KINDS.len() {
+            ratio_direct = ratio_direct.min(table[&(n, k, 1)].0 / table[&(n, k, 0)].0);
+        }
+    }
+    let top = *counts.last().context("no counts")?;
+    let at = |m: usize| table[&(top, 0, m)];
+    let (ferry, direct, ipt, nft) = (at(1), at(0), at(2), at(3));
+    let errors: u64 = table.values().map(|v| v.2).sum();
+    println!(
+        "\nClusterIP ÷ pod IP, lowest over counts and kinds: {ratio_direct:.3} (goal ≥ {GOAL_RATIO_DIRECT}: {})",
+        met(ratio_direct >= GOAL_RATIO_DIRECT)
+    );
+    println!(
+        "ClusterIP ÷ iptables at {top} services, new connections: {:.3} (goal ≥ {GOAL_RATIO_IPTABLES}: {}); ÷ nftables {:.3}",
+        ferry.0 / ipt.0,
+        met(ferry.0 / ipt.0 >= GOAL_RATIO_IPTABLES),
+        ferry.0 / nft.0
+    );
+    println!(
+        "RESULT datapath services={top} ratio_direct={ratio_direct:.3} ratio_iptables={:.3} ratio_nftables={:.3} rps_ferry={:.0} rps_direct={:.0} rps_iptables={:.0} rps_nftables={:.0} p99_ms_ferry={:.2} p99_ms_iptables={:.2} p99_ms_nftables={:.2} errors={errors}",
+        ferry.0 / ipt.0,
+        ferry.0 / nft.0,
+        ferry.0,
+        direct.0,
+        ipt.0,
+        nft.0,
+        ferry.1,
+        ipt.1,
+        nft.1,
+    );
+    Ok(())
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "not met" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_report_is_parsed() {
+        let out = "Running 5s test @ http://10.96.0.10/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.10ms  310.00us   9.87ms   90.00%
+    Req/Sec    14.50k     1.00k   16.00k    70.00%
+  Latency Distribution
+     50%    1.02ms
+     75%    1.20ms
+     90%    1.40ms
+     99%  812.00us
+  72150 requests in 5.00s, 7.02MB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 4
+Requests/sec:  14429.71
+Transfer/sec:      1.40MB
+";
+        let r = parse_wrk(out).unwrap();
+        assert!((r.requests_per_s - 14429.71).abs() < 1e-6);
+        assert!((r.p99_ms - 0.812).abs() < 1e-9);
+        assert_eq!(r.errors, 9);
+        assert!(parse_wrk("unable to connect").is_err());
+        assert!((wrk_ms("2.01s").unwrap() - 2010.0).abs() < 1e-9);
+        assert_eq!(wrk_ms("1.5m"), Some(90_000.0));
+    }
+
+    #[test]
+    fn nft_layout_has_every_service_and_endpoint() {
+        let eps = [Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3)];
+        let s = nft_rules(3, &eps);
+        assert_eq!(s.matches("numgen random mod 2").count(), 3);
+        assert_eq!(s.matches("dnat to 10.244.1.3:8084").count(), 3);
+        assert!(s.contains("10.129.0.2 . tcp . 80 : goto service-00000001-bench/svc-1/tcp/http"));
+        // The measured (last) service keeps its address at every count.
+        assert!(
+            s.contains("10.129.255.254 . tcp . 80 : goto service-00000002-bench/svc-2/tcp/http")
+        );
+        assert_eq!(ipt_vip(9, 10), ipt_vip(999, 1000));
+        assert!(!s.contains("nat-prerouting"));
+    }
+}

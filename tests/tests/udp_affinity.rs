@@ -1,0 +1,279 @@
+//! Root-only, in the multi-node harness: UDP services and session affinity.
+//!
+//! Two nodes run an `echo-<i>` pod each (a UDP echo server, `ferry-netcheck udp-echo`, and a
+//! busybox httpd whose CGI names the pod); a client pod runs on node 0. Checked:
+//! - from the client pod, datagrams to a UDP ClusterIP on an unconnected socket (`sendmsg4`)
+//!   reach both pods, and every reply comes from the service address (`recvmsg4`);
+//! - from the external client, datagrams to the UDP NodePort of either node come back from that
+//!   node's address and port (TC translation, local and remote backends);
+//! - `sessionAffinity: ClientIP`: every connection of the client pod to the service reaches
+//!   the same pod, while the same pods behind a Service without affinity are both reached.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_api::client::Client;
+use ferry_tests::netns::{self, Fabric};
+use ferry_tests::{Cluster, image};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "localhost/ferry-test/netcheck:1";
+const NETCHECK: &str = env!("CARGO_BIN_EXE_ferry-netcheck");
+
+fn skip_reason() -> Option<String> {
+    if let Err(why) = netns::available() {
+        return Some(why);
+    }
+    if image::busybox().is_none() {
+        return Some("busybox-static not installed (bash .ci/setup installs it)".into());
+    }
+    None
+}
+
+fn echo_pod(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+    "metadata": {"name": name, "labels": {"app": "echo"}},
+    "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "echo", "image": IMAGE,
+            "command": ["sh", "-c", "ferry-netcheck udp-echo 9000 & mkdir -p /www/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; exec httpd -f -p 8080 -h /www"],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}})
+}
+
+/// Runs `argv` in pod `pod`; its output, failing on a non-zero exit.
+async fn exec(c: &Client, pod: &str, argv: &[&str]) -> Result<String> {
+    let (out, code) = c
+        .pod_exec(ferry_api::proto::PodExecRequest {
+            namespace: "default".into(),
+            pod: pod.into(),
+            container: String::new(),
+            command: argv.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: 30,
+            uid: String::new(),
+        })
+        .await?;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    if code != 0 {
+        bail!("{argv:?} in {pod} exited with {code}: {out}");
+    }
+    Ok(out)
+}
+
+async fn wait_ready(c: &Client, fabric: &Fabric, names: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ready = 0;
+        for n in names {
+            let p = c.get("Pod", "default", n).await?;
+            if p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            }) {
+                ready += 1;
+            }
+        }
+        if ready == names.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pods {names:?} not Ready:\n{}", fabric.agent_logs(20));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Retries `f` until it succeeds or `secs` pass (the agents program new services within
+/// milliseconds, but a test must not race them).
+async fn retry<T, F, Fut>(secs: u64, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+/// The pod names in `udp-ask` output lines (`<pod> <peer> from <source>`), checking that
+/// every reply comes from `from`.
+fn replies(out: &str, from: &str) -> Result<BTreeSet<String>> {
+    let mut pods = BTreeSet::new();
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        let (reply, source) = line.rsplit_once(" from ").context("no source")?;
+        if source != from {
+            bail!("a reply came from {source}, not {from}: {line}");
+        }
+        pods.insert(reply.split(' ').next().unwrap_or("").to_string());
+    }
+    Ok(pods)
+}
+
+async fn scenario(fabric: &mut Fabric) -> Result<()> {
+    let archive = fabric.dir().join("netcheck.tar");
+    let files = image::host_binary_files(Path::new(NETCHECK), "bin/ferry-netcheck")?;
+    image::write_busybox_archive_with(&archive, IMAGE, &files)?;
+    for i in 0..2 {
+        fabric.import_image(i, &archive)?;
+    }
+    let cluster = Cluster::start_on(fabric.host_ip().into(), 1, &[]).await?;
+    let c = cluster.client();
+    fabric.start_agents(&cluster, &[])?;
+    fabric.wait_nodes_ready(&c, Duration::from_secs(30)).await?;
+    for i in 0..2 {
+        c.create(
+            "Pod",
+            "default",
+            &echo_pod(&format!("echo-{i}"), &fabric.node(i).name),
+        )
+        .await?;
+    }
+    c.create(
+        "Pod",
+        "default",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"nodeName": fabric.node(0).name, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "100000"]}]}}),
+    )
+    .await?;
+    let svc = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec});
+    let udp = c
+        .create(
+            "Service",
+            "default",
+            &svc(
+                "echo-udp",
+                json!({"type": "NodePort", "selector": {"app": "echo"},
+                       "ports": [{"name": "echo", "protocol": "UDP", "port": 53, "targetPort": 9000}]}),
+            ),
+        )
+        .await?;
+    let sticky = c
+        .create(
+            "Service",
+            "default",
+            &svc(
+                "web-sticky",
+                json!({"selector": {"app": "echo"}, "sessionAffinity": "ClientIP",
+                       "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+            ),
+        )
+        .await?;
+    let plain = c
+        .create(
+            "Service",
+            "default",
+            &svc(
+                "web",
+                json!({"selector": {"app": "echo"},
+                       "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+            ),
+        )
+        .await?;
+    wait_ready(&c, fabric, &["echo-0", "echo-1", "client"]).await?;
+    let ip = |s: &Value| s["spec"]["clusterIP"].as_str().unwrap_or("").to_owned();
+    let (udp_ip, sticky_ip, plain_ip) = (ip(&udp), ip(&sticky), ip(&plain));
+    let node_port = udp["spec"]["ports"][0]["nodePort"].as_u64().unwrap_or(0);
+
+    // UDP from a pod: datagrams spread over both pods, replies show the service address.
+    let pods = retry(30, || async {
+        let out = exec(
+            &c,
+            "client",
+            &["ferry-netcheck", "udp-ask", &udp_ip, "53", "20"],
+        )
+        .await?;
+        let pods = replies(&out, &format!("{udp_ip}:53"))?;
+        if pods.len() < 2 {
+            bail!("datagrams reached only {pods:?}:\n{out}");
+        }
+        Ok(pods)
+    })
+    .await
+    .with_context(|| fabric.agent_logs(20))?;
+    assert_eq!(pods, BTreeSet::from(["echo-0".into(), "echo-1".into()]));
+
+    // UDP from outside to each node's NodePort: replies come from that node's address.
+    for i in 0..2 {
+        let node_ip = fabric.node(i).ip.to_string();
+        let out = retry(30, || async {
+            let o = fabric.client_exec(&[
+                NETCHECK,
+                "udp-ask",
+                &node_ip,
+                &node_port.to_string(),
+                "6",
+            ])?;
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            if !o.status.success() {
+                bail!("{}{}", out, String::from_utf8_lossy(&o.stderr));
+            }
+            Ok(out)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "UDP NodePort on node {i}:\n{}",
+                fabric.agent_log_tail(i, 20)
+            )
+        })?;
+        let pods = replies(&out, &format!("{node_ip}:{node_port}"))?;
+        assert!(
+            pods.iter().all(|p| p.starts_with("echo-")),
+            "NodePort {node_ip}:{node_port}: {out}"
+        );
+    }
+
+    // Session affinity: one pod for every connection; without it, both pods.
+    let who = |ip: String| {
+        let c = c.clone();
+        async move {
+            let out = exec(
+                &c,
+                "client",
+                &["wget", "-q", "-O", "-", &format!("http://{ip}/cgi-bin/who")],
+            )
+            .await?;
+            Ok::<_, anyhow::Error>(out.split(' ').next().unwrap_or("").to_string())
+        }
+    };
+    let first = retry(30, || who(sticky_ip.clone())).await?;
+    for _ in 0..10 {
+        assert_eq!(
+            who(sticky_ip.clone()).await?,
+            first,
+            "sessionAffinity ClientIP: every connection reaches {first}"
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(who(plain_ip.clone()).await?);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "without affinity both pods answer: {seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_services_and_session_affinity() -> Result<()> {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP udp_affinity: {why}");
+        return Ok(());
+    }
+    let mut fabric = Fabric::new(2)?;
+    let prefix = fabric.prefix().to_string();
+    let result = scenario(&mut fabric).await;
+    let mut left = fabric.teardown();
+    drop(fabric);
+    left.extend(netns::leftovers(&prefix));
+    result?;
+    assert!(left.is_empty(), "left behind after teardown: {left:#?}");
+    Ok(())
+}
