@@ -65,10 +65,13 @@ pub fn run(c: &DatapathCommand) -> Result<()> {
                 format!("{}:{}{t}", b.addr, b.port)
             })
             .collect();
-        let affinity = f
+        let mut affinity = f
             .affinity_s
             .map(|s| format!("  [ClientIP affinity {s}s]"))
             .unwrap_or_default();
+        if f.maglev {
+            affinity.push_str("  [maglev]");
+        }
         println!(
             "{front:<33} {:<5} {:<7} {}{affinity}",
             proto(f.frontend.proto),

@@ -11,7 +11,8 @@
 //! - a LoadBalancer with `externalTrafficPolicy: Local`: its NodePort on node 0 and 1 always
 //!   reaches the local pod, which sees the client's address; node 2 drops it; the health check
 //!   node port answers 200 with one local endpoint on node 0 and 1, 503 with none on node 2;
-//! - `internalTrafficPolicy: Local`: each web pod reaching the ClusterIP gets itself.
+//! - `internalTrafficPolicy: Local`: each web pod reaching the ClusterIP gets itself;
+//! - Maglev: a flow to the LoadBalancer address gets the same backend through node 0 or 1.
 //!
 //! Every reply comes back from the address and port the client asked. Once with direct routes
 //! between nodes, once through VXLAN (the SNAT-ed packet is redirected into the tunnel device).
@@ -84,6 +85,23 @@ fn who(fabric: &Fabric, ip: &str, port: u16) -> Option<String> {
             &format!(
                 "printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {ip} {port} | tail -n 1"
             ),
+        ])
+        .ok()?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    line.starts_with("web-").then_some(line)
+}
+
+/// [`who`] from source port `sport` (curl: busybox nc has no option for it).
+fn who_from(fabric: &Fabric, ip: &str, port: u16, sport: u16) -> Option<String> {
+    let out = fabric
+        .client_exec(&[
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "--local-port",
+            &sport.to_string(),
+            &format!("http://{ip}:{port}/cgi-bin/who"),
         ])
         .ok()?;
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -213,7 +231,69 @@ async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
             );
         }
     }
+    maglev_agrees(fabric, &lb_ip)?;
     traffic_policies(fabric, &c, &client_ip).await
+}
+
+/// Maglev: the same flow (client address and port to the LoadBalancer address) gets the same
+/// backend whichever node it reaches. The client's route to the address moves between node 0
+/// and node 1; every source port is used once per node, so each node decides afresh.
+fn maglev_agrees(fabric: &Fabric, lb_ip: &str) -> Result<()> {
+    let route = |via: usize| {
+        let via = fabric.node(via).ip.to_string();
+        let out = fabric.client_exec(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{lb_ip}/32"),
+            "via",
+            &via,
+        ])?;
+        anyhow::ensure!(out.status.success(), "ip route replace: {out:?}");
+        Ok(())
+    };
+    let mut pods = BTreeSet::new();
+    for sport in 40_001..40_009u16 {
+        let mut picked = Vec::new();
+        for node in [0, 1] {
+            route(node)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let line = loop {
+                if let Some(line) = who_from(fabric, lb_ip, 80, sport) {
+                    break line;
+                }
+                if Instant::now() > deadline {
+                    bail!("{lb_ip}:80 from port {sport} through node {node}: no answer");
+                }
+            };
+            picked.push(line);
+        }
+        let pod = |l: &str| l.split(' ').next().unwrap_or("").to_owned();
+        assert_eq!(
+            pod(&picked[0]),
+            pod(&picked[1]),
+            "source port {sport}: node 0 and node 1 picked different backends: {picked:?}"
+        );
+        pods.insert(pod(&picked[0]));
+    }
+    assert_eq!(pods.len(), 2, "8 flows all went to {pods:?}");
+    let listed = fabric.node_check(
+        0,
+        &[
+            &ferry_tests::ferry_bin().display().to_string(),
+            "datapath",
+            "services",
+            "--node-name",
+            &fabric.node(0).name,
+        ],
+    )?;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&format!("{lb_ip}:80")) && l.contains("[maglev]")),
+        "the LoadBalancer frontend has a Maglev table:\n{listed}"
+    );
+    Ok(())
 }
 
 /// `GET /` on the health check node port `port` of node `i`: (status line, body).

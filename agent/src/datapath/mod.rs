@@ -12,6 +12,7 @@
 
 mod error;
 pub mod health;
+pub mod maglev;
 pub mod services;
 pub mod socklb;
 pub mod sync;

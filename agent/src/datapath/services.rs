@@ -66,6 +66,9 @@ pub struct Entry {
     pub terminating: Vec<BackendAddr>,
     /// sessionAffinity ClientIP timeout in seconds.
     pub affinity_s: Option<u32>,
+    /// Traffic from outside picks the backend with a Maglev table ([`super::maglev`]): set on
+    /// the entries TC uses for NodePorts, LoadBalancer and external IPs.
+    pub maglev: bool,
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -172,6 +175,7 @@ pub fn desired(services: &[Value], slices: &[Value], node: &str) -> BTreeMap<Fro
                     ready,
                     terminating,
                     affinity_s,
+                    maglev: false,
                 }
             };
             let cluster = entry(None);
@@ -181,8 +185,14 @@ pub fn desired(services: &[Value], slices: &[Value], node: &str) -> BTreeMap<Fro
                 let e = if itp_local { local } else { &cluster };
                 out.insert(Frontend::internal(*ip, svc_port, proto), e.clone());
             }
+            // North-south frontends: TC uses the external entry when there is one (Local),
+            // else the internal one; that entry gets a Maglev table.
             let mut external = |addr: Ipv4Addr, port: u16| {
-                out.insert(Frontend::internal(addr, port, proto), cluster.clone());
+                let internal = Entry {
+                    maglev: !etp_local,
+                    ..cluster.clone()
+                };
+                out.insert(Frontend::internal(addr, port, proto), internal);
                 if etp_local {
                     let f = Frontend {
                         addr,
@@ -190,7 +200,11 @@ pub fn desired(services: &[Value], slices: &[Value], node: &str) -> BTreeMap<Fro
                         proto,
                         scope: svc_scope::EXTERNAL,
                     };
-                    out.insert(f, local.clone());
+                    let e = Entry {
+                        maglev: true,
+                        ..local.clone()
+                    };
+                    out.insert(f, e);
                 }
             };
             for ip in lb_ips.iter().chain(&external_ips) {
@@ -331,6 +345,12 @@ mod tests {
         assert_eq!(e.ready[0].port, 8080);
         assert_eq!(e.affinity_s, Some(10_800));
         assert_eq!(e.service, "default/web:http");
+        // Maglev tables for what traffic from outside reaches, not for the ClusterIP.
+        assert!(!e.maglev);
+        let cluster_ip: Ipv4Addr = "10.96.0.10".parse().unwrap();
+        for (f, e) in &d {
+            assert_eq!(e.maglev, f.addr != cluster_ip, "{f:?}");
+        }
     }
 
     #[test]
@@ -394,6 +414,8 @@ mod tests {
             );
         }
         assert_eq!(d.len(), 5);
+        // With the Local policy TC uses the external entries: they get the Maglev tables.
+        assert!(d.iter().all(|(f, e)| e.maglev == f.is_external()));
         // A node without endpoints still gets the external entry, empty: outside traffic is
         // dropped there.
         let d = desired(&services, &[slice(eps.clone())], "n2");

@@ -8,8 +8,8 @@
 //! programs beside the old ones, and only then detaches the old ones: no gap.
 //!
 //! Map writes are ordered so a concurrent connect always sees a usable entry: new backends
-//! first, then the backend slots, then the master entry with the new counts, then stale slots,
-//! frontends and backends are deleted.
+//! first, then the backend slots and the Maglev table, then the master entry with the new
+//! counts, then stale slots, tables, frontends and backends are deleted.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,19 +27,20 @@ use aya::{
     },
 };
 use ferry_ebpf_common::{
-    AFFINITY4_MAP, BACKENDS4_MAP, Backend4, NAT4_MAP, NODE_CONFIG_MAP, NODE_IPS4_MAP, NS_STATS_MAP,
-    NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4, PROG_RECVMSG4,
-    PROG_SENDMSG4, PROG_TO_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC4_MAP, SockStat, Svc4Key,
-    Svc4Value, svc_flags, svc_scope,
+    AFFINITY4_MAP, BACKENDS4_MAP, Backend4, MAGLEV4_MAP, Maglev4Value, NAT4_MAP, NODE_CONFIG_MAP,
+    NODE_IPS4_MAP, NS_STATS_MAP, NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK,
+    PROG_GETPEERNAME4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_TO_UPLINK, SOCK_REVNAT4_MAP,
+    SOCK_STATS_MAP, SVC4_MAP, SockStat, Svc4Key, Svc4Value, svc_flags, svc_scope,
 };
 
 use super::{
-    DatapathError,
+    DatapathError, maglev,
     services::{BackendAddr, Entry, Frontend},
 };
 
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     SVC4_MAP,
+    MAGLEV4_MAP,
     BACKENDS4_MAP,
     SOCK_REVNAT4_MAP,
     AFFINITY4_MAP,
@@ -143,7 +144,10 @@ pub struct SockLb {
     backends: HashMap<MapData, u32, Backend4>,
     node_ips: HashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
+    maglev: HashMap<MapData, Svc4Key, Maglev4Value>,
     installed: BTreeMap<Frontend, Installed>,
+    /// The Maglev tables in the map, as backend ids per slot.
+    tables: BTreeMap<Frontend, Vec<u32>>,
     backend_ids: BTreeMap<BackendAddr, u32>,
     next_backend: u32,
     next_rev_nat: u16,
@@ -255,6 +259,8 @@ impl SockLb {
             .map_err(|e| DatapathError::map(NODE_IPS4_MAP, "open", e))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, SOCK_STATS_MAP)?)
             .map_err(|e| DatapathError::map(SOCK_STATS_MAP, "open", e))?;
+        let maglev = HashMap::try_from(take(&mut ebpf, MAGLEV4_MAP)?)
+            .map_err(|e| DatapathError::map(MAGLEV4_MAP, "open", e))?;
         let mut lb = SockLb {
             _ebpf: ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -262,7 +268,9 @@ impl SockLb {
             backends,
             node_ips,
             stats,
+            maglev,
             installed: BTreeMap::new(),
+            tables: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
             next_backend: 1,
             next_rev_nat: 1,
@@ -288,12 +296,7 @@ impl SockLb {
             if k.slot != 0 {
                 continue;
             }
-            let f = Frontend {
-                addr: from_be(k.addr),
-                port: u16::from_be(k.port),
-                proto: k.proto,
-                scope: k.scope,
-            };
+            let f = Self::frontend(&k);
             self.installed.insert(
                 f,
                 Installed {
@@ -302,6 +305,18 @@ impl SockLb {
                 },
             );
             self.next_rev_nat = self.next_rev_nat.max(v.rev_nat_id.wrapping_add(1));
+        }
+        for (k, t) in self.maglev.iter().flatten() {
+            self.tables.insert(Self::frontend(&k), t.backends.to_vec());
+        }
+    }
+
+    fn frontend(k: &Svc4Key) -> Frontend {
+        Frontend {
+            addr: from_be(k.addr),
+            port: u16::from_be(k.port),
+            proto: k.proto,
+            scope: k.scope,
         }
     }
 
@@ -421,6 +436,31 @@ impl SockLb {
             if has_external {
                 flags |= svc_flags::HAS_EXTERNAL;
             }
+            // The backends new flows use: ready ones, else serving-terminating ones.
+            let in_use = if e.ready.is_empty() {
+                &e.terminating
+            } else {
+                &e.ready
+            };
+            if e.maglev && !in_use.is_empty() {
+                let (sorted, slots) = maglev::table(in_use);
+                let ids: Vec<u32> = slots
+                    .iter()
+                    .map(|&i| self.backend_ids.get(&sorted[i]).copied().unwrap_or(0))
+                    .collect();
+                if self.tables.get(f) != Some(&ids) {
+                    let mut value = Maglev4Value {
+                        backends: [0; maglev::TABLE_SIZE],
+                    };
+                    value.backends.copy_from_slice(&ids);
+                    self.maglev
+                        .insert(Self::key(f, 0), value, 0)
+                        .map_err(|e| DatapathError::map(MAGLEV4_MAP, "insert", e))?;
+                    report.writes += 1;
+                    self.tables.insert(*f, ids);
+                }
+                flags |= svc_flags::MAGLEV;
+            }
             let master = Svc4Value {
                 backend_id: 0,
                 count,
@@ -435,6 +475,10 @@ impl SockLb {
                     .insert(key, master, 0)
                     .map_err(|e| DatapathError::map(SVC4_MAP, "insert frontend", e))?;
                 report.writes += 1;
+            }
+            if flags & svc_flags::MAGLEV == 0 && self.tables.remove(f).is_some() {
+                let _ = self.maglev.remove(&Self::key(f, 0));
+                report.deletes += 1;
             }
             let old_slots = prev.map_or(0, |p| p.slots);
             for slot in (count + fb + 1)..=old_slots {
@@ -458,6 +502,10 @@ impl SockLb {
         for f in gone {
             let inst = self.installed.remove(&f).unwrap_or_default();
             let _ = self.svc.remove(&Self::key(&f, 0));
+            if self.tables.remove(&f).is_some() {
+                let _ = self.maglev.remove(&Self::key(&f, 0));
+                report.deletes += 1;
+            }
             for slot in 1..=inst.slots {
                 let _ = self.svc.remove(&Self::key(&f, slot));
             }
@@ -497,6 +545,8 @@ pub struct DumpedFrontend {
     pub ready: u16,
     pub backends: Vec<BackendAddr>,
     pub affinity_s: Option<u32>,
+    /// Outside traffic picks its backend from a Maglev table.
+    pub maglev: bool,
 }
 
 /// The service maps of a node and the socket programs' counters (summed over CPUs).
@@ -530,12 +580,7 @@ fn read_maps(
         if k.slot != 0 {
             continue;
         }
-        let f = Frontend {
-            addr: from_be(k.addr),
-            port: u16::from_be(k.port),
-            proto: k.proto,
-            scope: k.scope,
-        };
+        let f = SockLb::frontend(&k);
         let backends = (1..=v.count + v.fb_count)
             .filter_map(|slot| svc.get(&SockLb::key(&f, slot), 0).ok())
             .filter_map(|s| by_id.get(&s.backend_id).copied())
@@ -545,6 +590,7 @@ fn read_maps(
             ready: v.count,
             backends,
             affinity_s: (v.flags & svc_flags::AFFINITY != 0).then_some(v.affinity_s),
+            maglev: v.flags & svc_flags::MAGLEV != 0,
         });
     }
     frontends.sort_by_key(|f| f.frontend);

@@ -164,6 +164,9 @@ pub mod svc_flags {
     /// [`svc_scope::EXTERNAL`] entry (externalTrafficPolicy: Local), so traffic from outside
     /// looks that one up and other traffic never pays for the second lookup.
     pub const HAS_EXTERNAL: u16 = 2;
+    /// The frontend has a Maglev table in [`super::MAGLEV4_MAP`] (north-south frontends:
+    /// NodePorts, LoadBalancer and external IPs); traffic from outside picks its backend there.
+    pub const MAGLEV: u16 = 4;
 }
 
 /// Values of [`Svc4Key::scope`]: which clients an entry's backends serve.
@@ -303,6 +306,22 @@ pub const NAT4_MAX_ENTRIES: u32 = 262144;
 pub const PROG_FROM_UPLINK: &str = "ferry_from_uplink";
 pub const PROG_TO_UPLINK: &str = "ferry_to_uplink";
 
+/// `Svc4Key` (a master entry's key, slot 0) -> [`Maglev4Value`]: the Maglev lookup table of a
+/// north-south frontend, so that every node picks the same backend for a flow and a backend
+/// change moves few flows (hash table without preallocation: only frontends that have one use
+/// memory).
+pub const MAGLEV4_MAP: &str = "FERRY_MAGLEV4";
+pub const MAGLEV4_MAX_ENTRIES: u32 = 16384;
+/// Slots of a Maglev table: a prime.
+pub const MAGLEV_TABLE_SIZE: usize = 4093;
+
+/// Value of [`MAGLEV4_MAP`]: slot -> backend id ([`BACKENDS4_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Maglev4Value {
+    pub backends: [u32; MAGLEV_TABLE_SIZE],
+}
+
 /// [`NatKey::dir`]: a packet of the client's direction, or a reply.
 pub mod nat_dir {
     pub const FORWARD: u8 = 0;
@@ -386,6 +405,7 @@ impl NsStat {
     ];
 }
 
+const _: () = assert!(core::mem::size_of::<Maglev4Value>() == 4 * MAGLEV_TABLE_SIZE);
 const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NatValue>() == 16);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
@@ -405,6 +425,7 @@ mod user {
     // SAFETY: #[repr(C)], integers only, no implicit padding (size asserts above).
     unsafe impl aya::Pod for super::Svc4Key {}
     unsafe impl aya::Pod for super::Svc4Value {}
+    unsafe impl aya::Pod for super::Maglev4Value {}
     unsafe impl aya::Pod for super::Backend4 {}
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}

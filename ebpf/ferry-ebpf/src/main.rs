@@ -23,10 +23,10 @@ use aya_ebpf::{
 };
 use ferry_ebpf_common::{
     AFFINITY4_MAX_ENTRIES, Affinity4Key, Affinity4Value, BACKENDS4_MAX_ENTRIES, Backend4,
-    DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, NAT4_MAX_ENTRIES,
-    NODE_IPS4_MAX_ENTRIES, NatKey, NatValue, NodeConfig, NsStat, PacketCounter,
-    SOCK_REVNAT4_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey, SockRevValue, SockStat, Svc4Key,
-    Svc4Value, Verdict, ipproto, nat_dir, nat_flags, svc_flags, svc_scope,
+    DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, MAGLEV_TABLE_SIZE, MAGLEV4_MAX_ENTRIES,
+    Maglev4Value, NAT4_MAX_ENTRIES, NODE_IPS4_MAX_ENTRIES, NatKey, NatValue, NodeConfig, NsStat,
+    PacketCounter, SOCK_REVNAT4_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey, SockRevValue, SockStat,
+    Svc4Key, Svc4Value, Verdict, ipproto, nat_dir, nat_flags, svc_flags, svc_scope,
 };
 
 #[map]
@@ -356,6 +356,13 @@ static FERRY_NAT4: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(N
 #[map]
 static FERRY_NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
+/// BPF_F_NO_PREALLOC: 16 KiB values, allocated only for the frontends that have a table.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map]
+static FERRY_MAGLEV4: HashMap<Svc4Key, Maglev4Value> =
+    HashMap::with_max_entries(MAGLEV4_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
 #[map]
 static FERRY_NS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NsStat::COUNT, 0);
 
@@ -643,14 +650,19 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         return TC_ACT_SHOT;
     }
     let hash = flow_hash(p);
-    skey.slot = (hash % u32::from(n)) as u16 + 1;
-    let Some(slot) = FERRY_SVC4.get_ptr(&skey) else {
-        count_ns(NsStat::NoBackend);
-        count_drop(DropReason::NoBackend);
-        return TC_ACT_SHOT;
+    let backend_id = match maglev_pick(&skey, &svc, hash) {
+        Some(id) => id,
+        None => {
+            skey.slot = (hash % u32::from(n)) as u16 + 1;
+            let Some(slot) = FERRY_SVC4.get_ptr(&skey) else {
+                count_ns(NsStat::NoBackend);
+                count_drop(DropReason::NoBackend);
+                return TC_ACT_SHOT;
+            };
+            // SAFETY: a live map value.
+            unsafe { (*slot).backend_id }
+        }
     };
-    // SAFETY: a live map value.
-    let backend_id = unsafe { (*slot).backend_id };
     let Some(be) = FERRY_BACKENDS4.get_ptr(backend_id) else {
         count_ns(NsStat::NoBackend);
         count_drop(DropReason::NoBackend);
@@ -743,6 +755,32 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
     }
     count_ns(NsStat::NewRemote);
     redirect(ctx, &fwd, p.proto)
+}
+
+/// The backend of a flow with hash `hash` from the frontend's Maglev table (`master` is the
+/// master entry's key, slot 0), if it has one.
+#[inline(always)]
+fn maglev_pick(master: &Svc4Key, svc: &Svc4Value, hash: u32) -> Option<u32> {
+    if svc.flags & svc_flags::MAGLEV == 0 {
+        return None;
+    }
+    let table = FERRY_MAGLEV4.get_ptr(master)?;
+    let mut slot = (hash % MAGLEV_TABLE_SIZE as u32) as usize;
+    // LLVM turns the modulo into a multiplication and, knowing the result is below the table
+    // size, drops every bounds check; the verifier cannot follow that arithmetic and refuses
+    // the access. A volatile round trip through the stack hides the range from LLVM, so the
+    // explicit check below stays and bounds the index for the verifier.
+    // SAFETY: a valid, aligned local.
+    let slot = unsafe {
+        core::ptr::write_volatile(&mut slot, slot);
+        core::ptr::read_volatile(&slot)
+    };
+    if slot >= MAGLEV_TABLE_SIZE {
+        return None;
+    }
+    // SAFETY: a live map value; the index is in bounds.
+    let id = unsafe { (*table).backends.get(slot).copied()? };
+    (id != 0).then_some(id)
 }
 
 /// TCX egress of the uplink: replies of local backends to outside clients leave with the

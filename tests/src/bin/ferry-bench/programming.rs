@@ -64,6 +64,7 @@ fn desired(n: usize, m: usize, shift: usize) -> BTreeMap<Frontend, Entry> {
                     .collect(),
                 terminating: vec![],
                 affinity_s: None,
+                maglev: false,
             };
             (f, e)
         })
