@@ -5,8 +5,9 @@
 //! from a ConfigMap, a Secret and the downward API, a ConfigMap volume it serves over HTTP and
 //! that updates in place, a readiness probe gating Ready; a liveness probe restarting a
 //! container; an OOM kill reported as OOMKilled; a pod that succeeds; init containers in order
-//! sharing an emptyDir; kill -9 of the agent leaving the pods running and re-adopted; graceful
-//! deletion that removes the pod's namespace and directory.
+//! sharing an emptyDir; kill -9 of the agent leaving the pods running and re-adopted; a preStop
+//! hook running before SIGTERM; graceful deletion that removes the pod's namespace and
+//! directory.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -370,6 +371,59 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
     assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
     assert!(cond(&after, "Ready"), "{after:#}");
     assert_eq!(http_get(&ip, 8080, "/index.html").as_deref(), Some("v2"));
+
+    // Graceful termination as the kubelet does it: the preStop hook runs first, then SIGTERM
+    // reaches the container, which exits by itself well within the grace period.
+    let out_dir = agent.dir().join("prestop-out");
+    std::fs::create_dir_all(&out_dir)?;
+    c.create(
+        "Pod",
+        "default",
+        &pod(
+            &agent,
+            "stopper",
+            json!({"terminationGracePeriodSeconds": 20,
+                "volumes": [{"name": "out", "hostPath": {"path": out_dir.display().to_string(), "type": "Directory"}}],
+                "containers": [{"name": "main", "image": IMAGE,
+                "command": ["sh", "-c", "trap 'echo term >> /out/log; exit 0' TERM; echo started > /out/log; while true; do sleep 0.1; done"],
+                "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /out/log; sleep 1"]}}}}]}),
+        ),
+    )
+    .await?;
+    let log = out_dir.join("log");
+    wait_for(
+        "the stopper pod to start",
+        Duration::from_secs(30),
+        &agent,
+        async || (std::fs::read_to_string(&log).ok()? == "started\n").then_some(()),
+    )
+    .await?;
+    let asked = Instant::now();
+    c.delete("Pod", "default", "stopper", "").await?;
+    wait_for(
+        "the stopper pod to be deleted",
+        Duration::from_secs(30),
+        &agent,
+        async || {
+            c.get("Pod", "default", "stopper")
+                .await
+                .err()
+                .filter(|e| e.is_not_found())
+                .map(drop)
+        },
+    )
+    .await?;
+    assert_eq!(
+        std::fs::read_to_string(&log)?,
+        "started\nprestop\nterm\n",
+        "preStop first, then SIGTERM"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "the container exited on SIGTERM, not at the end of the grace period: {:?}",
+        asked.elapsed()
+    );
 
     // Graceful deletion: marked first, then gone with its namespace and directory.
     let marked = c.delete("Pod", "default", "web", "").await?;

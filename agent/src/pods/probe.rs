@@ -15,7 +15,7 @@ use std::{
 };
 
 use ferry_api::k8s_openapi::{
-    api::core::v1::{Container, Probe},
+    api::core::v1::{Container, LifecycleHandler, Probe},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use tokio::{
@@ -203,6 +203,29 @@ async fn run(
     }
 }
 
+/// Runs a lifecycle hook handler (`preStop`, `postStart`): `exec` in the container,
+/// `httpGet` or `tcpSocket` against it (as a probe does), or `sleep`; all within `timeout`.
+pub async fn run_hook(
+    h: &LifecycleHandler,
+    c: &Container,
+    id: &str,
+    target: &Target,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(s) = &h.sleep {
+        let want = Duration::from_secs(s.seconds.max(0) as u64);
+        tokio::time::sleep(want.min(timeout)).await;
+        return Ok(());
+    }
+    let probe = Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        ..Default::default()
+    };
+    check(&probe, c, id, target, timeout).await
+}
+
 /// A port number, or a named port of the container.
 fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
     match p {
@@ -332,5 +355,5 @@ async fn check(
             )),
         };
     }
-    Err("probe has no handler (exec, httpGet or tcpSocket)".into())
+    Err("no handler (exec, httpGet or tcpSocket)".into())
 }

@@ -15,7 +15,7 @@ use std::{
 
 use ferry_api::{
     client::{Client, DeleteOptions},
-    k8s_openapi::api::core::v1::{Container, Pod, PodSpec},
+    k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, PodSpec},
 };
 use serde_json::{Value, json};
 use tokio::{sync::watch, task::JoinHandle};
@@ -966,10 +966,10 @@ impl Worker {
     }
 
     async fn stop_instance(&self, id: &str, grace: Duration) {
-        let runtime = self.shared.runtime.clone();
-        let id = id.to_owned();
-        let r = tokio::task::spawn_blocking(move || runtime.stop(&id, grace)).await;
-        if let Ok(Err(e)) = r {
+        // Ids are `<pod uid>_<container>_<attempt>` (plan::container_id).
+        let container = id.split('_').nth(1).unwrap_or("");
+        let stop = self.stop_task(id, container, grace);
+        if let Err(e) = stop.await {
             tracing::warn!(pod = %self.name(), error = %e, "stopping container");
         }
     }
@@ -981,17 +981,79 @@ impl Worker {
             if matches!(i.state, InstanceState::Exited { .. }) {
                 continue;
             }
-            let runtime = self.shared.runtime.clone();
-            let id = i.id.clone();
-            stops.push(tokio::task::spawn_blocking(move || {
-                runtime.stop(&id, grace)
-            }));
+            stops.push(tokio::spawn(self.stop_task(&i.id, &i.container, grace)));
         }
         for s in stops {
             if let Ok(Err(e)) = s.await {
                 tracing::warn!(pod = %self.name(), error = %e, "stopping container");
             }
         }
+    }
+
+    /// Stops running instance `id` of container `container` as the kubelet does: its
+    /// `preStop` hook first, within the grace period, then SIGTERM and what is left of the
+    /// grace period (at least 2 s once a hook ran), then SIGKILL.
+    fn stop_task(
+        &self,
+        id: &str,
+        container: &str,
+        grace: Duration,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let runtime = self.shared.runtime.clone();
+        let id = id.to_owned();
+        let hook = self.pre_stop_hook(container);
+        let event = {
+            let client = self.shared.client.clone();
+            let node = self.shared.node_name.clone();
+            let pod = self.pod.clone();
+            move |message: String| async move {
+                record_event(
+                    &client,
+                    &node,
+                    &pod,
+                    "Warning",
+                    "FailedPreStopHook",
+                    &message,
+                )
+                .await;
+            }
+        };
+        async move {
+            let mut left = grace;
+            if let Some((handler, c, ip)) = hook.filter(|_| !grace.is_zero()) {
+                let started = Instant::now();
+                let target = probe::Target {
+                    ip,
+                    runtime: runtime.clone(),
+                };
+                if let Err(e) = probe::run_hook(&handler, &c, &id, &target, grace).await {
+                    event(format!("PreStopHook failed for container {}: {e}", c.name)).await;
+                }
+                left = grace
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(2));
+            }
+            tokio::task::spawn_blocking(move || runtime.stop(&id, left))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Container `name`'s `preStop` handler (from the newest pod seen), with the container and
+    /// the address hooks reach it at.
+    fn pre_stop_hook(&self, name: &str) -> Option<(LifecycleHandler, Container, IpAddr)> {
+        let pod: Pod = serde_json::from_value(self.last.clone()?).ok()?;
+        let spec = pod.spec?;
+        let c = find_container(&spec, name, false)?.clone();
+        let handler = c.lifecycle.as_ref()?.pre_stop.clone()?;
+        let ip = if spec.host_network == Some(true) {
+            self.shared.node_ip?
+        } else {
+            IpAddr::V4(self.net.as_ref()?.ip)
+        };
+        Some((handler, c, ip))
     }
 
     /// Keeps the newest two instances of every container (the running one and the one
