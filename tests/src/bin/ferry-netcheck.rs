@@ -6,17 +6,26 @@
 //! ferry-netcheck udp-echo PORT          answer every datagram with "<hostname> <peer ip:port>"
 //! ferry-netcheck udp-ask IP PORT [N]    send N (default 1) datagrams, one at a time, on one
 //!                                       socket; print "<reply> from <source ip:port>" for each
+//! ferry-netcheck http-load IP PORT SECONDS WORKERS new|keepalive
+//!                                       HTTP GETs of / for SECONDS from WORKERS threads, a new
+//!                                       connection per request or one kept-alive connection per
+//!                                       worker; print "requests=N failures=M" and the first
+//!                                       failures
 //! ```
 //!
 //! `udp-ask` uses an unconnected socket (`sendto`/`recvfrom`), the path of Ferry's
 //! `sendmsg4`/`recvmsg4` hooks; it waits 2 s per reply and exits 1 if one never comes.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: ferry-netcheck udp-echo PORT | udp-ask IP PORT [COUNT]");
+    eprintln!(
+        "usage: ferry-netcheck udp-echo PORT | udp-ask IP PORT [COUNT] | http-load IP PORT SECONDS WORKERS new|keepalive"
+    );
     ExitCode::from(2)
 }
 
@@ -29,6 +38,7 @@ fn main() -> ExitCode {
         },
         ["udp-ask", ip, port] => ask(ip, port, "1"),
         ["udp-ask", ip, port, count] => ask(ip, port, count),
+        ["http-load", ip, port, secs, workers, mode] => load(ip, port, secs, workers, mode),
         _ => return usage(),
     };
     match result {
@@ -45,6 +55,27 @@ fn ask(ip: &str, port: &str, count: &str) -> Result<(), String> {
     let port: u16 = port.parse().map_err(|e| format!("PORT {port:?}: {e}"))?;
     let count: u32 = count.parse().map_err(|e| format!("COUNT {count:?}: {e}"))?;
     udp_ask(SocketAddr::from((ip, port)), count)
+}
+
+fn load(ip: &str, port: &str, secs: &str, workers: &str, mode: &str) -> Result<(), String> {
+    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("IP {ip:?}: {e}"))?;
+    let port: u16 = port.parse().map_err(|e| format!("PORT {port:?}: {e}"))?;
+    let secs: u64 = secs.parse().map_err(|e| format!("SECONDS {secs:?}: {e}"))?;
+    let workers: usize = workers
+        .parse()
+        .map_err(|e| format!("WORKERS {workers:?}: {e}"))?;
+    let keepalive = match mode {
+        "new" => false,
+        "keepalive" => true,
+        _ => return Err(format!("mode {mode:?}: new or keepalive")),
+    };
+    http_load(
+        SocketAddr::from((ip, port)),
+        Duration::from_secs(secs),
+        workers,
+        keepalive,
+    );
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -81,4 +112,113 @@ fn udp_ask(to: SocketAddr, count: u32) -> Result<(), String> {
         println!("{} from {from}", String::from_utf8_lossy(&buf[..n]));
     }
     Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    failures: u64,
+    first: Vec<String>,
+}
+
+impl Tally {
+    fn fail(&mut self, why: String) {
+        self.failures += 1;
+        if self.first.len() < 5 {
+            self.first.push(why);
+        }
+    }
+}
+
+/// One GET of `/` on `s` (already connected); the response must be a 200 with its whole body.
+fn get(s: &mut TcpStream, close: bool) -> Result<(), String> {
+    let req = if close {
+        "GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n"
+    } else {
+        "GET / HTTP/1.1\r\nHost: load\r\n\r\n"
+    };
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut r = BufReader::new(&mut *s);
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .map_err(|e| format!("status line: {e}"))?;
+    if !line.starts_with("HTTP/1.1 200") && !line.starts_with("HTTP/1.0 200") {
+        return Err(format!("status line {:?}", line.trim()));
+    }
+    let mut length = None;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).map_err(|e| format!("headers: {e}"))?;
+        let h = h.trim();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse::<usize>().ok();
+        }
+    }
+    let length = length.ok_or("no Content-Length")?;
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+    Ok(())
+}
+
+fn connect(to: SocketAddr) -> Result<TcpStream, String> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        .map_err(|e| format!("connect {to}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Requests at a modest pace (a few hundred per second in all) until `for_` passes; a failed
+/// request is counted and, with keep-alive, the connection is opened again.
+fn http_load(to: SocketAddr, for_: Duration, workers: usize, keepalive: bool) {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let deadline = Instant::now() + for_;
+    let threads: Vec<_> = (0..workers.max(1))
+        .map(|_| {
+            let tally = tally.clone();
+            std::thread::spawn(move || {
+                let mut conn: Option<TcpStream> = None;
+                while Instant::now() < deadline {
+                    let result = if keepalive {
+                        let s = match conn.take() {
+                            Some(s) => Ok(s),
+                            None => connect(to),
+                        };
+                        s.and_then(|mut s| {
+                            get(&mut s, false)?;
+                            conn = Some(s);
+                            Ok(())
+                        })
+                    } else {
+                        connect(to).and_then(|mut s| get(&mut s, true))
+                    };
+                    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                    t.requests += 1;
+                    if let Err(e) = result {
+                        t.fail(format!(
+                            "{:.3}s: {e}",
+                            (Instant::now() + for_ - deadline).as_secs_f64()
+                        ));
+                    }
+                    drop(t);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    println!("requests={} failures={}", t.requests, t.failures);
+    for f in &t.first {
+        println!("failure: {f}");
+    }
 }
