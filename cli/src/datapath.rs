@@ -41,7 +41,10 @@ pub fn run(c: &DatapathCommand) -> Result<()> {
             dir.display()
         )
     })?;
-    println!("{:<33} {:<5} {:<7} BACKENDS", "FRONTEND", "PROTO", "READY");
+    println!(
+        "{:<33} {:<5} {:<7} {:>8} {:>9} {:>11}  BACKENDS",
+        "FRONTEND", "PROTO", "READY", "FLOWS", "PACKETS", "BYTES"
+    );
     for f in &dump.frontends {
         let mut front = if f.frontend.addr.is_unspecified() {
             format!("*:{} (NodePort)", f.frontend.port)
@@ -73,9 +76,12 @@ pub fn run(c: &DatapathCommand) -> Result<()> {
             affinity.push_str("  [maglev]");
         }
         println!(
-            "{front:<33} {:<5} {:<7} {}{affinity}",
+            "{front:<33} {:<5} {:<7} {:>8} {:>9} {:>11}  {}{affinity}",
             proto(f.frontend.proto),
             format!("{}/{}", f.ready, f.backends.len()),
+            f.counters.flows,
+            f.counters.packets,
+            f.counters.bytes,
             if backends.is_empty() {
                 "<none: refused>".to_string()
             } else {

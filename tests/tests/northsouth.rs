@@ -22,7 +22,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use ferry_api::client::{Client, ListOptions};
 use ferry_tests::netns::{self, Fabric};
 use ferry_tests::{Cluster, image};
@@ -287,11 +287,24 @@ fn maglev_agrees(fabric: &Fabric, lb_ip: &str) -> Result<()> {
             &fabric.node(0).name,
         ],
     )?;
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&format!("{lb_ip}:80 ")))
+        .with_context(|| format!("no {lb_ip}:80 frontend on node 0:\n{listed}"))?;
     assert!(
-        listed
-            .lines()
-            .any(|l| l.starts_with(&format!("{lb_ip}:80")) && l.contains("[maglev]")),
+        line.contains("[maglev]"),
         "the LoadBalancer frontend has a Maglev table:\n{listed}"
+    );
+    // Per-service counters: node 0 saw 8 new flows (and their packets) to the address.
+    let cols: Vec<u64> = line
+        .split_whitespace()
+        .skip(3)
+        .take(3)
+        .map(|c| c.parse().unwrap_or(0))
+        .collect();
+    assert!(
+        cols.len() == 3 && cols[0] >= 8 && cols[1] > cols[0] && cols[2] > cols[1] * 40,
+        "flows, packets, bytes of {lb_ip}:80 on node 0: {line}"
     );
     Ok(())
 }

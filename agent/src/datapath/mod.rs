@@ -32,7 +32,7 @@ use ferry_ebpf_common::{
     DENY_PORTS_MAP, DROP_REASONS_MAP, DenyKey, DenyValue, PacketCounter, TC_DENY_PROGRAM,
     VERDICT_STATS_MAP, ipproto,
 };
-pub use ferry_ebpf_common::{DropReason, Verdict};
+pub use ferry_ebpf_common::{DropReason, SvcStats, Verdict};
 
 /// The BPF object built by `build.rs`; 8-byte aligned as the ELF parser requires.
 static FERRY_EBPF_OBJECT: &[u8] =

@@ -20,7 +20,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
         links::PinnedLink, tc::TcAttachOptions,
@@ -30,7 +30,8 @@ use ferry_ebpf_common::{
     AFFINITY4_MAP, BACKENDS4_MAP, Backend4, MAGLEV4_MAP, Maglev4Value, NAT4_MAP, NODE_CONFIG_MAP,
     NODE_IPS4_MAP, NS_STATS_MAP, NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK,
     PROG_GETPEERNAME4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_TO_UPLINK, SOCK_REVNAT4_MAP,
-    SOCK_STATS_MAP, SVC4_MAP, SockStat, Svc4Key, Svc4Value, svc_flags, svc_scope,
+    SOCK_STATS_MAP, SVC_STATS_MAP, SVC4_MAP, SockStat, Svc4Key, Svc4Value, SvcStats, svc_flags,
+    svc_scope,
 };
 
 use super::{
@@ -38,8 +39,9 @@ use super::{
     services::{BackendAddr, Entry, Frontend},
 };
 
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 11] = [
     SVC4_MAP,
+    SVC_STATS_MAP,
     MAGLEV4_MAP,
     BACKENDS4_MAP,
     SOCK_REVNAT4_MAP,
@@ -145,6 +147,7 @@ pub struct SockLb {
     node_ips: HashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
     maglev: HashMap<MapData, Svc4Key, Maglev4Value>,
+    svc_stats: PerCpuHashMap<MapData, u32, SvcStats>,
     installed: BTreeMap<Frontend, Installed>,
     /// The Maglev tables in the map, as backend ids per slot.
     tables: BTreeMap<Frontend, Vec<u32>>,
@@ -261,6 +264,8 @@ impl SockLb {
             .map_err(|e| DatapathError::map(SOCK_STATS_MAP, "open", e))?;
         let maglev = HashMap::try_from(take(&mut ebpf, MAGLEV4_MAP)?)
             .map_err(|e| DatapathError::map(MAGLEV4_MAP, "open", e))?;
+        let svc_stats = PerCpuHashMap::try_from(take(&mut ebpf, SVC_STATS_MAP)?)
+            .map_err(|e| DatapathError::map(SVC_STATS_MAP, "open", e))?;
         let mut lb = SockLb {
             _ebpf: ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -269,6 +274,7 @@ impl SockLb {
             node_ips,
             stats,
             maglev,
+            svc_stats,
             installed: BTreeMap::new(),
             tables: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
@@ -502,6 +508,7 @@ impl SockLb {
         for f in gone {
             let inst = self.installed.remove(&f).unwrap_or_default();
             let _ = self.svc.remove(&Self::key(&f, 0));
+            let _ = self.svc_stats.remove(&u32::from(inst.rev_nat_id));
             if self.tables.remove(&f).is_some() {
                 let _ = self.maglev.remove(&Self::key(&f, 0));
                 report.deletes += 1;
@@ -533,7 +540,12 @@ impl SockLb {
 
     /// What the maps hold (see [`Dump`]).
     pub fn dump(&self) -> Dump {
-        read_maps(&self.svc, &self.backends, &self.stats)
+        read_maps(
+            &self.svc,
+            &self.backends,
+            &self.stats,
+            Some(&self.svc_stats),
+        )
     }
 }
 
@@ -547,6 +559,8 @@ pub struct DumpedFrontend {
     pub affinity_s: Option<u32>,
     /// Outside traffic picks its backend from a Maglev table.
     pub maglev: bool,
+    /// What the frontend carried on this node, summed over CPUs.
+    pub counters: SvcStats,
 }
 
 /// The service maps of a node and the socket programs' counters (summed over CPUs).
@@ -560,6 +574,7 @@ fn read_maps(
     svc: &HashMap<MapData, Svc4Key, Svc4Value>,
     backends: &HashMap<MapData, u32, Backend4>,
     stats: &PerCpuArray<MapData, u64>,
+    svc_stats: Option<&PerCpuHashMap<MapData, u32, SvcStats>>,
 ) -> Dump {
     let by_id: BTreeMap<u32, BackendAddr> = backends
         .iter()
@@ -591,6 +606,16 @@ fn read_maps(
             backends,
             affinity_s: (v.flags & svc_flags::AFFINITY != 0).then_some(v.affinity_s),
             maglev: v.flags & svc_flags::MAGLEV != 0,
+            counters: svc_stats
+                .and_then(|m| m.get(&u32::from(v.rev_nat_id), 0).ok())
+                .map(|per_cpu| {
+                    per_cpu.iter().fold(SvcStats::default(), |a, c| SvcStats {
+                        flows: a.flows + c.flows,
+                        packets: a.packets + c.packets,
+                        bytes: a.bytes + c.bytes,
+                    })
+                })
+                .unwrap_or_default(),
         });
     }
     frontends.sort_by_key(|f| f.frontend);
@@ -673,7 +698,11 @@ pub fn dump_pinned(pin_dir: &Path) -> Result<Dump, DatapathError> {
         .map_err(|e| DatapathError::map(BACKENDS4_MAP, "open", e))?;
     let stats = PerCpuArray::try_from(open(SOCK_STATS_MAP)?)
         .map_err(|e| DatapathError::map(SOCK_STATS_MAP, "open", e))?;
-    let mut dump = read_maps(&svc, &backends, &stats);
+    // Absent in pins made by agents older than the per-service counters.
+    let svc_stats = open(SVC_STATS_MAP)
+        .ok()
+        .and_then(|m| PerCpuHashMap::try_from(m).ok());
+    let mut dump = read_maps(&svc, &backends, &stats, svc_stats.as_ref());
     if let Ok(ns) = open(NS_STATS_MAP)
         && let Ok(ns) = PerCpuArray::<MapData, u64>::try_from(ns)
     {

@@ -306,6 +306,24 @@ pub const NAT4_MAX_ENTRIES: u32 = 262144;
 pub const PROG_FROM_UPLINK: &str = "ferry_from_uplink";
 pub const PROG_TO_UPLINK: &str = "ferry_to_uplink";
 
+/// Per-CPU hash map `u32` rev-NAT id (a frontend's, see [`Svc4Value::rev_nat_id`]) ->
+/// [`SvcStats`]: what each service frontend carried on this node.
+pub const SVC_STATS_MAP: &str = "FERRY_SVC_STATS";
+pub const SVC_STATS_MAX_ENTRIES: u32 = 65536;
+
+/// Value of [`SVC_STATS_MAP`] (one per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcStats {
+    /// Connections and datagrams sent to the service from this node (socket hooks), and new
+    /// flows from outside (TC).
+    pub flows: u64,
+    /// Packets of flows from outside translated by TC, both directions.
+    pub packets: u64,
+    /// Their bytes (`skb->len`).
+    pub bytes: u64,
+}
+
 /// `Svc4Key` (a master entry's key, slot 0) -> [`Maglev4Value`]: the Maglev lookup table of a
 /// north-south frontend, so that every node picks the same backend for a flow and a backend
 /// change moves few flows (hash table without preallocation: only frontends that have one use
@@ -356,7 +374,8 @@ pub struct NatValue {
     pub sport: u16,
     pub dport: u16,
     pub flags: u16,
-    pub _pad: u16,
+    /// The frontend's rev-NAT id (its master entry's), for [`SVC_STATS_MAP`]; 0: unknown.
+    pub svc: u16,
 }
 
 /// Value of [`NODE_CONFIG_MAP`] (network order).
@@ -406,6 +425,7 @@ impl NsStat {
 }
 
 const _: () = assert!(core::mem::size_of::<Maglev4Value>() == 4 * MAGLEV_TABLE_SIZE);
+const _: () = assert!(core::mem::size_of::<SvcStats>() == 24);
 const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NatValue>() == 16);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
@@ -426,6 +446,7 @@ mod user {
     unsafe impl aya::Pod for super::Svc4Key {}
     unsafe impl aya::Pod for super::Svc4Value {}
     unsafe impl aya::Pod for super::Maglev4Value {}
+    unsafe impl aya::Pod for super::SvcStats {}
     unsafe impl aya::Pod for super::Backend4 {}
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}

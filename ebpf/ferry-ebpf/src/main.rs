@@ -18,15 +18,16 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_redirect_neigh,
     },
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{SockAddrContext, TcContext},
 };
 use ferry_ebpf_common::{
     AFFINITY4_MAX_ENTRIES, Affinity4Key, Affinity4Value, BACKENDS4_MAX_ENTRIES, Backend4,
     DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, MAGLEV_TABLE_SIZE, MAGLEV4_MAX_ENTRIES,
     Maglev4Value, NAT4_MAX_ENTRIES, NODE_IPS4_MAX_ENTRIES, NatKey, NatValue, NodeConfig, NsStat,
-    PacketCounter, SOCK_REVNAT4_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey, SockRevValue, SockStat,
-    Svc4Key, Svc4Value, Verdict, ipproto, nat_dir, nat_flags, svc_flags, svc_scope,
+    PacketCounter, SOCK_REVNAT4_MAX_ENTRIES, SVC_STATS_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey,
+    SockRevValue, SockStat, Svc4Key, Svc4Value, SvcStats, Verdict, ipproto, nat_dir, nat_flags,
+    svc_flags, svc_scope,
 };
 
 #[map]
@@ -163,6 +164,36 @@ static FERRY_NODE_IPS4: HashMap<u32, u32> = HashMap::with_max_entries(NODE_IPS4_
 
 #[map]
 static FERRY_SOCK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SockStat::COUNT, 0);
+
+#[map]
+static FERRY_SVC_STATS: PerCpuHashMap<u32, SvcStats> =
+    PerCpuHashMap::with_max_entries(SVC_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Adds to service frontend `svc`'s counters on this CPU (`svc` 0: no frontend known).
+#[inline(always)]
+fn count_svc(svc: u16, flows: u64, packets: u64, bytes: u64) {
+    if svc == 0 {
+        return;
+    }
+    let key = u32::from(svc);
+    match FERRY_SVC_STATS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value of a live per-CPU map entry; nothing else writes it now.
+        Some(v) => unsafe {
+            (*v).flows += flows;
+            (*v).packets += packets;
+            (*v).bytes += bytes;
+        },
+        None => {
+            let v = SvcStats {
+                flows,
+                packets,
+                bytes,
+            };
+            // From a program, a per-CPU update sets this CPU's value (the others start at 0).
+            let _ = FERRY_SVC_STATS.insert(&key, &v, u64::from(BPF_NOEXIST));
+        }
+    }
+}
 
 /// Verdicts of cgroup sock_addr programs: 1 lets the call proceed (with the rewritten address),
 /// 0 refuses it (the caller gets EPERM).
@@ -314,6 +345,7 @@ fn sock_forward(ctx: &SockAddrContext) -> i32 {
     };
     let _ = FERRY_SOCK_REVNAT4.insert(&rkey, &rval, 0);
     count_sock(SockStat::Translated);
+    count_svc(svc.rev_nat_id, 1, 0, 0);
     SOCK_ALLOW
 }
 
@@ -575,6 +607,7 @@ pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
             return TC_ACT_SHOT;
         }
         count_ns(NsStat::Reply);
+        count_svc(v.svc, 0, 1, u64::from(ctx.len()));
         return redirect(&ctx, &v, p.proto);
     }
     let key = nat_key(&p, nat_dir::FORWARD);
@@ -586,6 +619,7 @@ pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
             return TC_ACT_SHOT;
         }
         count_ns(NsStat::Forward);
+        count_svc(v.svc, 0, 1, u64::from(ctx.len()));
         return if v.flags & nat_flags::REMOTE != 0 {
             redirect(&ctx, &v, p.proto)
         } else {
@@ -677,8 +711,9 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         sport: p.dport,
         dport: p.sport,
         flags: 0,
-        _pad: 0,
+        svc: svc.rev_nat_id,
     };
+    let len = u64::from(ctx.len());
     if be.addr & cfg.pod_mask == cfg.pod_net {
         // A local backend: DNAT only, the pod sees the client; its replies leave through
         // `ferry_to_uplink`.
@@ -688,7 +723,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
             sport: p.sport,
             dport: be.port,
             flags: 0,
-            _pad: 0,
+            svc: svc.rev_nat_id,
         };
         let rkey = NatKey {
             saddr: be.addr,
@@ -706,6 +741,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
             return TC_ACT_SHOT;
         }
         count_ns(NsStat::NewLocal);
+        count_svc(svc.rev_nat_id, 1, 1, len);
         return TC_ACT_OK;
     }
     // A remote backend: SNAT to this node so the reply comes back here; keep the client's
@@ -746,7 +782,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         sport: rkey.dport,
         dport: be.port,
         flags: nat_flags::REMOTE,
-        _pad: 0,
+        svc: svc.rev_nat_id,
     };
     let _ = FERRY_NAT4.insert(key, &fwd, 0);
     if rewrite(ctx, p, &fwd).is_err() {
@@ -754,6 +790,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         return TC_ACT_SHOT;
     }
     count_ns(NsStat::NewRemote);
+    count_svc(svc.rev_nat_id, 1, 1, len);
     redirect(ctx, &fwd, p.proto)
 }
 
@@ -799,6 +836,7 @@ pub fn ferry_to_uplink(ctx: TcContext) -> i32 {
             return TC_ACT_SHOT;
         }
         count_ns(NsStat::Reply);
+        count_svc(v.svc, 0, 1, u64::from(ctx.len()));
     }
     TC_ACT_OK
 }
