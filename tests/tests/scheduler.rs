@@ -1,5 +1,6 @@
 //! The scheduler places pods on simulated nodes (Node objects without agents): resources,
-//! taints, selectors; an unschedulable pod says why and is retried when the cluster changes.
+//! taints, selectors, pod affinity and anti-affinity, topology spread; an unschedulable pod says
+//! why and is retried when the cluster changes.
 
 use std::time::{Duration, Instant};
 
@@ -270,5 +271,103 @@ async fn replica_sets_keep_their_pods_scheduled_and_counted() -> Result<()> {
                 .all(|p| p["metadata"]["name"] != victim.as_str() && !node_of(p).is_empty()))
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_follow_affinity_anti_affinity_and_topology_spread() -> Result<()> {
+    let cluster = Cluster::start(1, &["--node-monitor-grace-seconds", "3600"]).await?;
+    let c = cluster.client();
+    for (n, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c")] {
+        add_node(
+            &c,
+            n,
+            "4",
+            "8Gi",
+            json!({"kubernetes.io/hostname": n, "topology.kubernetes.io/zone": zone}),
+            json!([]),
+        )
+        .await?;
+    }
+    let labelled = |name: &str, app: &str, extra: Value| {
+        let mut p = pod(name, "100m", extra);
+        p["metadata"]["labels"] = json!({"app": app});
+        p
+    };
+    // Required anti-affinity per zone: one db per zone, the fourth says why it waits.
+    let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "topology.kubernetes.io/zone"}]}}});
+    let mut zones = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let name = format!("db-{i}");
+        c.create("Pod", "default", &labelled(&name, "db", anti.clone()))
+            .await?;
+        let p = wait_pod(&c, &name, "a node", |p| !node_of(p).is_empty()).await?;
+        zones.insert(node_of(&p).chars().next().unwrap_or('?'));
+    }
+    assert_eq!(zones.len(), 3, "one db per zone: {zones:?}");
+    c.create("Pod", "default", &labelled("db-3", "db", anti.clone()))
+        .await?;
+    let waiting = wait_pod(&c, "db-3", "PodScheduled=False", |p| {
+        p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+        })
+    })
+    .await?;
+    let message = waiting["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
+        .map(|c| c["message"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        message,
+        "0/4 nodes are available: 4 node(s) didn't match pod anti-affinity rules."
+    );
+    // Required affinity: a web pod goes where the cache is.
+    c.create(
+        "Pod",
+        "default",
+        &labelled(
+            "cache",
+            "cache",
+            json!({"nodeSelector": {"kubernetes.io/hostname": "b1"}}),
+        ),
+    )
+    .await?;
+    wait_pod(&c, "cache", "a node", |p| node_of(p) == "b1").await?;
+    c.create(
+        "Pod",
+        "default",
+        &labelled(
+            "web",
+            "web",
+            json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
+        ),
+    )
+    .await?;
+    assert_eq!(
+        node_of(&wait_pod(&c, "web", "a node", |p| !node_of(p).is_empty()).await?),
+        "b1"
+    );
+    // Topology spread, maxSkew 1 per zone: 6 pods make 2 per zone.
+    let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]});
+    let mut per_zone = std::collections::BTreeMap::<char, usize>::new();
+    for i in 0..6 {
+        let name = format!("spread-{i}");
+        c.create("Pod", "default", &labelled(&name, "spread", spread.clone()))
+            .await?;
+        let p = wait_pod(&c, &name, "a node", |p| !node_of(p).is_empty()).await?;
+        *per_zone
+            .entry(node_of(&p).chars().next().unwrap_or('?'))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_zone.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_zone:?}"
+    );
     Ok(())
 }

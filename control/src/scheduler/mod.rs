@@ -13,6 +13,7 @@
 //! PersistentVolumeClaims"); a pod whose claim is bound to a volume with node affinity (a local
 //! volume) gets that affinity added to its own (see `controllers::volumebinding`).
 
+pub mod interpod;
 pub mod predicates;
 
 use std::collections::HashMap;
@@ -195,6 +196,7 @@ impl Scheduler {
             }
         }
         let mut pending: Vec<&Value> = Vec::new();
+        let mut bound_pods: Vec<(usize, &Value)> = Vec::new();
         for (i, p) in pods.iter().enumerate() {
             if wants_scheduling(p) {
                 pending.push(adjusted.get(&i).unwrap_or(p));
@@ -202,11 +204,33 @@ impl Scheduler {
                 && !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
             {
                 infos[i].add(&PodRequest::from_pod(p));
+                bound_pods.push((i, p));
             }
         }
         if pending.is_empty() {
             return Ok(0);
         }
+        // Where other pods run matters only to pods with inter-pod rules or spreading, and to
+        // every pod once some bound pod has required anti-affinity (it is symmetric).
+        let has_anti = |p: &Value| {
+            p.pointer(
+                "/spec/affinity/podAntiAffinity/requiredDuringSchedulingIgnoredDuringExecution",
+            )
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        };
+        let any_anti = pods.iter().any(has_anti);
+        let mut placed: Option<Vec<Vec<interpod::PlacedPod>>> = (any_anti
+            || pending
+                .iter()
+                .any(|p| !interpod::Constraints::from_pod(p).is_empty()))
+        .then(|| {
+            let mut placed = vec![Vec::new(); infos.len()];
+            for (i, p) in &bound_pods {
+                placed[*i].push(interpod::PlacedPod::from_pod(p));
+            }
+            placed
+        });
         pending.sort_by(|a, b| {
             s(a, "/metadata/creationTimestamp").cmp(s(b, "/metadata/creationTimestamp"))
         });
@@ -230,7 +254,7 @@ impl Scheduler {
                         });
                     (!already).then_some(Action::Unschedulable(pod, message))
                 }
-                None => self.place(&mut infos, pod),
+                None => self.place(&mut infos, placed.as_mut(), any_anti, pod),
             };
             let Some(action) = action else {
                 continue;
@@ -261,15 +285,37 @@ impl Scheduler {
 impl Scheduler {
     /// Decides one pod: reserves its requests on the chosen node, or says why none fits (unless
     /// the pod already says so).
-    fn place<'a>(&mut self, infos: &mut [NodeInfo], pod: &'a Value) -> Option<Action<'a>> {
+    /// `placed` (the pods bound to each node, when some pod's rules need them) gets the pod
+    /// too; `any_anti`: some bound pod has required anti-affinity, which every pod must
+    /// respect.
+    fn place<'a>(
+        &mut self,
+        infos: &mut [NodeInfo],
+        placed: Option<&mut Vec<Vec<interpod::PlacedPod>>>,
+        any_anti: bool,
+        pod: &'a Value,
+    ) -> Option<Action<'a>> {
         let req = PodRequest::from_pod(pod);
-        let picked = predicates::pick(pod, &req, infos, self.next_start);
-        if !infos.is_empty() {
-            self.next_start = (self.next_start + picked.scanned) % infos.len();
-        }
-        match picked.fit {
+        let rules = interpod::Constraints::from_pod(pod);
+        let fit = match placed.as_deref() {
+            // Every node, as the rules need the counts of every domain.
+            Some(on_nodes) if any_anti || !rules.is_empty() => {
+                interpod::decide(pod, &req, &rules, infos, on_nodes)
+            }
+            _ => {
+                let picked = predicates::pick(pod, &req, infos, self.next_start);
+                if !infos.is_empty() {
+                    self.next_start = (self.next_start + picked.scanned) % infos.len();
+                }
+                picked.fit
+            }
+        };
+        match fit {
             Ok(i) => {
                 infos[i].add(&req);
+                if let Some(on_nodes) = placed {
+                    on_nodes[i].push(interpod::PlacedPod::from_pod(pod));
+                }
                 Some(Action::Bind(pod, infos[i].name.clone()))
             }
             Err(message) => {

@@ -128,7 +128,7 @@ fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
     })
 }
 
-fn expression_matches(labels: &BTreeMap<String, String>, e: &Value) -> bool {
+pub(crate) fn expression_matches(labels: &BTreeMap<String, String>, e: &Value) -> bool {
     let key = e["key"].as_str().unwrap_or("");
     let values: Vec<&str> = e["values"]
         .as_array()
