@@ -14,6 +14,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod statefulset;
+pub mod taintmanager;
 pub mod volumebinding;
 
 use std::sync::Arc;
@@ -158,6 +159,7 @@ pub const CONTROLLERS: &[&str] = &[
     "deployment",
     "endpointslice",
     "nodelifecycle",
+    "taint-eviction",
     "loadbalancer",
     "garbagecollector",
     "namespace",
@@ -221,6 +223,9 @@ pub fn spawn_all(api: &ApiServer, settings: Settings) {
             node.clone(),
             settings.node_monitor_grace,
         ));
+    }
+    if on("taint-eviction") {
+        tokio::spawn(taintmanager::run(local(), node.clone()));
     }
     if on("garbagecollector") {
         tokio::spawn(gc::run(local(), node.clone()));

@@ -3,7 +3,7 @@
 //! `node.kubernetes.io/unreachable` (NoSchedule and NoExecute); when its agent is back (lease
 //! renewed and the agent posting `Ready=True` again) the taints are removed.
 //!
-//! Eviction of pods from tainted nodes comes with the workload controllers.
+//! Pods leave a tainted node through the taint-eviction controller (`taintmanager.rs`).
 
 use std::time::Duration;
 

@@ -111,7 +111,7 @@ pub enum Fit {
     None(String),
 }
 
-fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
+pub(crate) fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
     let key = taint["key"].as_str().unwrap_or("");
     let value = taint["value"].as_str().unwrap_or("");
     let effect = taint["effect"].as_str().unwrap_or("");
