@@ -206,7 +206,8 @@ struct ServerArgs {
     node_monitor_grace_seconds: u64,
     /// Control loops to run, comma-separated: `*` for all (default), a name to add, `-name`
     /// to leave one out (scheduler, nodeipam, replicaset, deployment, endpointslice,
-    /// nodelifecycle, loadbalancer).
+    /// nodelifecycle, taint-eviction, loadbalancer, garbagecollector, namespace, job, cronjob,
+    /// daemonset, statefulset, volumebinding).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
     /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line (Kubernetes' format).
