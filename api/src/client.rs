@@ -182,6 +182,16 @@ impl WatchEvent {
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
 
+/// The body of a `binding` patch: Kubernetes' Binding target, with the pod's expected
+/// resourceVersion.
+pub fn binding(node: &str, resource_version: &str) -> Value {
+    let mut b = serde_json::json!({"target": {"kind": "Node", "name": node}});
+    if !resource_version.is_empty() {
+        b["metadata"] = serde_json::json!({"resourceVersion": resource_version});
+    }
+    b
+}
+
 /// Options of a list or watch.
 #[derive(Debug, Clone, Default)]
 pub struct ListOptions {
@@ -467,17 +477,48 @@ impl Client {
         name: &str,
         patch: &Value,
     ) -> Result<Value, ClientError> {
+        self.patch_sub(kind, namespace, name, patch, "").await
+    }
+
+    async fn patch_sub(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+        sub: &str,
+    ) -> Result<Value, ClientError> {
         let req = proto::PatchRequest {
             kind: kind.into(),
             namespace: namespace.into(),
             name: name.into(),
             patch: to_vec(patch),
-            subresource: String::new(),
+            subresource: sub.into(),
         };
         let r = self
             .resources_call(req, |mut c, r| async move { c.patch(r).await })
             .await?;
         parse(&r.object)
+    }
+
+    /// Binds pod `namespace/name` to `node` (Kubernetes' `pods/binding`): `spec.nodeName` and
+    /// the PodScheduled condition in one write, only if the pod is still at `resource_version`
+    /// (empty: any) and not bound yet.
+    pub async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        resource_version: &str,
+    ) -> Result<Value, ClientError> {
+        self.patch_sub(
+            "Pod",
+            namespace,
+            name,
+            &binding(node, resource_version),
+            "binding",
+        )
+        .await
     }
 
     pub async fn delete(
@@ -678,6 +719,21 @@ pub trait Api: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+    /// Binds a pod to a node (see [`Client::bind`]).
+    fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        resource_version: &str,
+    ) -> impl Future<Output = Result<Value, ClientError>> + Send;
+    /// Changes after `resource_version` ("" for from now), without bookmarks.
+    fn watch(
+        &self,
+        kind: &str,
+        opts: &ListOptions,
+        resource_version: &str,
+    ) -> impl Future<Output = Result<WatchStream, ClientError>> + Send;
 }
 
 use std::future::Future;
@@ -697,6 +753,23 @@ impl Api for Client {
     }
     async fn update_status(&self, kind: &str, obj: &Value) -> Result<Value, ClientError> {
         Client::update_status(self, kind, obj).await
+    }
+    async fn watch(
+        &self,
+        kind: &str,
+        opts: &ListOptions,
+        resource_version: &str,
+    ) -> Result<WatchStream, ClientError> {
+        Client::watch(self, kind, opts, resource_version, false).await
+    }
+    async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        resource_version: &str,
+    ) -> Result<Value, ClientError> {
+        Client::bind(self, namespace, name, node, resource_version).await
     }
     async fn patch(
         &self,

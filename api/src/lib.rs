@@ -8,6 +8,7 @@ pub mod client;
 pub mod defaults;
 pub mod error;
 pub mod fieldpath;
+pub mod informer;
 pub mod join;
 pub mod kinds;
 pub mod manifest;

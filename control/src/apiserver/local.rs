@@ -1,7 +1,8 @@
 //! The in-process API client: controllers running inside a member use the API server through
 //! the same [`Api`] interface as remote clients (never the store), as trusted system callers.
 
-use ferry_api::client::{Api, ClientError, ListOptions};
+use ferry_api::client::{Api, ClientError, ListOptions, WatchEvent, WatchStream};
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::objects::Subresource;
@@ -72,5 +73,52 @@ impl Api for LocalApi {
             .delete(None, kind, namespace, name, &Default::default())
             .await
             .map_err(err)
+    }
+    async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        resource_version: &str,
+    ) -> Result<Value, ClientError> {
+        let body = ferry_api::client::binding(node, resource_version);
+        self.0
+            .patch(
+                None,
+                "Pod",
+                namespace,
+                name,
+                &bytes(&body),
+                Subresource::Binding,
+            )
+            .await
+            .map_err(err)
+    }
+    async fn watch(
+        &self,
+        kind: &str,
+        opts: &ListOptions,
+        resource_version: &str,
+    ) -> Result<WatchStream, ClientError> {
+        let req = ferry_api::proto::WatchRequest {
+            kind: kind.into(),
+            namespace: opts.namespace.clone().unwrap_or_default(),
+            label_selector: opts.label_selector.clone(),
+            field_selector: opts.field_selector.clone(),
+            resource_version: resource_version.into(),
+            allow_bookmarks: false,
+        };
+        let stream = super::watch::start(self.0.node.clone(), self.0.encryptor.clone(), req)
+            .await
+            .map_err(err)?;
+        Ok(Box::pin(stream.map(|item| match item {
+            Ok(ev) => Ok(WatchEvent {
+                kind: ev.r#type,
+                object: serde_json::from_slice(&ev.object).map_err(|e| {
+                    ClientError::from(tonic::Status::internal(format!("watch event: {e}")))
+                })?,
+            }),
+            Err(s) => Err(ClientError::from(s)),
+        })))
     }
 }

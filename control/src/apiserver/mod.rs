@@ -427,6 +427,7 @@ impl ApiServer {
         let sub = match sub {
             Subresource::Main => "",
             Subresource::Status => "status",
+            Subresource::Binding => "binding",
         };
         self.authorize_sub(user, info, verb, sub, namespace, name)
     }
@@ -865,7 +866,19 @@ impl ApiServer {
         } else {
             namespace
         };
-        self.authorize(user, info, "patch", sub, ns, name)?;
+        if sub == Subresource::Binding && info.kind != "Pod" {
+            return Err(ApiError::BadRequest(format!(
+                "subresource \"binding\": only pods have it, not {}",
+                info.plural
+            )));
+        }
+        // Kubernetes authorizes a binding as `create pods/binding`.
+        let verb = if sub == Subresource::Binding {
+            "create"
+        } else {
+            "patch"
+        };
+        self.authorize(user, info, verb, sub, ns, name)?;
         let key = objects::key(info, ns, name);
         let patch_rv = patch
             .pointer("/metadata/resourceVersion")
@@ -889,6 +902,25 @@ impl ApiServer {
             }
             let old = self.decode_stored(&current)?;
             self.node_owns(user, info, &old)?;
+            if sub == Subresource::Binding {
+                let node = patch
+                    .pointer("/target/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let new = objects::bind_pod(&old, node, &now).map_err(|why| ApiError::Invalid {
+                    kind: "Binding".into(),
+                    name: name.into(),
+                    errors: why,
+                })?;
+                match self
+                    .commit_update(info, key.clone(), &new, current.mod_revision)
+                    .await?
+                {
+                    Ok(v) => return Ok(v),
+                    Err(_) => continue,
+                }
+            }
             let mut new = old.clone();
             objects::merge_patch(&mut new, &patch);
             if !new.is_object() {
@@ -1097,8 +1129,9 @@ fn subresource(s: &str) -> Result<Subresource, Status> {
     match s {
         "" => Ok(Subresource::Main),
         "status" => Ok(Subresource::Status),
+        "binding" => Ok(Subresource::Binding),
         other => Err(Status::invalid_argument(format!(
-            "subresource: unsupported value {other:?}: supported: \"status\""
+            "subresource: unsupported value {other:?}: supported: \"status\", \"binding\" (pods, patch only)"
         ))),
     }
 }

@@ -160,6 +160,46 @@ pub enum Subresource {
     Main,
     /// Only status.
     Status,
+    /// A pod's `binding` (Kubernetes' `pods/binding`): `spec.nodeName` and the PodScheduled
+    /// condition in one write, as the scheduler binds.
+    Binding,
+}
+
+/// The pod `old` bound to `node` at `now`: `spec.nodeName` set and the PodScheduled condition
+/// True (replacing any earlier one). `Err` names why it cannot be bound.
+pub fn bind_pod(old: &Value, node: &str, now: &str) -> Result<Value, String> {
+    if node.is_empty() {
+        return Err("target.name: Required value: the node to bind to".into());
+    }
+    if let Some(on) = old
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return Err(format!(
+            "pod {} is already assigned to node {on:?}",
+            meta_str(old, "name")
+        ));
+    }
+    if !meta_str(old, "deletionTimestamp").is_empty() {
+        return Err(format!("pod {} is being deleted", meta_str(old, "name")));
+    }
+    let mut new = old.clone();
+    new["spec"]["nodeName"] = Value::String(node.to_string());
+    prepare_update(old, &mut new, Subresource::Main);
+    let mut conditions: Vec<Value> = old
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    conditions.retain(|c| c["type"] != "PodScheduled");
+    conditions.push(serde_json::json!({"type": "PodScheduled", "status": "True",
+                                       "lastTransitionTime": now}));
+    if !new.get("status").is_some_and(Value::is_object) {
+        new["status"] = serde_json::json!({});
+    }
+    new["status"]["conditions"] = Value::Array(conditions);
+    Ok(new)
 }
 
 /// Merges an update onto the stored object following Kubernetes' rules: identity and creation
@@ -275,6 +315,26 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn binding_sets_the_node_and_the_condition_once() {
+        let pod = serde_json::json!({"metadata": {"name": "p", "namespace": "default", "uid": "u",
+            "resourceVersion": "7"}, "spec": {"containers": []},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable"}]}});
+        let bound = bind_pod(&pod, "n1", "2026-01-01T00:00:00Z").expect("bound");
+        assert_eq!(bound["spec"]["nodeName"], "n1");
+        assert_eq!(bound["status"]["phase"], "Pending");
+        assert_eq!(
+            bound["status"]["conditions"],
+            serde_json::json!([{"type": "PodScheduled", "status": "True",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+        );
+        assert!(bound["metadata"].get("resourceVersion").is_none());
+        let again = bind_pod(&bound, "n2", "2026-01-01T00:00:01Z").expect_err("bound already");
+        assert!(again.contains("already assigned to node \"n1\""), "{again}");
+        assert!(bind_pod(&pod, "", "t").is_err());
+    }
     use serde_json::json;
 
     use super::*;

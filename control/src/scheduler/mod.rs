@@ -17,9 +17,11 @@ pub mod interpod;
 pub mod predicates;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ferry_api::client::{Api, ListOptions};
+use ferry_api::informer::{self, Cache, lock};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -97,19 +99,19 @@ enum Action<'a> {
     Unschedulable(&'a Value, String),
 }
 
-/// Binds `pod` to `node` (resourceVersion-guarded, so a pod changed since the pass listed it is
+/// Binds `pod` to `node` through `pods/binding` (resourceVersion-guarded, so a pod changed since
+/// the pass read it is
 /// left to the next pass and never bound twice), then sets PodScheduled and records the Event.
 async fn bind<A: Api>(api: &A, pod: &Value, node: &str) -> bool {
     let (ns, name) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
-    let patch = json!({"metadata": {"resourceVersion": s(pod, "/metadata/resourceVersion")},
-                       "spec": {"nodeName": node}});
-    match api.patch("Pod", ns, name, &patch).await {
-        Ok(bound_pod) => {
+    // One write: spec.nodeName and PodScheduled=True (the pods/binding subresource).
+    match api
+        .bind(ns, name, node, s(pod, "/metadata/resourceVersion"))
+        .await
+    {
+        Ok(_) => {
             let message = format!("Successfully assigned {ns}/{name} to {node}");
-            tokio::join!(
-                set_scheduled_condition(api, &bound_pod, "True", "", ""),
-                event(api, pod, "Normal", "Scheduled", &message),
-            );
+            event(api, pod, "Normal", "Scheduled", &message).await;
             true
         }
         Err(e) => {
@@ -119,30 +121,97 @@ async fn bind<A: Api>(api: &A, pod: &Value, node: &str) -> bool {
     }
 }
 
-async fn execute<A: Api>(api: &A, action: Action<'_>) -> bool {
+/// Runs an action; a successful bind returns the pod's uid and its node.
+async fn execute<A: Api>(api: &A, action: Action<'_>) -> Option<(String, String)> {
     match action {
-        Action::Bind(pod, node) => bind(api, pod, &node).await,
+        Action::Bind(pod, node) => bind(api, pod, &node)
+            .await
+            .then(|| (s(pod, "/metadata/uid").to_string(), node)),
         Action::Unschedulable(pod, message) => {
             tokio::join!(
                 set_scheduled_condition(api, pod, "False", "Unschedulable", &message),
                 event(api, pod, "Warning", "FailedScheduling", &message),
             );
-            false
+            None
         }
     }
 }
 
-fn items(mut list: Value) -> Vec<Value> {
+fn items(mut list: Value) -> Vec<Arc<Value>> {
     match list.get_mut("items").map(Value::take) {
-        Some(Value::Array(items)) => items,
+        Some(Value::Array(items)) => items.into_iter().map(Arc::new).collect(),
         _ => Vec::new(),
     }
 }
 
-/// The scheduler's state between passes: where the next sampled node search starts.
-#[derive(Debug, Default)]
+/// How long a bind this scheduler made counts even if the cache has not shown it yet.
+const ASSUME_FOR: Duration = Duration::from_secs(30);
+
+/// Node and Pod caches kept by list+watch (the leader's scheduler reads them instead of
+/// listing every object each pass).
+struct Informers {
+    nodes: Cache,
+    pods: Cache,
+    nodes_synced: tokio::sync::watch::Receiver<bool>,
+    pods_synced: tokio::sync::watch::Receiver<bool>,
+    _tasks: AbortOnDrop,
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl Informers {
+    fn start<A: Api + Clone + 'static>(api: &A) -> Self {
+        let (nodes, pods): (Cache, Cache) = (Arc::default(), Arc::default());
+        let (changed, _) = tokio::sync::watch::channel(0u64);
+        let (nodes_tx, nodes_synced) = tokio::sync::watch::channel(false);
+        let (pods_tx, pods_synced) = tokio::sync::watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(informer::run(
+                api.clone(),
+                "Node",
+                nodes.clone(),
+                changed.clone(),
+                nodes_tx,
+            )),
+            tokio::spawn(informer::run(
+                api.clone(),
+                "Pod",
+                pods.clone(),
+                changed,
+                pods_tx,
+            )),
+        ];
+        Informers {
+            nodes,
+            pods,
+            nodes_synced,
+            pods_synced,
+            _tasks: AbortOnDrop(tasks),
+        }
+    }
+
+    fn synced(&self) -> bool {
+        *self.nodes_synced.borrow() && *self.pods_synced.borrow()
+    }
+}
+
+/// The scheduler's state between passes: where the next sampled node search starts, the
+/// caches (when run as the leader's loop), and the binds not yet seen in the cache.
+#[derive(Default)]
 pub struct Scheduler {
     next_start: usize,
+    informers: Option<Informers>,
+    /// Pod uid -> (node, when bound): binds this scheduler made that the pod cache may not show
+    /// yet; they count as bound, so a pod is never placed twice nor its node overcommitted.
+    assumed: HashMap<String, (String, Instant)>,
 }
 
 impl Scheduler {
@@ -158,9 +227,26 @@ impl Scheduler {
     ) -> Result<usize, ferry_api::client::ClientError> {
         let started = std::time::Instant::now();
         let all = ListOptions::default();
-        let (nodes, pods) = tokio::try_join!(api.list("Node", &all), api.list("Pod", &all))?;
-        let (nodes, pods) = (items(nodes), items(pods));
-        let mut infos: Vec<NodeInfo> = nodes.iter().map(NodeInfo::from_node).collect();
+        let (nodes, pods): (Vec<Arc<Value>>, Vec<Arc<Value>>) = match &self.informers {
+            Some(inf) if inf.synced() => (
+                lock(&inf.nodes).values().cloned().collect(),
+                lock(&inf.pods).values().cloned().collect(),
+            ),
+            _ => {
+                let (nodes, pods) =
+                    tokio::try_join!(api.list("Node", &all), api.list("Pod", &all))?;
+                (items(nodes), items(pods))
+            }
+        };
+        // Binds the cache shows (or pods gone) need no assuming any more.
+        let seen: HashMap<&str, &str> = pods
+            .iter()
+            .map(|p| (s(p, "/metadata/uid"), s(p, "/spec/nodeName")))
+            .collect();
+        self.assumed.retain(|uid, (_, at)| {
+            at.elapsed() < ASSUME_FOR && seen.get(uid.as_str()).is_some_and(|n| n.is_empty())
+        });
+        let mut infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::from_node(n)).collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         let index: HashMap<String, usize> = infos
             .iter()
@@ -182,7 +268,11 @@ impl Scheduler {
                 api.list("PersistentVolumeClaim", &all),
                 api.list("PersistentVolume", &all)
             )?;
-            let (pvcs, pvs) = (items(pvcs), items(pvs));
+            let plain = |mut list: Value| match list.get_mut("items").map(Value::take) {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            };
+            let (pvcs, pvs) = (plain(pvcs), plain(pvs));
             use crate::controllers::volumebinding::{claims_unready, with_volume_affinity};
             for (i, p) in pods.iter().enumerate() {
                 if !(wants_scheduling(p) && uses_claims(p)) {
@@ -198,9 +288,14 @@ impl Scheduler {
         let mut pending: Vec<&Value> = Vec::new();
         let mut bound_pods: Vec<(usize, &Value)> = Vec::new();
         for (i, p) in pods.iter().enumerate() {
-            if wants_scheduling(p) {
+            let p: &Value = p;
+            let node = match self.assumed.get(s(p, "/metadata/uid")) {
+                Some((node, _)) => node.as_str(),
+                None => s(p, "/spec/nodeName"),
+            };
+            if node.is_empty() && wants_scheduling(p) {
                 pending.push(adjusted.get(&i).unwrap_or(p));
-            } else if let Some(&i) = index.get(s(p, "/spec/nodeName"))
+            } else if let Some(&i) = index.get(node)
                 && !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
             {
                 infos[i].add(&PodRequest::from_pod(p));
@@ -219,7 +314,7 @@ impl Scheduler {
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty())
         };
-        let any_anti = pods.iter().any(has_anti);
+        let any_anti = pods.iter().any(|p| has_anti(p));
         let mut placed: Option<Vec<Vec<interpod::PlacedPod>>> = (any_anti
             || pending
                 .iter()
@@ -260,14 +355,19 @@ impl Scheduler {
                 continue;
             };
             if in_flight.len() >= IN_FLIGHT
-                && let Some(ok) = in_flight.next().await
+                && let Some(done) = in_flight.next().await
+                && let Some((uid, node)) = done
             {
-                bound += usize::from(ok);
+                self.assumed.insert(uid, (node, Instant::now()));
+                bound += 1;
             }
             in_flight.push(execute(api, action));
         }
-        while let Some(ok) = in_flight.next().await {
-            bound += usize::from(ok);
+        while let Some(done) = in_flight.next().await {
+            if let Some((uid, node)) = done {
+                self.assumed.insert(uid, (node, Instant::now()));
+                bound += 1;
+            }
         }
         tracing::debug!(
             nodes = infos.len(),
@@ -338,18 +438,23 @@ pub async fn schedule_pending<A: Api>(api: &A) -> Result<usize, ferry_api::clien
     Scheduler::default().schedule_pending(api).await
 }
 
-/// Runs passes on the leader whenever the store changes. Changes are coalesced (at most one
-/// pass per 100 ms): every pass lists all nodes and pods, which on a large cluster costs more
-/// CPU than binding a few pods (back-to-back passes starved pod creates in the benchmark;
-/// docs/benchmarks.md).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+/// Runs passes on the leader whenever the store changes, and every second. Changes are
+/// coalesced (at most one pass per 100 ms, by when the caches hold the change). Passes read
+/// Nodes and Pods from caches kept by list+watch ([`Informers`], started with the first turn as
+/// leader); listing every object each pass cost more CPU than binding a few pods on a large
+/// cluster (docs/benchmarks.md).
+pub async fn run<A: Api + Clone + 'static>(api: A, node: std::sync::Arc<crate::node::Node>) {
     let mut scheduler = Scheduler::default();
     let pace = crate::controllers::Pace {
-        idle: Duration::from_secs(5),
+        idle: Duration::from_secs(1),
         throttle: Duration::from_millis(100),
     };
     let mut turns = crate::controllers::Turns::new("scheduler", node, pace);
     while turns.next().await {
+        // The caches start with the first turn as leader and stay (a watch per kind).
+        if scheduler.informers.is_none() {
+            scheduler.informers = Some(Informers::start(&api));
+        }
         if let Err(e) = scheduler.schedule_pending(&api).await {
             turns.failed(e);
         }
