@@ -12,7 +12,9 @@
 //!   reaches the local pod, which sees the client's address; node 2 drops it; the health check
 //!   node port answers 200 with one local endpoint on node 0 and 1, 503 with none on node 2;
 //! - `internalTrafficPolicy: Local`: each web pod reaching the ClusterIP gets itself;
-//! - Maglev: a flow to the LoadBalancer address gets the same backend through node 0 or 1.
+//! - Maglev: a flow to the LoadBalancer address gets the same backend through node 0 or 1;
+//! - L2 announcement: on-link, the client resolves the LoadBalancer address by ARP to exactly
+//!   one node, and the address serves.
 //!
 //! Every reply comes back from the address and port the client asked. Once with direct routes
 //! between nodes, once through VXLAN (the SNAT-ed packet is redirected into the tunnel device).
@@ -232,7 +234,57 @@ async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
         }
     }
     maglev_agrees(fabric, &lb_ip)?;
+    l2_announcement(fabric, &lb_ip).await?;
     traffic_policies(fabric, &c, &client_ip).await
+}
+
+/// L2 announcement: with an on-link route (no gateway) the client resolves the LoadBalancer
+/// address by ARP; exactly one node answers, with its own MAC, and the address serves.
+async fn l2_announcement(fabric: &Fabric, lb_ip: &str) -> Result<()> {
+    let run = |argv: &[&str]| -> Result<String> {
+        let out = fabric.client_exec(argv)?;
+        anyhow::ensure!(out.status.success(), "{argv:?}: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    run(&[
+        "ip",
+        "route",
+        "replace",
+        &format!("{lb_ip}/32"),
+        "dev",
+        "eth0",
+    ])?;
+    run(&["ip", "neigh", "flush", "to", lb_ip])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while who(fabric, lb_ip, 80).is_none() {
+        if Instant::now() > deadline {
+            bail!(
+                "{lb_ip} unreachable on-link (nobody answers ARP?):\n{}",
+                fabric.agent_logs(10)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let neigh = run(&["ip", "neigh", "show", "to", lb_ip])?;
+    let mac = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .with_context(|| format!("no neighbour entry for {lb_ip}: {neigh:?}"))?
+        .to_owned();
+    let mut owners = Vec::new();
+    for i in 0..3 {
+        let link = fabric.node_check(i, &["ip", "-br", "link", "show", "eth0"])?;
+        if link.split_whitespace().nth(2) == Some(mac.as_str()) {
+            owners.push(i);
+        }
+    }
+    assert_eq!(
+        owners.len(),
+        1,
+        "{lb_ip} is at {mac}, which is no node's eth0: {neigh}"
+    );
+    Ok(())
 }
 
 /// Maglev: the same flow (client address and port to the LoadBalancer address) gets the same

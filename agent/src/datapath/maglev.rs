@@ -20,7 +20,7 @@ pub const TABLE_SIZE: usize = ferry_ebpf_common::MAGLEV_TABLE_SIZE;
 
 /// FNV-1a (64-bit) of `data`, starting from `basis`: a fixed hash, identical on every node and
 /// in every version of Ferry (std's hashers promise neither).
-fn fnv1a(basis: u64, data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(basis: u64, data: &[u8]) -> u64 {
     data.iter().fold(basis, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })

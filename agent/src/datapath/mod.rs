@@ -12,6 +12,7 @@
 
 mod error;
 pub mod health;
+pub mod l2;
 pub mod maglev;
 pub mod services;
 pub mod socklb;

@@ -27,11 +27,11 @@ use aya::{
     },
 };
 use ferry_ebpf_common::{
-    AFFINITY4_MAP, BACKENDS4_MAP, Backend4, MAGLEV4_MAP, Maglev4Value, NAT4_MAP, NODE_CONFIG_MAP,
-    NODE_IPS4_MAP, NS_STATS_MAP, NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK,
-    PROG_GETPEERNAME4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_TO_UPLINK, SOCK_REVNAT4_MAP,
-    SOCK_STATS_MAP, SVC_STATS_MAP, SVC4_MAP, SockStat, Svc4Key, Svc4Value, SvcStats, svc_flags,
-    svc_scope,
+    AFFINITY4_MAP, BACKENDS4_MAP, Backend4, L2_ANNOUNCE4_MAP, L2Announce, MAGLEV4_MAP,
+    Maglev4Value, NAT4_MAP, NODE_CONFIG_MAP, NODE_IPS4_MAP, NS_STATS_MAP, NodeConfig, NsStat,
+    PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4, PROG_RECVMSG4, PROG_SENDMSG4,
+    PROG_TO_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC_STATS_MAP, SVC4_MAP, SockStat, Svc4Key,
+    Svc4Value, SvcStats, svc_flags, svc_scope,
 };
 
 use super::{
@@ -39,8 +39,9 @@ use super::{
     services::{BackendAddr, Entry, Frontend},
 };
 
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 12] = [
     SVC4_MAP,
+    L2_ANNOUNCE4_MAP,
     SVC_STATS_MAP,
     MAGLEV4_MAP,
     BACKENDS4_MAP,
@@ -148,6 +149,7 @@ pub struct SockLb {
     stats: PerCpuArray<MapData, u64>,
     maglev: HashMap<MapData, Svc4Key, Maglev4Value>,
     svc_stats: PerCpuHashMap<MapData, u32, SvcStats>,
+    l2: HashMap<MapData, u32, L2Announce>,
     installed: BTreeMap<Frontend, Installed>,
     /// The Maglev tables in the map, as backend ids per slot.
     tables: BTreeMap<Frontend, Vec<u32>>,
@@ -266,6 +268,8 @@ impl SockLb {
             .map_err(|e| DatapathError::map(MAGLEV4_MAP, "open", e))?;
         let svc_stats = PerCpuHashMap::try_from(take(&mut ebpf, SVC_STATS_MAP)?)
             .map_err(|e| DatapathError::map(SVC_STATS_MAP, "open", e))?;
+        let l2 = HashMap::try_from(take(&mut ebpf, L2_ANNOUNCE4_MAP)?)
+            .map_err(|e| DatapathError::map(L2_ANNOUNCE4_MAP, "open", e))?;
         let mut lb = SockLb {
             _ebpf: ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -275,6 +279,7 @@ impl SockLb {
             stats,
             maglev,
             svc_stats,
+            l2,
             installed: BTreeMap::new(),
             tables: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
@@ -536,6 +541,34 @@ impl SockLb {
         }
         report.backends = self.backend_ids.len();
         Ok(report)
+    }
+
+    /// Makes this node answer ARP for exactly `addrs` on its uplink, with `mac`; returns the
+    /// addresses added and removed.
+    pub fn set_l2_announcements(
+        &mut self,
+        addrs: &BTreeSet<Ipv4Addr>,
+        mac: [u8; 6],
+    ) -> Result<(Vec<Ipv4Addr>, Vec<Ipv4Addr>), DatapathError> {
+        let want = L2Announce { mac, _pad: [0; 2] };
+        let have: BTreeMap<u32, L2Announce> = self.l2.iter().flatten().collect();
+        let mut added = Vec::new();
+        for a in addrs {
+            if have.get(&be(*a)) != Some(&want) {
+                self.l2
+                    .insert(be(*a), want, 0)
+                    .map_err(|e| DatapathError::map(L2_ANNOUNCE4_MAP, "insert", e))?;
+                added.push(*a);
+            }
+        }
+        let mut removed = Vec::new();
+        for k in have.keys() {
+            if !addrs.contains(&from_be(*k)) {
+                let _ = self.l2.remove(k);
+                removed.push(from_be(*k));
+            }
+        }
+        Ok((added, removed))
     }
 
     /// What the maps hold (see [`Dump`]).

@@ -15,7 +15,7 @@ use ferry_api::client::Client;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{DatapathError, health, services, socklb::SockLb};
+use super::{DatapathError, health, l2, services, socklb::SockLb};
 use crate::informer::{Cache, lock};
 
 /// How long changes are gathered before the maps are written.
@@ -52,12 +52,32 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
         "service load balancing attached"
     );
     let lb = Arc::new(Mutex::new(lb));
+    // L2 announcements need the uplink's MAC (and the TC program on it).
+    let mac = match &opts.uplink {
+        Some(up) => {
+            let mac = uplink_mac(&up.ifname).await;
+            if mac.is_none() {
+                tracing::warn!(uplink = %up.ifname, "no MAC address on the uplink: LoadBalancer addresses are not announced");
+            }
+            mac
+        }
+        None => None,
+    };
     let services: Cache = Arc::default();
     let slices: Cache = Arc::default();
+    let nodes: Cache = Arc::default();
     let (changed_tx, mut changed) = watch::channel(0u64);
     let (svc_synced_tx, mut svc_synced) = watch::channel(false);
     let (eps_synced_tx, mut eps_synced) = watch::channel(false);
+    let (nodes_synced_tx, _) = watch::channel(false);
     let informers = [
+        tokio::spawn(crate::informer::run(
+            client.clone(),
+            "Node",
+            nodes.clone(),
+            changed_tx.clone(),
+            nodes_synced_tx,
+        )),
         tokio::spawn(crate::informer::run(
             client.clone(),
             "Service",
@@ -95,9 +115,24 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
         let eps: Vec<Value> = lock(&slices).values().map(|v| Value::clone(v)).collect();
         let desired = services::desired(&svcs, &eps, &opts.node_name);
         health_checks.apply(&health::wanted(&svcs, &eps, &opts.node_name));
+        let announce = mac.map(|mac| {
+            let nodes: Vec<Value> = lock(&nodes).values().map(|v| Value::clone(v)).collect();
+            (l2::announced(&svcs, &eps, &nodes, &opts.node_name), mac)
+        });
         let lb2 = lb.clone();
         let r = tokio::task::spawn_blocking(move || {
-            lb2.lock().unwrap_or_else(|p| p.into_inner()).sync(&desired)
+            let mut lb = lb2.lock().unwrap_or_else(|p| p.into_inner());
+            let report = lb.sync(&desired);
+            if let Some((addrs, mac)) = announce {
+                match lb.set_l2_announcements(&addrs, mac) {
+                    Ok((added, removed)) if !added.is_empty() || !removed.is_empty() => {
+                        tracing::info!(?added, ?removed, "LoadBalancer addresses announced (ARP)");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("announcing LoadBalancer addresses: {e}"),
+                }
+            }
+            report
         })
         .await;
         match r {
@@ -121,4 +156,14 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
             return Ok(());
         }
     }
+}
+
+/// The MAC address of interface `ifname` (netlink, in this process's network namespace).
+async fn uplink_mac(ifname: &str) -> Option<[u8; 6]> {
+    let (conn, handle, _) = rtnetlink::new_connection().ok()?;
+    let task = tokio::spawn(conn);
+    let link = crate::network::link::link_by_name(&handle, ifname).await;
+    task.abort();
+    let link = link.ok()??;
+    crate::network::link::link_mac(&link)?.try_into().ok()
 }

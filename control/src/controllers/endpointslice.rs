@@ -131,7 +131,6 @@ fn same(a: &Value, b: &Value) -> bool {
 pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
     let all = ListOptions::default();
     let services = api.list("Service", &all).await?;
-    let pods = api.list("Pod", &all).await?;
     let slices = api
         .list(
             "EndpointSlice",
@@ -141,6 +140,26 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             },
         )
         .await?;
+    // Pods are the big list: only when some Service selects pods, or slices are left to
+    // remove (no Service, no slice: nothing to do, as on a cluster of bare pods).
+    let selecting = services["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|svc| {
+            svc.pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+        });
+    let have_slices = slices["items"].as_array().is_some_and(|a| !a.is_empty());
+    if !selecting && !have_slices {
+        return Ok(0);
+    }
+    let pods = if selecting {
+        api.list("Pod", &ListOptions::default()).await?
+    } else {
+        Value::Null
+    };
     let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
     let mut existing: BTreeMap<(String, String), Value> = slices["items"]
         .as_array()

@@ -355,6 +355,9 @@ const COMPONENT: &str = "job-controller";
 pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
     let all = ListOptions::default();
     let jobs = api.list("Job", &all).await?;
+    if jobs["items"].as_array().is_none_or(Vec::is_empty) {
+        return Ok(0);
+    }
     let pods = api.list("Pod", &all).await?;
     let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
     let mut acted = 0;

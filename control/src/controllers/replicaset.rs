@@ -150,6 +150,10 @@ fn pod_from_template(rs: &Value) -> Value {
 pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
     let all = ListOptions::default();
     let sets = api.list("ReplicaSet", &all).await?;
+    // No ReplicaSet, nothing to own or count: skip the pod list (the big one).
+    if sets["items"].as_array().is_none_or(Vec::is_empty) {
+        return Ok(0);
+    }
     let pods = api.list("Pod", &all).await?;
     let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
     let mut acted = 0;

@@ -139,11 +139,13 @@ async fn reconcile_all<A: Api>(api: &A) -> Result<(), ferry_api::client::ClientE
     Ok(())
 }
 
-/// Runs on the leader: a pass on every change and every second (timed evictions).
+/// Runs on the leader: a pass at most once a second, after changes or not (timed evictions).
+/// Each pass lists every Node (and every Pod when a node is tainted), so no more often, like
+/// the node lifecycle controller.
 pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
     let pace = super::Pace {
         idle: Duration::from_secs(1),
-        throttle: Duration::from_millis(200),
+        throttle: Duration::from_secs(1),
     };
     let mut turns = super::Turns::new("taint-eviction", node, pace);
     while turns.next().await {

@@ -324,6 +324,20 @@ pub struct SvcStats {
     pub bytes: u64,
 }
 
+/// `u32` address (network order) -> [`L2Announce`]: LoadBalancer addresses this node announces
+/// on its uplink: `ferry_from_uplink` answers ARP requests for them (L2 announcement, as
+/// MetalLB's L2 mode and Cilium's L2 announcements do).
+pub const L2_ANNOUNCE4_MAP: &str = "FERRY_L2_ANNOUNCE4";
+pub const L2_ANNOUNCE4_MAX_ENTRIES: u32 = 4096;
+
+/// Value of [`L2_ANNOUNCE4_MAP`]: the MAC address ARP replies give.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L2Announce {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// `Svc4Key` (a master entry's key, slot 0) -> [`Maglev4Value`]: the Maglev lookup table of a
 /// north-south frontend, so that every node picks the same backend for a flow and a backend
 /// change moves few flows (hash table without preallocation: only frontends that have one use
@@ -426,6 +440,7 @@ impl NsStat {
 
 const _: () = assert!(core::mem::size_of::<Maglev4Value>() == 4 * MAGLEV_TABLE_SIZE);
 const _: () = assert!(core::mem::size_of::<SvcStats>() == 24);
+const _: () = assert!(core::mem::size_of::<L2Announce>() == 8);
 const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NatValue>() == 16);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
@@ -447,6 +462,7 @@ mod user {
     unsafe impl aya::Pod for super::Svc4Value {}
     unsafe impl aya::Pod for super::Maglev4Value {}
     unsafe impl aya::Pod for super::SvcStats {}
+    unsafe impl aya::Pod for super::L2Announce {}
     unsafe impl aya::Pod for super::Backend4 {}
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}

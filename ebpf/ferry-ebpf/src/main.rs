@@ -15,7 +15,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams},
     helpers::{
         bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie,
-        bpf_ktime_get_ns, bpf_redirect_neigh,
+        bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
     },
     macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -23,11 +23,11 @@ use aya_ebpf::{
 };
 use ferry_ebpf_common::{
     AFFINITY4_MAX_ENTRIES, Affinity4Key, Affinity4Value, BACKENDS4_MAX_ENTRIES, Backend4,
-    DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, MAGLEV_TABLE_SIZE, MAGLEV4_MAX_ENTRIES,
-    Maglev4Value, NAT4_MAX_ENTRIES, NODE_IPS4_MAX_ENTRIES, NatKey, NatValue, NodeConfig, NsStat,
-    PacketCounter, SOCK_REVNAT4_MAX_ENTRIES, SVC_STATS_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey,
-    SockRevValue, SockStat, Svc4Key, Svc4Value, SvcStats, Verdict, ipproto, nat_dir, nat_flags,
-    svc_flags, svc_scope,
+    DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, L2_ANNOUNCE4_MAX_ENTRIES, L2Announce,
+    MAGLEV_TABLE_SIZE, MAGLEV4_MAX_ENTRIES, Maglev4Value, NAT4_MAX_ENTRIES, NODE_IPS4_MAX_ENTRIES,
+    NatKey, NatValue, NodeConfig, NsStat, PacketCounter, SOCK_REVNAT4_MAX_ENTRIES,
+    SVC_STATS_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey, SockRevValue, SockStat, Svc4Key,
+    Svc4Value, SvcStats, Verdict, ipproto, nat_dir, nat_flags, svc_flags, svc_scope,
 };
 
 #[map]
@@ -583,9 +583,65 @@ fn nat_key(p: &Pkt, dir: u8) -> NatKey {
     }
 }
 
-/// TCX ingress of the uplink: replies of SNAT-ed flows go back to their client; packets of
-/// known flows are translated again; a new flow to a NodePort or LoadBalancer frontend gets
-/// a backend.
+#[map]
+static FERRY_L2_ANNOUNCE4: HashMap<u32, L2Announce> =
+    HashMap::with_max_entries(L2_ANNOUNCE4_MAX_ENTRIES, 0);
+
+const ETH_P_ARP: u16 = 0x0806;
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+/// Offsets in an Ethernet frame carrying an IPv4-over-Ethernet ARP packet.
+const ARP_HDR: usize = ETH_HLEN; // htype(2) ptype(2) hlen(1) plen(1) oper(2)
+const ARP_OPER: usize = ARP_HDR + 6;
+const ARP_SHA: usize = ARP_HDR + 8;
+const ARP_SPA: usize = ARP_HDR + 14;
+const ARP_THA: usize = ARP_HDR + 18;
+const ARP_TPA: usize = ARP_HDR + 24;
+
+/// An ARP request for an address this node announces becomes the reply, sent back out of the
+/// interface it came in on. `None`: not such a request (the stack sees it as usual).
+#[inline(always)]
+fn arp_reply(ctx: &TcContext) -> Option<i32> {
+    let eth_type: u16 = ctx.load(ETH_TYPE_OFFSET).ok()?;
+    if u16::from_be(eth_type) != ETH_P_ARP {
+        return None;
+    }
+    let htype: u16 = ctx.load(ARP_HDR).ok()?;
+    let ptype: u16 = ctx.load(ARP_HDR + 2).ok()?;
+    let oper: u16 = ctx.load(ARP_OPER).ok()?;
+    if u16::from_be(htype) != 1
+        || u16::from_be(ptype) != ETH_P_IP
+        || u16::from_be(oper) != ARP_REQUEST
+    {
+        return None;
+    }
+    let tpa: u32 = ctx.load(ARP_TPA).ok()?;
+    // SAFETY: a live map value, copied out.
+    let entry = unsafe { *FERRY_L2_ANNOUNCE4.get_ptr(&tpa)? };
+    let sha: [u8; 6] = ctx.load(ARP_SHA).ok()?;
+    let spa: u32 = ctx.load(ARP_SPA).ok()?;
+    let written = (|| -> Result<(), i64> {
+        ctx.store(0, &sha, 0)?; // Ethernet destination: the asker
+        ctx.store(6, &entry.mac, 0)?; // source: this node
+        ctx.store(ARP_OPER, &ARP_REPLY.to_be(), 0)?;
+        ctx.store(ARP_SHA, &entry.mac, 0)?;
+        ctx.store(ARP_SPA, &tpa, 0)?;
+        ctx.store(ARP_THA, &sha, 0)?;
+        ctx.store(ARP_TPA, &spa, 0)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        return Some(TC_ACT_OK);
+    }
+    // SAFETY: a valid skb; the ifindex is this program's interface.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a helper for TC programs; egress of the same interface.
+    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// TCX ingress of the uplink: ARP requests for announced LoadBalancer addresses are answered;
+/// replies of SNAT-ed flows go back to their client; packets of known flows are translated
+/// again; a new flow to a NodePort or LoadBalancer frontend gets a backend.
 #[classifier]
 pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
     let Some(cfg) = FERRY_NODE_CONFIG.get(0) else {
@@ -595,6 +651,9 @@ pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     }
     let cfg = *cfg;
+    if let Some(verdict) = arp_reply(&ctx) {
+        return verdict;
+    }
     let Some(p) = parse(&ctx) else {
         return TC_ACT_OK;
     };

@@ -43,6 +43,10 @@ pub struct SchedulerArgs {
     /// Concurrent clients creating nodes and pods.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// The member's control loops (`ferry server --controllers`); e.g. `scheduler,nodeipam` to
+    /// see what the other controllers' reactions to the burst cost.
+    #[arg(long, default_value = "*")]
+    controllers: String,
     /// Seconds to wait for every pod to be bound before giving up.
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
@@ -189,6 +193,8 @@ async fn run_one(args: &SchedulerArgs, nodes: usize) -> Result<Run> {
             "100000",
             "--rate-limit-qps",
             "0",
+            "--controllers",
+            &args.controllers,
         ],
     )
     .await
