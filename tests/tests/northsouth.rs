@@ -14,7 +14,8 @@
 //! - `internalTrafficPolicy: Local`: each web pod reaching the ClusterIP gets itself;
 //! - Maglev: a flow to the LoadBalancer address gets the same backend through node 0 or 1;
 //! - L2 announcement: on-link, the client resolves the LoadBalancer address by ARP to exactly
-//!   one node, and the address serves.
+//!   one node, and the address serves; when that node's network fails, another node takes the
+//!   address over and its gratuitous ARP moves the client's entry (last, as it cuts a node off).
 //!
 //! Every reply comes back from the address and port the client asked. Once with direct routes
 //! between nodes, once through VXLAN (the SNAT-ed packet is redirected into the tunnel device).
@@ -235,7 +236,66 @@ async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
     }
     maglev_agrees(fabric, &lb_ip)?;
     l2_announcement(fabric, &lb_ip).await?;
-    traffic_policies(fabric, &c, &client_ip).await
+    traffic_policies(fabric, &c, &client_ip).await?;
+    l2_failover(fabric, &lb_ip).await
+}
+
+/// The node whose eth0 has MAC `mac`.
+fn node_with_mac(fabric: &Fabric, mac: &str) -> Result<Option<usize>> {
+    for i in 0..3 {
+        let link = fabric.node_check(i, &["ip", "-br", "link", "show", "eth0"])?;
+        if link.split_whitespace().nth(2) == Some(mac) {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+/// The client's neighbour entry for `ip`: its MAC, if any.
+fn neighbour(fabric: &Fabric, ip: &str) -> Option<String> {
+    let out = fabric
+        .client_exec(&["ip", "neigh", "show", "to", ip])
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .map(str::to_owned)
+}
+
+/// The announcing node's network fails: once it is declared lost, the next node in rank
+/// announces the address and its gratuitous ARP moves the client's cached entry, with no
+/// client traffic needed; the address serves again.
+async fn l2_failover(fabric: &Fabric, lb_ip: &str) -> Result<()> {
+    let old_mac = neighbour(fabric, lb_ip).with_context(|| format!("no entry for {lb_ip}"))?;
+    let owner = node_with_mac(fabric, &old_mac)?.context("no node has the cached MAC")?;
+    fabric.node_check(owner, &["ip", "link", "set", "eth0", "down"])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let new_mac = loop {
+        if let Some(mac) = neighbour(fabric, lb_ip).filter(|m| *m != old_mac) {
+            break mac;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {owner} lost, but the client still has {lb_ip} at {old_mac}:\n{}",
+                fabric.agent_logs(10)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let now = node_with_mac(fabric, &new_mac)?;
+    assert!(
+        now.is_some_and(|n| n != owner),
+        "{lb_ip} moved to {new_mac}, which is no other node's eth0"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while who(fabric, lb_ip, 80).is_none() {
+        if Instant::now() > deadline {
+            bail!("{lb_ip} unreachable after the move to node {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
 }
 
 /// L2 announcement: with an on-link route (no gateway) the client resolves the LoadBalancer
@@ -265,24 +325,12 @@ async fn l2_announcement(fabric: &Fabric, lb_ip: &str) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let neigh = run(&["ip", "neigh", "show", "to", lb_ip])?;
-    let mac = neigh
-        .split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .with_context(|| format!("no neighbour entry for {lb_ip}: {neigh:?}"))?
-        .to_owned();
-    let mut owners = Vec::new();
-    for i in 0..3 {
-        let link = fabric.node_check(i, &["ip", "-br", "link", "show", "eth0"])?;
-        if link.split_whitespace().nth(2) == Some(mac.as_str()) {
-            owners.push(i);
-        }
-    }
-    assert_eq!(
-        owners.len(),
-        1,
-        "{lb_ip} is at {mac}, which is no node's eth0: {neigh}"
+    let mac =
+        neighbour(fabric, lb_ip).with_context(|| format!("no neighbour entry for {lb_ip}"))?;
+    // Node eth0 MACs are distinct: the answer came from exactly that node.
+    assert!(
+        node_with_mac(fabric, &mac)?.is_some(),
+        "{lb_ip} is at {mac}, which is no node's eth0"
     );
     Ok(())
 }

@@ -9,11 +9,12 @@
 //! `node.kubernetes.io/exclude-from-external-load-balancers`; for `externalTrafficPolicy: Local`
 //! only those with a ready endpoint of the service (others would drop the traffic). When the
 //! announcing node is lost (NotReady after the node monitor's grace period) or loses its
-//! endpoints, the next in rank takes over; clients re-resolve once their ARP entry for the old
-//! node fails (no gratuitous ARP yet).
+//! endpoints, the next in rank takes over and sends a gratuitous ARP ([`gratuitous_arp`]), so
+//! clients that cached the old node's MAC move at once.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use serde_json::Value;
 
@@ -103,6 +104,62 @@ pub fn announced(
     out
 }
 
+/// The gratuitous ARP (a broadcast request for `ip` from `ip` at `mac`) a node sends when it
+/// starts announcing `ip`: neighbours that have `ip` cached update it to `mac`.
+pub fn garp_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&ip.octets());
+    // target hardware address stays zero
+    f[38..42].copy_from_slice(&ip.octets());
+    f
+}
+
+/// Sends [`garp_frame`] out of interface `ifname` (a raw packet socket in this process's
+/// network namespace).
+pub fn gratuitous_arp(ifname: &str, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
+    let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(std::io::Error::from)?;
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: a plain socket(2) call; the descriptor is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = proto;
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let frame = garp_frame(mac, ip);
+    // SAFETY: the buffer and address are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -185,5 +242,16 @@ mod tests {
                 .iter()
                 .all(|me| announced(&services, &[], &nodes, me).is_empty())
         );
+    }
+
+    #[test]
+    fn gratuitous_arp_announces_the_address_from_itself() {
+        let f = garp_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::new(192, 168, 77, 240));
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[20..22], &[0, 1]);
+        assert_eq!(&f[22..28], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(&f[28..32], &[192, 168, 77, 240]);
+        assert_eq!(&f[38..42], &[192, 168, 77, 240]);
     }
 }

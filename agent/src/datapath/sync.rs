@@ -115,18 +115,29 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
         let eps: Vec<Value> = lock(&slices).values().map(|v| Value::clone(v)).collect();
         let desired = services::desired(&svcs, &eps, &opts.node_name);
         health_checks.apply(&health::wanted(&svcs, &eps, &opts.node_name));
-        let announce = mac.map(|mac| {
+        let uplink = opts.uplink.as_ref().map(|u| u.ifname.clone());
+        let announce = mac.zip(uplink).map(|(mac, ifname)| {
             let nodes: Vec<Value> = lock(&nodes).values().map(|v| Value::clone(v)).collect();
-            (l2::announced(&svcs, &eps, &nodes, &opts.node_name), mac)
+            (
+                l2::announced(&svcs, &eps, &nodes, &opts.node_name),
+                mac,
+                ifname,
+            )
         });
         let lb2 = lb.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut lb = lb2.lock().unwrap_or_else(|p| p.into_inner());
             let report = lb.sync(&desired);
-            if let Some((addrs, mac)) = announce {
+            if let Some((addrs, mac, ifname)) = announce {
                 match lb.set_l2_announcements(&addrs, mac) {
                     Ok((added, removed)) if !added.is_empty() || !removed.is_empty() => {
                         tracing::info!(?added, ?removed, "LoadBalancer addresses announced (ARP)");
+                        // Neighbours that cached another node for these addresses move now.
+                        for ip in added {
+                            if let Err(e) = l2::gratuitous_arp(&ifname, mac, ip) {
+                                tracing::warn!(%ip, uplink = %ifname, "gratuitous ARP: {e}");
+                            }
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => tracing::error!("announcing LoadBalancer addresses: {e}"),
