@@ -26,8 +26,8 @@
 //!   during these runs.
 //!
 //! Both kinds of traffic: a new connection per request (`Connection: close`) and keep-alive.
-//! Runs are interleaved (round r: every kind, every mode) and each figure is the median over
-//! `--rounds`. Netfilter's conntrack is active in node 0's namespace in every mode once the
+//! Runs are interleaved (round r: every kind, every mode, in an order rotated by r) and each
+//! figure is the median over `--rounds`. Netfilter's conntrack is active in node 0's namespace in every mode once the
 //! nat tables exist, as on a kube-proxy node: that costs the direct and Ferry modes a little
 //! too, so the ratios against iptables and nftables are conservative.
 
@@ -692,8 +692,15 @@ async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &DatapathArgs) ->
         }
         let mut figures: Figures = BTreeMap::new();
         for round in 0..args.rounds {
-            for (k, (_, close)) in KINDS.iter().enumerate() {
-                for (m, mode) in MODES.iter().enumerate() {
+            // The order rotates each round (modes, and which kind goes first), so that no mode
+            // always runs first or right after another: on 2 cores, where a run sits in the
+            // sequence moves figures by several percent.
+            for kk in 0..KINDS.len() {
+                let k = (kk + round) % KINDS.len();
+                let close = &KINDS[k].1;
+                for mm in 0..MODES.len() {
+                    let m = (mm + round) % MODES.len();
+                    let mode = MODES[m];
                     let r = bench
                         .measure_mode(mode, n, vip, *close, args.duration)
                         .await?;
