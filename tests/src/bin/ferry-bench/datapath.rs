@@ -79,8 +79,9 @@ pub struct DatapathArgs {
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 5)]
     duration: u32,
-    /// Runs per mode and kind at each count (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Runs per mode and kind at each count (the median is reported). Fewer than 5 let one
+    /// noisy sample decide a keep-alive figure on a 2-core machine.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Concurrent connections (wrk -c), shared among the backends.
     #[arg(long, default_value_t = 16)]
