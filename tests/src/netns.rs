@@ -1253,3 +1253,40 @@ impl Fabric {
         }
     }
 }
+
+/// Why a harness test with pods cannot run here (not root, no `ip`/`nsenter`, no static
+/// busybox for the test image), if it cannot.
+pub fn pods_skip_reason() -> Option<String> {
+    if let Err(why) = available() {
+        return Some(why);
+    }
+    if crate::image::busybox().is_none() {
+        return Some("busybox-static not installed (bash .ci/setup installs it)".into());
+    }
+    None
+}
+
+/// Runs `scenario` on a fresh `nodes`-node fabric, then tears it down and fails if anything of
+/// the run is left (namespaces, links, mounts, cgroups, processes). Skips, with a message naming
+/// `test`, where [`pods_skip_reason`] says the harness cannot run.
+pub async fn run_scenario(
+    test: &str,
+    nodes: usize,
+    scenario: impl AsyncFnOnce(&mut Fabric) -> Result<()>,
+) -> Result<()> {
+    if let Some(why) = pods_skip_reason() {
+        eprintln!("SKIP {test}: {why}");
+        return Ok(());
+    }
+    let mut fabric = Fabric::new(nodes)?;
+    let prefix = fabric.prefix().to_string();
+    let result = scenario(&mut fabric).await;
+    let mut left = fabric.teardown();
+    drop(fabric);
+    left.extend(leftovers(&prefix));
+    result?;
+    if !left.is_empty() {
+        bail!("left behind after teardown: {left:#?}");
+    }
+    Ok(())
+}

@@ -27,16 +27,6 @@ const IMAGE: &str = "localhost/ferry-test/load:1";
 const NETCHECK: &str = env!("CARGO_BIN_EXE_ferry-netcheck");
 const HTTPD: &str = env!("CARGO_BIN_EXE_ferry-bench-httpd");
 
-fn skip_reason() -> Option<String> {
-    if let Err(why) = netns::available() {
-        return Some(why);
-    }
-    if image::busybox().is_none() {
-        return Some("busybox-static not installed (bash .ci/setup installs it)".into());
-    }
-    None
-}
-
 fn deployment(version: &str) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
@@ -328,17 +318,5 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_during_a_rollout_or_an_agent_kill() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP disruption: {why}");
-        return Ok(());
-    }
-    let mut fabric = Fabric::new(3)?;
-    let prefix = fabric.prefix().to_string();
-    let result = scenario(&mut fabric).await;
-    let mut left = fabric.teardown();
-    drop(fabric);
-    left.extend(netns::leftovers(&prefix));
-    result?;
-    assert!(left.is_empty(), "left behind after teardown: {left:#?}");
-    Ok(())
+    netns::run_scenario("disruption", 3, scenario).await
 }

@@ -33,16 +33,6 @@ use serde_json::{Value, json};
 
 const IMAGE: &str = "localhost/ferry-test/busybox:1";
 
-fn skip_reason() -> Option<String> {
-    if let Err(why) = netns::available() {
-        return Some(why);
-    }
-    if image::busybox().is_none() {
-        return Some("busybox-static not installed (bash .ci/setup installs it)".into());
-    }
-    None
-}
-
 fn web_pod(name: &str, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
     "metadata": {"name": name, "labels": {"app": "web"}},
@@ -551,19 +541,10 @@ async fn traffic_policies(fabric: &Fabric, c: &Client, client_ip: &str) -> Resul
 }
 
 async fn run(tunnel: &str) -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP northsouth: {why}");
-        return Ok(());
-    }
-    let mut fabric = Fabric::new(3)?;
-    let prefix = fabric.prefix().to_string();
-    let result = scenario(&mut fabric, tunnel).await;
-    let mut left = fabric.teardown();
-    drop(fabric);
-    left.extend(netns::leftovers(&prefix));
-    result?;
-    assert!(left.is_empty(), "left behind after teardown: {left:#?}");
-    Ok(())
+    netns::run_scenario("northsouth", 3, async |fabric| {
+        scenario(fabric, tunnel).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

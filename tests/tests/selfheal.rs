@@ -21,16 +21,6 @@ use serde_json::{Value, json};
 
 const IMAGE: &str = "localhost/ferry-test/busybox:1";
 
-fn skip_reason() -> Option<String> {
-    if let Err(why) = netns::available() {
-        return Some(why);
-    }
-    if image::busybox().is_none() {
-        return Some("busybox-static not installed (bash .ci/setup installs it)".into());
-    }
-    None
-}
-
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
@@ -229,17 +219,5 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workloads_heal_when_nodes_and_the_leader_die() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP selfheal: {why}");
-        return Ok(());
-    }
-    let mut fabric = Fabric::new(3)?;
-    let prefix = fabric.prefix().to_string();
-    let result = scenario(&mut fabric).await;
-    let mut left = fabric.teardown();
-    drop(fabric);
-    left.extend(netns::leftovers(&prefix));
-    result?;
-    assert!(left.is_empty(), "left behind after teardown: {left:#?}");
-    Ok(())
+    netns::run_scenario("selfheal", 3, scenario).await
 }

@@ -22,16 +22,6 @@ use serde_json::{Value, json};
 const IMAGE: &str = "localhost/ferry-test/netcheck:1";
 const NETCHECK: &str = env!("CARGO_BIN_EXE_ferry-netcheck");
 
-fn skip_reason() -> Option<String> {
-    if let Err(why) = netns::available() {
-        return Some(why);
-    }
-    if image::busybox().is_none() {
-        return Some("busybox-static not installed (bash .ci/setup installs it)".into());
-    }
-    None
-}
-
 fn echo_pod(name: &str, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
     "metadata": {"name": name, "labels": {"app": "echo"}},
@@ -263,17 +253,5 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_services_and_session_affinity() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP udp_affinity: {why}");
-        return Ok(());
-    }
-    let mut fabric = Fabric::new(2)?;
-    let prefix = fabric.prefix().to_string();
-    let result = scenario(&mut fabric).await;
-    let mut left = fabric.teardown();
-    drop(fabric);
-    left.extend(netns::leftovers(&prefix));
-    result?;
-    assert!(left.is_empty(), "left behind after teardown: {left:#?}");
-    Ok(())
+    netns::run_scenario("udp_affinity", 2, scenario).await
 }
