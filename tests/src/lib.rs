@@ -345,3 +345,29 @@ pub fn configmap(name: &str, value: &str) -> serde_json::Value {
         "data": {"v": value},
     })
 }
+
+/// Runs `argv` in pod `default/pod` (its first container) through the API server and the
+/// node's agent, as `ferry exec` does; its output, or an error naming the exit code.
+pub async fn exec_in_pod<S: AsRef<str>>(
+    c: &Client,
+    pod: &str,
+    argv: &[S],
+    timeout_s: u32,
+) -> Result<String> {
+    let command: Vec<String> = argv.iter().map(|a| a.as_ref().to_string()).collect();
+    let (out, code) = c
+        .pod_exec(ferry_api::proto::PodExecRequest {
+            namespace: "default".into(),
+            pod: pod.into(),
+            container: String::new(),
+            command: command.clone(),
+            timeout_seconds: timeout_s,
+            uid: String::new(),
+        })
+        .await?;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    if code != 0 {
+        bail!("{command:?} in pod {pod} exited with {code}: {out}");
+    }
+    Ok(out)
+}

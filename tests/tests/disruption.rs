@@ -62,24 +62,6 @@ fn check_load(what: &str, out: &str) -> Result<()> {
     Ok(())
 }
 
-async fn exec(c: &Client, pod: &str, argv: &[&str], timeout: u32) -> Result<String> {
-    let (out, code) = c
-        .pod_exec(ferry_api::proto::PodExecRequest {
-            namespace: "default".into(),
-            pod: pod.into(),
-            container: String::new(),
-            command: argv.iter().map(|s| s.to_string()).collect(),
-            timeout_seconds: timeout,
-            uid: String::new(),
-        })
-        .await?;
-    let out = String::from_utf8_lossy(&out).into_owned();
-    if code != 0 {
-        bail!("{argv:?} in {pod} exited with {code}: {out}");
-    }
-    Ok(out)
-}
-
 async fn web_pods(c: &Client) -> Result<Vec<Value>> {
     let l = c
         .list(
@@ -231,7 +213,7 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
     .await?;
     // Every node's maps have the endpoints before the load starts.
     wait_until("the ClusterIP to answer", 30, fabric, async || {
-        Ok(exec(
+        Ok(ferry_tests::exec_in_pod(
             &c,
             "client",
             &["ferry-netcheck", "http-load", &vip, "80", "1", "1", "new"],
@@ -249,7 +231,7 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
         let c = c.clone();
         let vip = vip.clone();
         tokio::spawn(async move {
-            exec(
+            ferry_tests::exec_in_pod(
                 &c,
                 "client",
                 &["ferry-netcheck", "http-load", &vip, "80", "25", "2", "new"],

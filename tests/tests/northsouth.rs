@@ -513,24 +513,15 @@ async fn traffic_policies(fabric: &Fabric, c: &Client, client_ip: &str) -> Resul
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or("").to_owned();
     for i in 0..2 {
         for _ in 0..4 {
-            let (out, code) = c
-                .pod_exec(ferry_api::proto::PodExecRequest {
-                    namespace: "default".into(),
-                    pod: format!("web-{i}"),
-                    container: String::new(),
-                    command: vec![
-                        "wget".into(),
-                        "-q".into(),
-                        "-O".into(),
-                        "-".into(),
-                        format!("http://{cluster_ip}/cgi-bin/who"),
-                    ],
-                    timeout_seconds: 20,
-                    uid: String::new(),
-                })
-                .await?;
-            let out = String::from_utf8_lossy(&out);
-            assert_eq!(code, 0, "web-{i} → {cluster_ip}: {out}");
+            let url = format!("http://{cluster_ip}/cgi-bin/who");
+            let out = ferry_tests::exec_in_pod(
+                c,
+                &format!("web-{i}"),
+                &["wget", "-q", "-O", "-", &url],
+                20,
+            )
+            .await
+            .with_context(|| format!("web-{i} → {cluster_ip}"))?;
             assert!(
                 out.starts_with(&format!("web-{i} ")),
                 "internalTrafficPolicy Local: web-{i} reached {out:?}"

@@ -31,25 +31,6 @@ fn echo_pod(name: &str, node: &str) -> Value {
             "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}})
 }
 
-/// Runs `argv` in pod `pod`; its output, failing on a non-zero exit.
-async fn exec(c: &Client, pod: &str, argv: &[&str]) -> Result<String> {
-    let (out, code) = c
-        .pod_exec(ferry_api::proto::PodExecRequest {
-            namespace: "default".into(),
-            pod: pod.into(),
-            container: String::new(),
-            command: argv.iter().map(|s| s.to_string()).collect(),
-            timeout_seconds: 30,
-            uid: String::new(),
-        })
-        .await?;
-    let out = String::from_utf8_lossy(&out).into_owned();
-    if code != 0 {
-        bail!("{argv:?} in {pod} exited with {code}: {out}");
-    }
-    Ok(out)
-}
-
 async fn wait_ready(c: &Client, fabric: &Fabric, names: &[&str]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -172,10 +153,11 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
 
     // UDP from a pod: datagrams spread over both pods, replies show the service address.
     let pods = retry(30, || async {
-        let out = exec(
+        let out = ferry_tests::exec_in_pod(
             &c,
             "client",
             &["ferry-netcheck", "udp-ask", &udp_ip, "53", "20"],
+            30,
         )
         .await?;
         let pods = replies(&out, &format!("{udp_ip}:53"))?;
@@ -223,10 +205,11 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
     let who = |ip: String| {
         let c = c.clone();
         async move {
-            let out = exec(
+            let out = ferry_tests::exec_in_pod(
                 &c,
                 "client",
                 &["wget", "-q", "-O", "-", &format!("http://{ip}/cgi-bin/who")],
+                30,
             )
             .await?;
             Ok::<_, anyhow::Error>(out.split(' ').next().unwrap_or("").to_string())

@@ -43,7 +43,6 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ferry_agent::datapath::{services::Frontend, socklb::PinnedView};
 use ferry_api::client::Client;
-use ferry_api::proto;
 use ferry_tests::netns::{self, Fabric};
 use ferry_tests::{Cluster, image};
 use futures::StreamExt;
@@ -286,22 +285,7 @@ impl Bench<'_> {
     /// Runs `argv` in the client pod (its first container), returns stdout; fails on a
     /// non-zero exit.
     async fn client_exec(&self, argv: &[String], timeout_s: u32) -> Result<String> {
-        let (out, code) = self
-            .client
-            .pod_exec(proto::PodExecRequest {
-                namespace: "default".into(),
-                pod: "dp-client".into(),
-                container: String::new(),
-                command: argv.to_vec(),
-                timeout_seconds: timeout_s,
-                uid: String::new(),
-            })
-            .await?;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if code != 0 {
-            bail!("{argv:?} in the client pod exited with {code}: {text}");
-        }
-        Ok(text)
+        ferry_tests::exec_in_pod(&self.client, "dp-client", argv, timeout_s).await
     }
 
     /// The targets of `mode` with `n` services: one URL per backend share.
