@@ -1,3 +1,3 @@
 //! The informer lives in ferry-api (shared with the control plane's scheduler).
 
-pub use ferry_api::informer::{Cache, lock, run};
+pub use ferry_api::informer::{Cache, Informer, lock};

@@ -1,6 +1,6 @@
 //! An informer: a cache of one kind's objects kept current by list and watch (relisting when
 //! the watch ends), over any [`Api`]: the agent's datapath and DNS follow Services and
-//! EndpointSlices with it, the scheduler Nodes and Pods.
+//! EndpointSlices with it, the control plane's scheduler and controllers everything they read.
 
 use std::{
     collections::BTreeMap,
@@ -30,14 +30,103 @@ fn key_of(v: &Value) -> (String, String) {
     (s("/metadata/namespace"), s("/metadata/name"))
 }
 
-/// List+watch of one kind into `cache`; bumps `changed`
-/// after every change and marks `synced` once the first list is in.
-pub async fn run<A: Api>(
+fn revision_of(v: &Value, ptr: &str) -> u64 {
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A running informer. Handles are cheap clones; the list+watch task stops when the last one
+/// is dropped.
+#[derive(Clone)]
+pub struct Informer {
+    pub kind: &'static str,
+    pub cache: Cache,
+    synced: watch::Receiver<bool>,
+    revision: watch::Receiver<u64>,
+    _task: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Informer {
+    /// Starts list+watch of `kind` over `client`; `changed` is bumped after every change
+    /// (several informers may share one sender).
+    pub fn start<A: Api + 'static>(
+        client: A,
+        kind: &'static str,
+        changed: watch::Sender<u64>,
+    ) -> Self {
+        let cache = Cache::default();
+        let (synced_tx, synced) = watch::channel(false);
+        let (revision_tx, revision) = watch::channel(0u64);
+        let task = tokio::spawn(run(
+            client,
+            kind,
+            cache.clone(),
+            changed,
+            synced_tx,
+            revision_tx,
+        ));
+        Informer {
+            kind,
+            cache,
+            synced,
+            revision,
+            _task: Arc::new(AbortOnDrop(task)),
+        }
+    }
+
+    /// Whether the first list is in.
+    pub fn synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Waits for the first list.
+    pub async fn wait_synced(&self) {
+        let _ = self.synced.clone().wait_for(|s| *s).await;
+    }
+
+    /// The newest store revision the cache reflects (from the list and the events since).
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Waits until the cache reflects store revision `rev` (an event at or after it arrived).
+    pub async fn wait_revision(&self, rev: u64) {
+        let _ = self.revision.clone().wait_for(|r| *r >= rev).await;
+    }
+
+    /// Every cached object (pointer copies).
+    pub fn snapshot(&self) -> Vec<Arc<Value>> {
+        lock(&self.cache).values().cloned().collect()
+    }
+}
+
+fn advance(revision: &watch::Sender<u64>, rev: u64) {
+    revision.send_if_modified(|r| {
+        let newer = rev > *r;
+        *r = (*r).max(rev);
+        newer
+    });
+}
+
+/// List+watch of one kind into `cache`; bumps `changed` after every change, marks `synced`
+/// once the first list is in and publishes the newest revision applied in `revision`.
+async fn run<A: Api>(
     client: A,
     kind: &'static str,
     cache: Cache,
     changed: watch::Sender<u64>,
     synced: watch::Sender<bool>,
+    revision: watch::Sender<u64>,
 ) {
     let opts = ListOptions::default();
     loop {
@@ -64,6 +153,7 @@ pub async fn run<A: Api>(
             }
         }
         changed.send_modify(|n| *n += 1);
+        revision.send_replace(rv.parse().unwrap_or(0));
         synced.send_replace(true);
         let mut stream = match client.watch(kind, &opts, &rv).await {
             Ok(s) => s,
@@ -76,6 +166,7 @@ pub async fn run<A: Api>(
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(ev) => {
+                    let rev = revision_of(&ev.object, "/metadata/resourceVersion");
                     let mut c = lock(&cache);
                     match ev.kind.as_str() {
                         "ADDED" | "MODIFIED" => {
@@ -84,10 +175,16 @@ pub async fn run<A: Api>(
                         "DELETED" => {
                             c.remove(&key_of(&ev.object));
                         }
-                        _ => continue,
+                        // Bookmarks move the revision only.
+                        _ => {
+                            drop(c);
+                            advance(&revision, rev);
+                            continue;
+                        }
                     }
                     drop(c);
                     changed.send_modify(|n| *n += 1);
+                    advance(&revision, rev);
                 }
                 Err(e) => {
                     tracing::info!(kind, error = %e, "watch ended; relisting");

@@ -225,6 +225,13 @@ impl Node {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// The raft term this member leads in, if it leads.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
     /// All members (voters and learners) from the effective membership.
     pub fn members(&self) -> Vec<MemberInfo> {
         let m = self.raft.metrics().borrow().clone();

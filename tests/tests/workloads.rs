@@ -258,6 +258,67 @@ async fn running(c: &Client, ns: &str, app: &str, n: usize) -> Result<()> {
     .await
 }
 
+/// Controllers read from informer caches that trail the store; the caches' read-your-writes
+/// (control/src/controllers/cache.rs) must keep a ReplicaSet from ever creating a pod twice for
+/// one missing replica while its pods churn (bound, Running, Ready, deleted). Every pod
+/// creation is counted from a watch: scaling 0 -> 150 -> 40 -> 100 must create exactly
+/// 150 + 60 pods, and the active pods must settle at the replica count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_never_overshoots_through_the_caches() -> Result<()> {
+    use futures::StreamExt;
+    let (_cluster, c) = start().await?;
+    let _kubelet = FakeKubelet::start(c.clone(), Duration::from_millis(100));
+    let from = c.list("Pod", &in_ns("default", "app=exact")).await?;
+    let rv = s(&from, "/metadata/resourceVersion").to_string();
+    let mut events = c
+        .watch("Pod", &in_ns("default", "app=exact"), &rv, false)
+        .await?;
+    let created = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = created.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(ev)) = events.next().await {
+            if ev.kind == "ADDED" {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let active = async |n: usize| {
+        until(&format!("{n} active pods of exact"), 60, async || {
+            let pods = items(&c, "Pod", "default", "app=exact").await?;
+            Ok(pods.iter().filter(|p| !terminating(p)).count() == n)
+        })
+        .await
+    };
+    c.create(
+        "ReplicaSet",
+        "default",
+        &replicaset("exact", "default", 150),
+    )
+    .await?;
+    active(150).await?;
+    for replicas in [40, 100] {
+        c.patch(
+            "ReplicaSet",
+            "default",
+            "exact",
+            &json!({"spec": {"replicas": replicas}}),
+        )
+        .await?;
+        active(replicas).await?;
+    }
+    // Let any late duplicate show up before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pods = items(&c, "Pod", "default", "app=exact").await?;
+    assert_eq!(pods.iter().filter(|p| !terminating(p)).count(), 100);
+    assert_eq!(
+        created.load(std::sync::atomic::Ordering::SeqCst),
+        150 + 60,
+        "pods created for 0 -> 150 -> 40 -> 100 replicas"
+    );
+    watcher.abort();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collection_and_namespace_deletion() -> Result<()> {
     let (_cluster, c) = start().await?;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{DatapathError, health, l2, services, socklb::SockLb};
-use crate::informer::{Cache, lock};
+use crate::informer::{Informer, lock};
 
 /// How long changes are gathered before the maps are written.
 const COALESCE: Duration = Duration::from_millis(5);
@@ -63,61 +63,34 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
         }
         None => None,
     };
-    let services: Cache = Arc::default();
-    let slices: Cache = Arc::default();
-    let nodes: Cache = Arc::default();
     let (changed_tx, mut changed) = watch::channel(0u64);
-    let (svc_synced_tx, mut svc_synced) = watch::channel(false);
-    let (eps_synced_tx, mut eps_synced) = watch::channel(false);
-    let (nodes_synced_tx, _) = watch::channel(false);
-    let informers = [
-        tokio::spawn(crate::informer::run(
-            client.clone(),
-            "Node",
-            nodes.clone(),
-            changed_tx.clone(),
-            nodes_synced_tx,
-        )),
-        tokio::spawn(crate::informer::run(
-            client.clone(),
-            "Service",
-            services.clone(),
-            changed_tx.clone(),
-            svc_synced_tx,
-        )),
-        tokio::spawn(crate::informer::run(
-            client.clone(),
-            "EndpointSlice",
-            slices.clone(),
-            changed_tx,
-            eps_synced_tx,
-        )),
-    ];
-    struct AbortOnDrop<const N: usize>([tokio::task::JoinHandle<()>; N]);
-    impl<const N: usize> Drop for AbortOnDrop<N> {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
-        }
-    }
-    let _informers = AbortOnDrop(informers);
+    let start = |kind| Informer::start(client.clone(), kind, changed_tx.clone());
+    let (nodes, services, slices) = (start("Node"), start("Service"), start("EndpointSlice"));
     // Write nothing until both kinds are listed: a half view would drop live frontends.
-    let _ = svc_synced.wait_for(|s| *s).await;
-    let _ = eps_synced.wait_for(|s| *s).await;
+    services.wait_synced().await;
+    slices.wait_synced().await;
     let mut first = true;
     let mut health_checks = health::HealthChecks::default();
     loop {
         tokio::time::sleep(COALESCE).await;
         changed.borrow_and_update();
         let started = Instant::now();
-        let svcs: Vec<Value> = lock(&services).values().map(|v| Value::clone(v)).collect();
-        let eps: Vec<Value> = lock(&slices).values().map(|v| Value::clone(v)).collect();
+        let svcs: Vec<Value> = lock(&services.cache)
+            .values()
+            .map(|v| Value::clone(v))
+            .collect();
+        let eps: Vec<Value> = lock(&slices.cache)
+            .values()
+            .map(|v| Value::clone(v))
+            .collect();
         let desired = services::desired(&svcs, &eps, &opts.node_name);
         health_checks.apply(&health::wanted(&svcs, &eps, &opts.node_name));
         let uplink = opts.uplink.as_ref().map(|u| u.ifname.clone());
         let announce = mac.zip(uplink).map(|(mac, ifname)| {
-            let nodes: Vec<Value> = lock(&nodes).values().map(|v| Value::clone(v)).collect();
+            let nodes: Vec<Value> = lock(&nodes.cache)
+                .values()
+                .map(|v| Value::clone(v))
+                .collect();
             (
                 l2::announced(&svcs, &eps, &nodes, &opts.node_name),
                 mac,

@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use self::{forward::Forwarder, handler::Handler, zone::Zone};
-use crate::informer::{Cache, lock};
+use crate::informer::{Informer, lock};
 
 /// The port pods' resolvers use (resolv.conf cannot name another).
 pub const DEFAULT_PORT: u16 = 53;
@@ -174,46 +174,21 @@ pub async fn run(client: Client, opts: DnsOptions) -> Result<(), DnsError> {
         "cluster DNS listening"
     );
 
-    let services: Cache = Arc::default();
-    let slices: Cache = Arc::default();
     let (changed_tx, mut changed) = watch::channel(0u64);
-    let (svc_synced_tx, mut svc_synced) = watch::channel(false);
-    let (eps_synced_tx, mut eps_synced) = watch::channel(false);
-    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
-        }
-    }
-    let _informers = AbortOnDrop(vec![
-        tokio::spawn(crate::informer::run(
-            client.clone(),
-            "Service",
-            services.clone(),
-            changed_tx.clone(),
-            svc_synced_tx,
-        )),
-        tokio::spawn(crate::informer::run(
-            client,
-            "EndpointSlice",
-            slices.clone(),
-            changed_tx,
-            eps_synced_tx,
-        )),
-    ]);
+    let services = Informer::start(client.clone(), "Service", changed_tx.clone());
+    let slices = Informer::start(client, "EndpointSlice", changed_tx);
     let domain = opts.cluster_domain.clone();
     let rebuild = async move {
         // Until both kinds are listed the zone stays unsynced (SERVFAIL, never NXDOMAIN).
-        let _ = svc_synced.wait_for(|s| *s).await;
-        let _ = eps_synced.wait_for(|s| *s).await;
+        services.wait_synced().await;
+        slices.wait_synced().await;
         let mut first = true;
         loop {
             tokio::time::sleep(COALESCE).await;
             changed.borrow_and_update();
             let started = Instant::now();
-            let (services, slices, domain) = (services.clone(), slices.clone(), domain.clone());
+            let (services, slices, domain) =
+                (services.cache.clone(), slices.cache.clone(), domain.clone());
             let current = zone.clone();
             let built = tokio::task::spawn_blocking(move || {
                 let svcs: Vec<Arc<Value>> = lock(&services).values().cloned().collect();

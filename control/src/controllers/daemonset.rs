@@ -14,14 +14,16 @@
 //! replacement is created on the next pass (`maxSurge` is not supported: it is treated as 0).
 //! `OnDelete` replaces a pod only after someone deletes it. [`plan`] is pure.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
 use serde_json::{Value, json};
 
 use super::deployment::{is_available, is_ready, scaled_value, template_hash};
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 use crate::scheduler::NodeInfo;
 use crate::scheduler::predicates::placement_fits;
@@ -88,7 +90,12 @@ pub struct Plan {
 }
 
 /// The pure decision for one DaemonSet over all nodes and the pods of its namespace at `now`.
-pub fn plan(ds: &Value, nodes: &[Value], pods: &[Value], now: DateTime<Utc>) -> Plan {
+pub fn plan<N: Borrow<Value>, P: Borrow<Value>>(
+    ds: &Value,
+    nodes: &[N],
+    pods: &[P],
+    now: DateTime<Utc>,
+) -> Plan {
     let uid = s(ds, "/metadata/uid");
     let rev = revision(ds);
     let min_ready = ds
@@ -99,7 +106,11 @@ pub fn plan(ds: &Value, nodes: &[Value], pods: &[Value], now: DateTime<Utc>) -> 
     // Owned, not terminating pods by node.
     let mut by_node: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
     let mut terminating: BTreeSet<&str> = BTreeSet::new();
-    for p in pods.iter().filter(|p| controller_uid(p) == Some(uid)) {
+    for p in pods
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|p| controller_uid(p) == Some(uid))
+    {
         let node = s(p, "/spec/nodeName");
         if !s(p, "/metadata/deletionTimestamp").is_empty() {
             terminating.insert(node);
@@ -111,6 +122,7 @@ pub fn plan(ds: &Value, nodes: &[Value], pods: &[Value], now: DateTime<Utc>) -> 
     // tolerated; a running one keeps its node unless a NoExecute taint is not.
     let eligible: BTreeSet<String> = nodes
         .iter()
+        .map(Borrow::borrow)
         .filter(|n| s(n, "/metadata/deletionTimestamp").is_empty())
         .map(NodeInfo::from_node)
         .filter(|n| {
@@ -218,33 +230,27 @@ pub fn pod_for(ds: &Value, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
 }
 
-fn items(v: &Value) -> Vec<Value> {
-    v["items"].as_array().cloned().unwrap_or_default()
-}
-
 /// One pass over every DaemonSet.
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    let all = ListOptions::default();
-    let sets = api.list("DaemonSet", &all).await?;
-    let sets = items(&sets);
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<usize, ferry_api::client::ClientError> {
+    let sets = api.snapshot("DaemonSet").await?;
     if sets.is_empty() {
         return Ok(0);
     }
-    let nodes = items(&api.list("Node", &all).await?);
-    let pods = items(&api.list("Pod", &all).await?);
+    let nodes = api.snapshot("Node").await?;
+    let pods = api.snapshot("Pod").await?;
+    let by_ns = super::by_namespace(&pods);
     let mut acted = 0;
     for ds in &sets {
+        let ds: &Value = ds;
         if !s(ds, "/metadata/deletionTimestamp").is_empty() {
             continue;
         }
         let ns = s(ds, "/metadata/namespace");
         let name = s(ds, "/metadata/name");
-        let in_ns: Vec<Value> = pods
-            .iter()
-            .filter(|p| s(p, "/metadata/namespace") == ns)
-            .cloned()
-            .collect();
-        let plan = plan(ds, &nodes, &in_ns, chrono::Utc::now());
+        let in_ns = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
+        let plan = plan(ds, &nodes, in_ns, chrono::Utc::now());
         let creates = plan
             .create
             .iter()
@@ -298,7 +304,10 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
 }
 
 /// Runs passes on the leader whenever the store changes (at most every 100 ms).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(100),
@@ -313,6 +322,7 @@ pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
 
 #[cfg(test)]
 mod tests {
+    const NO_PODS: &[Value] = &[];
     use super::*;
 
     fn ds(extra_spec: Value) -> Value {
@@ -395,7 +405,7 @@ mod tests {
         let mut d3 = d.clone();
         d3["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
             {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}]}}});
-        let p = plan(&d3, &nodes, &[], now());
+        let p = plan(&d3, &nodes, NO_PODS, now());
         assert_eq!(p.create, vec!["b"]);
         // A NoSchedule taint keeps new pods off but leaves a running one; NoExecute evicts.
         let tainted = |effect: &str| {
@@ -406,7 +416,7 @@ mod tests {
             )]
         };
         assert!(
-            plan(&d, &tainted("NoSchedule"), &[], now())
+            plan(&d, &tainted("NoSchedule"), NO_PODS, now())
                 .create
                 .is_empty()
         );

@@ -32,15 +32,18 @@
 //! still applies); `progressDeadlineSeconds` without progress sets Progressing=False
 //! (ProgressDeadlineExceeded). Level-triggered on the leader through [`Api`]; [`plan`] is pure.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use ferry_api::client::{Api, ClientError, ListOptions};
+use ferry_api::client::{Api, ClientError};
 use ferry_api::selector::LabelSelector;
 use serde_json::{Map, Value, json};
 
 use crate::apiserver::objects::labels;
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 pub const HASH_LABEL: &str = "pod-template-hash";
@@ -189,14 +192,15 @@ pub fn revision_of(obj: &Value) -> i64 {
 
 /// The ReplicaSets a Deployment owns, and of them the new one (oldest first among equals, as
 /// Kubernetes' `FindNewReplicaSet`).
-pub fn owned_sets<'a>(
+pub fn owned_sets<'a, S: Borrow<Value>>(
     deployment: &Value,
-    sets: &'a [Value],
+    sets: &'a [S],
 ) -> (Vec<&'a Value>, Option<&'a Value>) {
     let uid = s(deployment, "/metadata/uid");
     let ns = s(deployment, "/metadata/namespace");
     let mut owned: Vec<&Value> = sets
         .iter()
+        .map(Borrow::borrow)
         .filter(|r| s(r, "/metadata/namespace") == ns && controller_uid(r) == Some(uid))
         .collect();
     owned.sort_by_key(|r| creation_key(r));
@@ -1342,7 +1346,7 @@ fn blue_green(w: &mut Work, d: &Value, services: &BTreeMap<String, Value>) -> bo
 
 /// ReplicaSets without a controller that the Deployment's selector matches: Kubernetes adopts
 /// them.
-pub fn orphans(d: &Value, sets: &[Value]) -> Result<Vec<String>, String> {
+pub fn orphans<S: Borrow<Value>>(d: &Value, sets: &[S]) -> Result<Vec<String>, String> {
     let sel = d.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
     let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
         serde_json::from_value(sel).map_err(|e| format!("spec.selector: {e}"))?;
@@ -1353,6 +1357,7 @@ pub fn orphans(d: &Value, sets: &[Value]) -> Result<Vec<String>, String> {
     let ns = s(d, "/metadata/namespace");
     Ok(sets
         .iter()
+        .map(Borrow::borrow)
         .filter(|r| s(r, "/metadata/namespace") == ns)
         .filter(|r| controller_uid(r).is_none() && s(r, "/metadata/deletionTimestamp").is_empty())
         .filter(|r| selector.matches(&labels(r)))
@@ -1362,16 +1367,6 @@ pub fn orphans(d: &Value, sets: &[Value]) -> Result<Vec<String>, String> {
 
 // ---------------------------------------------------------------------------------------------
 // The executor
-
-fn items(list: Value) -> Vec<Value> {
-    match list {
-        Value::Object(mut m) => match m.remove("items") {
-            Some(Value::Array(a)) => a,
-            _ => vec![],
-        },
-        _ => vec![],
-    }
-}
 
 async fn event<A: Api>(api: &A, d: &Value, e: &Event) {
     super::record_event(
@@ -1390,7 +1385,7 @@ async fn event<A: Api>(api: &A, d: &Value, e: &Event) {
 async fn reconcile<A: Api>(
     api: &A,
     d: &Value,
-    sets: &[Value],
+    sets: &[Arc<Value>],
     pods: &[&Value],
     now: DateTime<Utc>,
 ) -> Result<usize, String> {
@@ -1532,24 +1527,20 @@ async fn reconcile<A: Api>(
 }
 
 /// One pass over every Deployment.
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ClientError> {
-    let all = ListOptions::default();
-    let deployments = items(api.list("Deployment", &all).await?);
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<usize, ClientError> {
+    let deployments = api.snapshot("Deployment").await?;
     if deployments.is_empty() {
         return Ok(0);
     }
-    let sets = items(api.list("ReplicaSet", &all).await?);
-    let pods = items(api.list("Pod", &all).await?);
+    let sets = api.snapshot("ReplicaSet").await?;
+    let pods = api.snapshot("Pod").await?;
     let now = Utc::now();
-    let mut by_ns: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for p in &pods {
-        by_ns
-            .entry(s(p, "/metadata/namespace"))
-            .or_default()
-            .push(p);
-    }
+    let by_ns = super::by_namespace(&pods);
     let mut writes = 0;
     for d in &deployments {
+        let d: &Value = d;
         if !s(d, "/metadata/deletionTimestamp").is_empty() {
             continue;
         }
@@ -1565,7 +1556,10 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ClientError> {
 
 /// Runs passes on the leader whenever the store changes (at most every 100 ms), and every
 /// second so that minReadySeconds and progress deadlines are noticed without a change.
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(1),
         throttle: Duration::from_millis(100),

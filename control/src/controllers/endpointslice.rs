@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
 use ferry_api::selector::LabelSelector;
 use serde_json::{Value, json};
 
@@ -19,6 +19,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "ferry-endpointslice-controller";
 
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 use crate::apiserver::objects::labels;
@@ -49,7 +50,7 @@ fn target_port(pod: &Value, port: &Value) -> Option<i64> {
 
 /// The EndpointSlice a Service should have, given the pods in its namespace (None: the Service
 /// has no selector, so it gets no managed slice).
-pub fn desired_slice(svc: &Value, pods: &[Value]) -> Option<Value> {
+pub fn desired_slice(svc: &Value, pods: &[&Value]) -> Option<Value> {
     let selector = svc
         .pointer("/spec/selector")
         .and_then(Value::as_object)
@@ -70,6 +71,7 @@ pub fn desired_slice(svc: &Value, pods: &[Value]) -> Option<Value> {
     let mut resolved: Option<Vec<Value>> = None;
     let mut selected: Vec<&Value> = pods
         .iter()
+        .copied()
         .filter(|p| s(p, "/metadata/namespace") == ns && selector.matches(&labels(p)))
         .filter(|p| !s(p, "/status/podIP").is_empty())
         .filter(|p| !matches!(s(p, "/status/phase"), "Succeeded" | "Failed"))
@@ -128,56 +130,42 @@ fn same(a: &Value, b: &Value) -> bool {
 }
 
 /// One pass over every Service. Returns how many slices were written or deleted.
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    let all = ListOptions::default();
-    let services = api.list("Service", &all).await?;
-    let slices = api
-        .list(
-            "EndpointSlice",
-            &ListOptions {
-                label_selector: format!("{MANAGED_BY_LABEL}={MANAGED_BY}"),
-                ..all
-            },
-        )
-        .await?;
-    // Pods are the big list: only when some Service selects pods, or slices are left to
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<usize, ferry_api::client::ClientError> {
+    let services = api.snapshot("Service").await?;
+    let slices = api.snapshot("EndpointSlice").await?;
+    let mut existing: BTreeMap<(String, String), &Value> = slices
+        .iter()
+        .filter(|sl| sl["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY)
+        .map(|sl| {
+            let key = (s(sl, "/metadata/namespace"), s(sl, "/metadata/name"));
+            ((key.0.to_string(), key.1.to_string()), &**sl)
+        })
+        .collect();
+    // Pods are the big cache: only when some Service selects pods, or slices are left to
     // remove (no Service, no slice: nothing to do, as on a cluster of bare pods).
-    let selecting = services["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|svc| {
-            svc.pointer("/spec/selector")
-                .and_then(Value::as_object)
-                .is_some_and(|m| !m.is_empty())
-        });
-    let have_slices = slices["items"].as_array().is_some_and(|a| !a.is_empty());
-    if !selecting && !have_slices {
+    let selecting = services.iter().any(|svc| {
+        svc.pointer("/spec/selector")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+    });
+    if !selecting && existing.is_empty() {
         return Ok(0);
     }
     let pods = if selecting {
-        api.list("Pod", &ListOptions::default()).await?
+        api.snapshot("Pod").await?
     } else {
-        Value::Null
+        Vec::new()
     };
-    let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
-    let mut existing: BTreeMap<(String, String), Value> = slices["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|sl| {
-            (
-                (
-                    s(sl, "/metadata/namespace").to_string(),
-                    s(sl, "/metadata/name").to_string(),
-                ),
-                sl.clone(),
-            )
-        })
-        .collect();
+    let by_ns = super::by_namespace(&pods);
     let mut changed = 0;
-    for svc in services["items"].as_array().into_iter().flatten() {
-        let Some(want) = desired_slice(svc, &pods) else {
+    for svc in &services {
+        let in_ns = by_ns
+            .get(s(svc, "/metadata/namespace"))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let Some(want) = desired_slice(svc, in_ns) else {
             continue;
         };
         let key = (
@@ -185,7 +173,7 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
             s(&want, "/metadata/name").to_string(),
         );
         match existing.remove(&key) {
-            Some(have) if same(&have, &want) => {}
+            Some(have) if same(have, &want) => {}
             Some(have) => {
                 let mut upd = want.clone();
                 upd["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"].clone();
@@ -213,7 +201,10 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
 }
 
 /// Runs passes on the leader whenever the store changes (at most every 50 ms).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(50),
@@ -244,14 +235,14 @@ mod tests {
     fn endpoints_carry_kubernetes_conditions_and_resolved_ports() {
         let svc = json!({"metadata": {"name": "web", "namespace": "default", "uid": "svc-uid"},
             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}});
-        let pods = vec![
+        let pods = [
             pod("a", "10.244.0.2", true, false, json!({"app": "web"})),
             pod("b", "10.244.0.3", false, false, json!({"app": "web"})),
             pod("c", "10.244.0.4", true, true, json!({"app": "web"})),
             pod("d", "10.244.0.5", true, false, json!({"app": "db"})),
             pod("e", "", true, false, json!({"app": "web"})),
         ];
-        let slice = desired_slice(&svc, &pods).expect("a slice");
+        let slice = desired_slice(&svc, &pods.iter().collect::<Vec<_>>()).expect("a slice");
         assert_eq!(slice["metadata"]["name"], "web-ferry");
         assert_eq!(slice["metadata"]["labels"][SERVICE_NAME_LABEL], "web");
         assert_eq!(
@@ -279,12 +270,12 @@ mod tests {
         let mut named = pod("db-0", "10.244.0.9", true, false, json!({"app": "web"}));
         named["spec"]["hostname"] = json!("db-0");
         named["spec"]["subdomain"] = json!("web");
-        let slice = desired_slice(&svc, &[named.clone()]).expect("a slice");
+        let slice = desired_slice(&svc, &[&named]).expect("a slice");
         assert_eq!(slice["endpoints"][0]["hostname"], "db-0");
         named["spec"]["subdomain"] = json!("other");
-        let slice = desired_slice(&svc, &[named]).expect("a slice");
+        let slice = desired_slice(&svc, &[&named]).expect("a slice");
         assert!(slice["endpoints"][0].get("hostname").is_none());
         let no_selector = json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"ports": [{"port": 80}]}});
-        assert!(desired_slice(&no_selector, &pods).is_none());
+        assert!(desired_slice(&no_selector, &pods.iter().collect::<Vec<_>>()).is_none());
     }
 }

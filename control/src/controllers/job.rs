@@ -18,9 +18,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
 use serde_json::{Value, json};
 
+use crate::controllers::cache::Cached;
 use crate::controllers::record_event as record;
 use crate::controllers::str_at as s;
 
@@ -352,25 +353,30 @@ pub fn pod_from_template(job: &Value) -> Value {
 const COMPONENT: &str = "job-controller";
 
 /// One pass over every Job.
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    let all = ListOptions::default();
-    let jobs = api.list("Job", &all).await?;
-    if jobs["items"].as_array().is_none_or(Vec::is_empty) {
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<usize, ferry_api::client::ClientError> {
+    let jobs = api.snapshot("Job").await?;
+    if jobs.is_empty() {
         return Ok(0);
     }
-    let pods = api.list("Pod", &all).await?;
-    let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
+    let pods = api.snapshot("Pod").await?;
+    let by_ns = super::by_namespace(&pods);
     let mut acted = 0;
-    for job in jobs["items"].as_array().into_iter().flatten() {
+    for job in &jobs {
+        let job: &Value = job;
         if !s(job, "/metadata/deletionTimestamp").is_empty() {
             continue;
         }
         let ns = s(job, "/metadata/namespace");
         let name = s(job, "/metadata/name");
         let uid = s(job, "/metadata/uid");
-        let mine: Vec<&Value> = pods
-            .iter()
-            .filter(|p| s(p, "/metadata/namespace") == ns && owned_by(p, uid))
+        let mine: Vec<&Value> = by_ns
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|p| owned_by(p, uid))
             .collect();
         let plan = plan(job, &mine, Utc::now());
         if plan.delete_job {
@@ -425,7 +431,10 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
 
 /// Runs passes on the leader on store changes (at most every 100 ms) and every second (for
 /// deadlines and TTLs).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(1),
         throttle: Duration::from_millis(100),

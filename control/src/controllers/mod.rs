@@ -1,8 +1,9 @@
 //! Controllers: level-triggered control loops that run only on the raft leader and use the API
 //! through [`ferry_api::client::Api`] (in-process, never the store). Each has a pure decision
-//! function, unit-tested, and a small executor that applies its actions; [`run_on_leader`] is
-//! [`Turns`] paces them all.
+//! function, unit-tested, and a small executor that applies its actions. [`Turns`] paces them
+//! all; they read whole kinds from shared informer caches ([`cache::Cached`]).
 
+pub mod cache;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -17,6 +18,7 @@ pub mod statefulset;
 pub mod taintmanager;
 pub mod volumebinding;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +66,18 @@ pub(crate) async fn record_event<A: ferry_api::client::Api>(
     if let Err(err) = api.create("Event", event_ns, &ev).await {
         tracing::debug!(object = name, "recording event: {err}");
     }
+}
+
+/// Objects by namespace (what a namespaced owner can own), in cache order.
+pub(crate) fn by_namespace(objs: &[Arc<Value>]) -> HashMap<&str, Vec<&Value>> {
+    let mut by_ns: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for o in objs {
+        by_ns
+            .entry(str_at(o, "/metadata/namespace"))
+            .or_default()
+            .push(o);
+    }
+    by_ns
 }
 
 /// Writes the fields of `status` over `obj`'s status (other fields kept), only when one of
@@ -196,7 +210,9 @@ pub fn check_list(list: &[String]) -> Result<(), String> {
 /// Starts the enabled control loops of a member (each acts only while the member leads).
 pub fn spawn_all(api: &ApiServer, settings: Settings) {
     let node = api.node().clone();
-    let local = || LocalApi(api.clone());
+    // One set of informer caches for every loop (see [`cache`]).
+    let cached = cache::Cached::new(LocalApi(api.clone()), node.clone());
+    let local = || cached.clone();
     let on = |name: &str| is_enabled(&settings.enabled, name);
     if on("scheduler") {
         tokio::spawn(crate::scheduler::run(local(), node.clone()));

@@ -10,10 +10,11 @@
 
 use std::time::Duration;
 
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
 use ferry_api::selector::LabelSelector;
 use serde_json::{Value, json};
 
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 use crate::apiserver::objects::labels;
@@ -56,7 +57,7 @@ pub struct Plan {
 /// available once Ready for `spec.minReadySeconds`).
 pub fn plan(
     rs: &Value,
-    pods: &[Value],
+    pods: &[&Value],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Plan, String> {
     let uid = s(rs, "/metadata/uid");
@@ -71,7 +72,7 @@ pub fn plan(
         .max(0) as usize;
     let mut owned: Vec<&Value> = Vec::new();
     let mut adopt = Vec::new();
-    for p in pods
+    for &p in pods
         .iter()
         .filter(|p| is_active(p) && selector.matches(&labels(p)))
     {
@@ -146,29 +147,27 @@ fn pod_from_template(rs: &Value) -> Value {
            "spec": rs.pointer("/spec/template/spec").cloned().unwrap_or_else(|| json!({}))})
 }
 
-/// One pass over every ReplicaSet.
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    let all = ListOptions::default();
-    let sets = api.list("ReplicaSet", &all).await?;
-    // No ReplicaSet, nothing to own or count: skip the pod list (the big one).
-    if sets["items"].as_array().is_none_or(Vec::is_empty) {
+/// One pass over every ReplicaSet, from the shared caches.
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<usize, ferry_api::client::ClientError> {
+    let sets = api.snapshot("ReplicaSet").await?;
+    // No ReplicaSet, nothing to own or count: leave the pod cache unstarted.
+    if sets.is_empty() {
         return Ok(0);
     }
-    let pods = api.list("Pod", &all).await?;
-    let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
+    let pods = api.snapshot("Pod").await?;
+    let by_ns = super::by_namespace(&pods);
     let mut acted = 0;
-    for rs in sets["items"].as_array().into_iter().flatten() {
+    for rs in &sets {
+        let rs: &Value = rs;
         if !s(rs, "/metadata/deletionTimestamp").is_empty() {
             continue;
         }
         let ns = s(rs, "/metadata/namespace");
         let name = s(rs, "/metadata/name");
-        let in_ns: Vec<Value> = pods
-            .iter()
-            .filter(|p| s(p, "/metadata/namespace") == ns)
-            .cloned()
-            .collect();
-        let plan = match plan(rs, &in_ns, chrono::Utc::now()) {
+        let in_ns = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
+        let plan = match plan(rs, in_ns, chrono::Utc::now()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(replicaset = name, "{e}");
@@ -218,7 +217,10 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
 }
 
 /// Runs passes on the leader whenever the store changes (at most every 100 ms).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(100),
@@ -239,6 +241,10 @@ mod tests {
         json!({"metadata": {"name": "web", "namespace": "default", "uid": "rs-uid", "generation": 2},
                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
                         "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}})
+    }
+
+    fn refs(pods: &[Value]) -> Vec<&Value> {
+        pods.iter().collect()
     }
 
     fn pod(name: &str, owner: Option<&str>, node: &str, ready: bool, created: &str) -> Value {
@@ -263,7 +269,7 @@ mod tests {
                 "2026-01-01T00:00:03Z",
             ),
         ];
-        let p = plan(&rs(4), &pods, chrono::Utc::now()).expect("plan");
+        let p = plan(&rs(4), &refs(&pods), chrono::Utc::now()).expect("plan");
         assert_eq!(p.adopt, vec!["orphan"]);
         assert_eq!(p.create, 2);
         assert!(p.delete.is_empty());
@@ -299,7 +305,7 @@ mod tests {
                 "2026-01-01T00:00:03Z",
             ),
         ];
-        let p = plan(&rs(1), &pods, chrono::Utc::now()).expect("plan");
+        let p = plan(&rs(1), &refs(&pods), chrono::Utc::now()).expect("plan");
         assert_eq!(p.delete, vec!["unscheduled", "not-ready", "new-ready"]);
         assert_eq!(p.create, 0);
         assert_eq!(p.status["readyReplicas"], 2);
@@ -318,7 +324,7 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:01:00Z")
             .expect("time")
             .with_timezone(&chrono::Utc);
-        let p = plan(&set, &pods, now).expect("plan");
+        let p = plan(&set, &refs(&pods), now).expect("plan");
         assert_eq!(p.status["readyReplicas"], 2);
         assert_eq!(p.status["availableReplicas"], 1);
     }

@@ -12,15 +12,17 @@
 //! The revision is `<set>-<template hash>` (no ControllerRevision objects are kept).
 //! [`plan`] is pure.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
 use serde_json::{Value, json};
 
 use super::daemonset::REVISION_LABEL;
 use super::deployment::{is_available, is_ready, template_hash};
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 /// The label naming a pod's StatefulSet pod (for per-pod Services), as in Kubernetes.
@@ -88,7 +90,12 @@ fn terminating(p: &Value) -> bool {
 }
 
 /// The pure decision for one StatefulSet over the pods and PVC names of its namespace.
-pub fn plan(sts: &Value, pods: &[Value], claims: &BTreeSet<String>, now: DateTime<Utc>) -> Plan {
+pub fn plan<P: Borrow<Value>>(
+    sts: &Value,
+    pods: &[P],
+    claims: &BTreeSet<String>,
+    now: DateTime<Utc>,
+) -> Plan {
     let set = s(sts, "/metadata/name");
     let uid = s(sts, "/metadata/uid");
     let replicas = sts
@@ -103,7 +110,7 @@ pub fn plan(sts: &Value, pods: &[Value], claims: &BTreeSet<String>, now: DateTim
         .and_then(Value::as_i64)
         .unwrap_or(0);
     let mut by_ord: BTreeMap<usize, &Value> = BTreeMap::new();
-    for p in pods {
+    for p in pods.iter().map(Borrow::borrow) {
         if super::deployment::controller_uid(p) != Some(uid) {
             continue;
         }
@@ -307,37 +314,32 @@ pub fn claim_for(sts: &Value, template: &str, claim: &str) -> Value {
            "spec": t.get("spec").cloned().unwrap_or_else(|| json!({}))})
 }
 
-fn items(v: &Value) -> Vec<Value> {
-    v["items"].as_array().cloned().unwrap_or_default()
-}
-
 /// One pass over every StatefulSet.
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    let all = ListOptions::default();
-    let sets = items(&api.list("StatefulSet", &all).await?);
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<usize, ferry_api::client::ClientError> {
+    let sets = api.snapshot("StatefulSet").await?;
     if sets.is_empty() {
         return Ok(0);
     }
-    let pods = items(&api.list("Pod", &all).await?);
-    let pvcs = items(&api.list("PersistentVolumeClaim", &all).await?);
+    let pods = api.snapshot("Pod").await?;
+    let pvcs = api.snapshot("PersistentVolumeClaim").await?;
+    let by_ns = super::by_namespace(&pods);
     let mut acted = 0;
     for sts in &sets {
+        let sts: &Value = sts;
         if !s(sts, "/metadata/deletionTimestamp").is_empty() {
             continue;
         }
         let ns = s(sts, "/metadata/namespace");
         let name = s(sts, "/metadata/name");
-        let in_ns: Vec<Value> = pods
-            .iter()
-            .filter(|p| s(p, "/metadata/namespace") == ns)
-            .cloned()
-            .collect();
+        let in_ns = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
         let claims: BTreeSet<String> = pvcs
             .iter()
             .filter(|c| s(c, "/metadata/namespace") == ns)
             .map(|c| s(c, "/metadata/name").to_string())
             .collect();
-        let plan = plan(sts, &in_ns, &claims, chrono::Utc::now());
+        let plan = plan(sts, in_ns, &claims, chrono::Utc::now());
         let ev = |reason: &'static str, message: String| async move {
             super::record_event(
                 api,
@@ -430,7 +432,10 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
 }
 
 /// Runs passes on the leader whenever the store changes (at most every 100 ms).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(100),
@@ -484,7 +489,7 @@ mod tests {
     fn ordered_ready_creates_one_at_a_time_after_claims() {
         let set = sts(3, "OrderedReady");
         let rev = revision(&set);
-        let p = plan(&set, &[], &BTreeSet::new(), Utc::now());
+        let p = plan(&set, &[] as &[Value], &BTreeSet::new(), Utc::now());
         assert_eq!(
             p.create_claims,
             vec![

@@ -16,9 +16,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
 use serde_json::Value;
 
+use super::cache::Cached;
 use super::str_at as s;
 use crate::scheduler::predicates::tolerates;
 
@@ -83,13 +84,12 @@ pub fn eviction(pod: &Value, taints: &[Value], now: DateTime<Utc>) -> Eviction {
     }
 }
 
-async fn reconcile_all<A: Api>(api: &A) -> Result<(), ferry_api::client::ClientError> {
-    let all = ListOptions::default();
-    let nodes = api.list("Node", &all).await?;
-    let tainted: std::collections::HashMap<&str, Vec<Value>> = nodes["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<(), ferry_api::client::ClientError> {
+    let nodes = api.snapshot("Node").await?;
+    let tainted: std::collections::HashMap<&str, Vec<Value>> = nodes
+        .iter()
         .filter_map(|n| {
             let taints: Vec<Value> = n
                 .pointer("/spec/taints")
@@ -104,9 +104,10 @@ async fn reconcile_all<A: Api>(api: &A) -> Result<(), ferry_api::client::ClientE
     if tainted.is_empty() {
         return Ok(());
     }
-    let pods = api.list("Pod", &all).await?;
+    let pods = api.snapshot("Pod").await?;
     let now = Utc::now();
-    for pod in pods["items"].as_array().into_iter().flatten() {
+    for pod in &pods {
+        let pod: &Value = pod;
         let Some(taints) = tainted.get(s(pod, "/spec/nodeName")) else {
             continue;
         };
@@ -139,13 +140,15 @@ async fn reconcile_all<A: Api>(api: &A) -> Result<(), ferry_api::client::ClientE
     Ok(())
 }
 
-/// Runs on the leader: a pass at most once a second, after changes or not (timed evictions).
-/// Each pass lists every Node (and every Pod when a node is tainted), so no more often, like
-/// the node lifecycle controller.
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+/// Runs on the leader: a pass after changes (at most every 200 ms) and every second (timed
+/// evictions). Passes read Nodes (and Pods when a node is tainted) from the shared caches.
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(1),
-        throttle: Duration::from_secs(1),
+        throttle: Duration::from_millis(200),
     };
     let mut turns = super::Turns::new("taint-eviction", node, pace);
     while turns.next().await {

@@ -17,16 +17,15 @@ pub mod interpod;
 pub mod predicates;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_api::client::{Api, ListOptions};
-use ferry_api::informer::{self, Cache, lock};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 pub use predicates::{Fit, NodeInfo, Pick, PodRequest, decide, pick};
 
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 fn now() -> String {
@@ -137,78 +136,14 @@ async fn execute<A: Api>(api: &A, action: Action<'_>) -> Option<(String, String)
     }
 }
 
-fn items(mut list: Value) -> Vec<Arc<Value>> {
-    match list.get_mut("items").map(Value::take) {
-        Some(Value::Array(items)) => items.into_iter().map(Arc::new).collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// How long a bind this scheduler made counts even if the cache has not shown it yet.
 const ASSUME_FOR: Duration = Duration::from_secs(30);
 
-/// Node and Pod caches kept by list+watch (the leader's scheduler reads them instead of
-/// listing every object each pass).
-struct Informers {
-    nodes: Cache,
-    pods: Cache,
-    nodes_synced: tokio::sync::watch::Receiver<bool>,
-    pods_synced: tokio::sync::watch::Receiver<bool>,
-    _tasks: AbortOnDrop,
-}
-
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
-impl Informers {
-    fn start<A: Api + Clone + 'static>(api: &A) -> Self {
-        let (nodes, pods): (Cache, Cache) = (Arc::default(), Arc::default());
-        let (changed, _) = tokio::sync::watch::channel(0u64);
-        let (nodes_tx, nodes_synced) = tokio::sync::watch::channel(false);
-        let (pods_tx, pods_synced) = tokio::sync::watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(informer::run(
-                api.clone(),
-                "Node",
-                nodes.clone(),
-                changed.clone(),
-                nodes_tx,
-            )),
-            tokio::spawn(informer::run(
-                api.clone(),
-                "Pod",
-                pods.clone(),
-                changed,
-                pods_tx,
-            )),
-        ];
-        Informers {
-            nodes,
-            pods,
-            nodes_synced,
-            pods_synced,
-            _tasks: AbortOnDrop(tasks),
-        }
-    }
-
-    fn synced(&self) -> bool {
-        *self.nodes_synced.borrow() && *self.pods_synced.borrow()
-    }
-}
-
-/// The scheduler's state between passes: where the next sampled node search starts, the
-/// caches (when run as the leader's loop), and the binds not yet seen in the cache.
+/// The scheduler's state between passes: where the next sampled node search starts and the
+/// binds not yet seen in the cache.
 #[derive(Default)]
 pub struct Scheduler {
     next_start: usize,
-    informers: Option<Informers>,
     /// Pod uid -> (node, when bound): binds this scheduler made that the pod cache may not show
     /// yet; they count as bound, so a pod is never placed twice nor its node overcommitted.
     assumed: HashMap<String, (String, Instant)>,
@@ -221,23 +156,13 @@ impl Scheduler {
     /// earlier in the pass (so a node is never overcommitted), and the writes of up to
     /// [`IN_FLIGHT`] pods run concurrently behind them. A bind that fails leaves its
     /// reservation in place until the pass ends: conservative, never an overcommit.
-    pub async fn schedule_pending<A: Api>(
+    pub async fn schedule_pending<A: Api + Clone + 'static>(
         &mut self,
-        api: &A,
+        api: &Cached<A>,
     ) -> Result<usize, ferry_api::client::ClientError> {
         let started = std::time::Instant::now();
         let all = ListOptions::default();
-        let (nodes, pods): (Vec<Arc<Value>>, Vec<Arc<Value>>) = match &self.informers {
-            Some(inf) if inf.synced() => (
-                lock(&inf.nodes).values().cloned().collect(),
-                lock(&inf.pods).values().cloned().collect(),
-            ),
-            _ => {
-                let (nodes, pods) =
-                    tokio::try_join!(api.list("Node", &all), api.list("Pod", &all))?;
-                (items(nodes), items(pods))
-            }
-        };
+        let (nodes, pods) = tokio::try_join!(api.snapshot("Node"), api.snapshot("Pod"))?;
         // Binds the cache shows (or pods gone) need no assuming any more.
         let seen: HashMap<&str, &str> = pods
             .iter()
@@ -433,17 +358,14 @@ impl Scheduler {
     }
 }
 
-/// One pass with fresh state (node searches start at the first node).
-pub async fn schedule_pending<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    Scheduler::default().schedule_pending(api).await
-}
-
 /// Runs passes on the leader whenever the store changes, and every second. Changes are
-/// coalesced (at most one pass per 100 ms, by when the caches hold the change). Passes read
-/// Nodes and Pods from caches kept by list+watch ([`Informers`], started with the first turn as
-/// leader); listing every object each pass cost more CPU than binding a few pods on a large
-/// cluster (docs/benchmarks.md).
-pub async fn run<A: Api + Clone + 'static>(api: A, node: std::sync::Arc<crate::node::Node>) {
+/// coalesced (at most one pass per 100 ms). Passes read Nodes and Pods from the shared caches
+/// ([`Cached`]); listing every object each pass cost more CPU than binding a few pods on a
+/// large cluster (docs/benchmarks.md).
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let mut scheduler = Scheduler::default();
     let pace = crate::controllers::Pace {
         idle: Duration::from_secs(1),
@@ -451,10 +373,6 @@ pub async fn run<A: Api + Clone + 'static>(api: A, node: std::sync::Arc<crate::n
     };
     let mut turns = crate::controllers::Turns::new("scheduler", node, pace);
     while turns.next().await {
-        // The caches start with the first turn as leader and stay (a watch per kind).
-        if scheduler.informers.is_none() {
-            scheduler.informers = Some(Informers::start(&api));
-        }
         if let Err(e) = scheduler.schedule_pending(&api).await {
             turns.failed(e);
         }
