@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
+
+use crate::controllers::cache::Cached;
 
 /// A cluster CIDR split into per-node ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,20 +73,20 @@ impl CidrPlan {
 }
 
 /// One pass: allocate a range to every Node that lacks one. Returns how many were allocated.
-pub async fn allocate_once<A: Api>(api: &A, plan: &CidrPlan) -> Result<usize, String> {
-    let list = api
-        .list("Node", &ListOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let nodes = list["items"].as_array().cloned().unwrap_or_default();
+pub async fn allocate_once<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+    plan: &CidrPlan,
+) -> Result<usize, String> {
+    let nodes = api.snapshot("Node").await.map_err(|e| e.to_string())?;
     let pod_cidr = |n: &Value| {
         n.pointer("/spec/podCIDR")
             .and_then(Value::as_str)
             .map(String::from)
     };
-    let mut used: Vec<String> = nodes.iter().filter_map(pod_cidr).collect();
+    let mut used: Vec<String> = nodes.iter().filter_map(|n| pod_cidr(n)).collect();
     let mut n = 0;
     for node in nodes.iter().filter(|n| pod_cidr(n).is_none()) {
+        let node: &Value = node;
         let name = node
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -112,7 +114,11 @@ pub async fn allocate_once<A: Api>(api: &A, plan: &CidrPlan) -> Result<usize, St
 }
 
 /// Runs allocation passes on the leader whenever the store changes (at most every 200 ms).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>, plan: CidrPlan) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+    plan: CidrPlan,
+) {
     let pace = crate::controllers::Pace {
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(200),

@@ -109,8 +109,8 @@ impl<A: Api + Clone + 'static> Cached<A> {
         Ok(informer.clone())
     }
 
-    /// Every object of `kind`, from its cache once that has applied this leader's writes.
-    pub async fn snapshot(&self, kind: &str) -> Result<Vec<Arc<Value>>, ClientError> {
+    /// The synced informer of `kind`.
+    async fn synced(&self, kind: &str) -> Result<Informer, ClientError> {
         let informer = self.informer(kind)?;
         if tokio::time::timeout(SYNC_WAIT, informer.wait_synced())
             .await
@@ -121,6 +121,19 @@ impl<A: Api + Clone + 'static> Cached<A> {
                 format!("the {kind} cache has not listed yet; retrying"),
             ));
         }
+        Ok(informer)
+    }
+
+    /// Every object of `kind` as the cache holds it now, without waiting for this leader's
+    /// writes: for a loop that accounts for its own writes until the cache shows them (the
+    /// scheduler's assumed binds), so a burst of events never holds it back.
+    pub async fn snapshot_now(&self, kind: &str) -> Result<Vec<Arc<Value>>, ClientError> {
+        Ok(self.synced(kind).await?.snapshot())
+    }
+
+    /// Every object of `kind`, from its cache once that has applied this leader's writes.
+    pub async fn snapshot(&self, kind: &str) -> Result<Vec<Arc<Value>>, ClientError> {
+        let informer = self.synced(kind).await?;
         let written = lock(&self.shared.written)
             .get(informer.kind)
             .copied()
@@ -138,6 +151,23 @@ impl<A: Api + Clone + 'static> Cached<A> {
             );
         }
         Ok(informer.snapshot())
+    }
+
+    /// The objects `opts` selects: from the cache for a whole kind, from the API server
+    /// otherwise.
+    pub async fn list_shared(
+        &self,
+        kind: &str,
+        opts: &ListOptions,
+    ) -> Result<Vec<Arc<Value>>, ClientError> {
+        if whole_kind(opts) {
+            return self.snapshot(kind).await;
+        }
+        let mut list = self.inner.list(kind, opts).await?;
+        Ok(match list.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items.into_iter().map(Arc::new).collect(),
+            _ => Vec::new(),
+        })
     }
 
     /// Records the revision a write produced, so later reads of the kind wait for it.

@@ -14,11 +14,13 @@
 //! before treating it as gone, since the kinds are listed one after another.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::client::{Api, ClientError, ListOptions};
 use serde_json::{Value, json};
 
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 pub const FOREGROUND: &str = "foregroundDeletion";
@@ -28,14 +30,15 @@ pub const ORPHAN: &str = "orphan";
 #[derive(Debug, Clone)]
 pub struct Obj {
     pub kind: String,
-    pub value: Value,
+    /// Shared with the informer cache it came from.
+    pub value: Arc<Value>,
 }
 
 impl Obj {
-    pub fn new(kind: &str, value: Value) -> Self {
+    pub fn new(kind: &str, value: impl Into<Arc<Value>>) -> Self {
         Obj {
             kind: kind.to_string(),
-            value,
+            value: value.into(),
         }
     }
     fn uid(&self) -> &str {
@@ -307,7 +310,10 @@ async fn apply<A: Api>(api: &A, a: &Action) -> Result<bool, ClientError> {
 }
 
 /// Every object of every kind but Events (a kind that cannot be listed is left out).
-pub async fn list_everything<A: Api>(api: &A, namespace: Option<&str>) -> Vec<Obj> {
+pub async fn list_everything<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+    namespace: Option<&str>,
+) -> Vec<Obj> {
     let opts = ListOptions {
         namespace: namespace.map(String::from),
         ..Default::default()
@@ -317,14 +323,8 @@ pub async fn list_everything<A: Api>(api: &A, namespace: Option<&str>) -> Vec<Ob
         if info.kind == "Event" || (namespace.is_some() && !info.namespaced) {
             continue;
         }
-        match api.list(info.kind, &opts).await {
-            Ok(list) => objs.extend(
-                list["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|v| Obj::new(info.kind, v.clone())),
-            ),
+        match api.list_shared(info.kind, &opts).await {
+            Ok(list) => objs.extend(list.into_iter().map(|v| Obj::new(info.kind, v))),
             Err(e) => tracing::trace!(kind = info.kind, "garbage collector: listing: {e}"),
         }
     }
@@ -332,7 +332,7 @@ pub async fn list_everything<A: Api>(api: &A, namespace: Option<&str>) -> Vec<Ob
 }
 
 /// One pass: returns how many actions were applied.
-pub async fn reconcile_all<A: Api>(api: &A) -> usize {
+pub async fn reconcile_all<A: Api + Clone + 'static>(api: &Cached<A>) -> usize {
     let objs = list_everything(api, None).await;
     let mut acted = 0;
     for a in plan(&objs) {
@@ -346,10 +346,13 @@ pub async fn reconcile_all<A: Api>(api: &A) -> usize {
     acted
 }
 
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(5),
-        // Every kind is listed on each pass: at most one a second.
+        // Every object is looked at on each pass (from the caches): at most one a second.
         throttle: Duration::from_secs(1),
     };
     let mut turns = super::Turns::new("garbagecollector", node, pace);
@@ -375,8 +378,9 @@ mod tests {
     }
 
     fn deleting(mut o: Obj, finalizer: &str) -> Obj {
-        o.value["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        o.value["metadata"]["finalizers"] = json!([finalizer]);
+        let v = Arc::make_mut(&mut o.value);
+        v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        v["metadata"]["finalizers"] = json!([finalizer]);
         o
     }
 
@@ -432,7 +436,8 @@ mod tests {
     fn foreground_deletes_dependents_first_then_finalizes() {
         let rs = deleting(obj("ReplicaSet", "rs", "rs-1", &[]), FOREGROUND);
         let mut terminating = obj("Pod", "going", "p2", &[("ReplicaSet", "rs-1", true)]);
-        terminating.value["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        Arc::make_mut(&mut terminating.value)["metadata"]["deletionTimestamp"] =
+            json!("2026-01-01T00:00:00Z");
         let objs = vec![
             rs.clone(),
             obj("Pod", "a", "p1", &[("ReplicaSet", "rs-1", true)]),

@@ -10,6 +10,7 @@ use ferry_api::client::Api;
 use serde_json::{Value, json};
 
 use super::gc::{Obj, Target};
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 pub const FINALIZER: &str = "kubernetes";
@@ -55,28 +56,25 @@ pub fn plan(contents: &[Obj]) -> Plan {
     }
 }
 
-async fn with_events<A: Api>(api: &A, ns: &str) -> Vec<Obj> {
+async fn with_events<A: Api + Clone + 'static>(api: &Cached<A>, ns: &str) -> Vec<Obj> {
     let mut objs = super::gc::list_everything(api, Some(ns)).await;
     let opts = ferry_api::client::ListOptions {
         namespace: Some(ns.to_string()),
         ..Default::default()
     };
-    if let Ok(list) = api.list("Event", &opts).await {
-        objs.extend(
-            list["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|v| Obj::new("Event", v.clone())),
-        );
+    if let Ok(list) = api.list_shared("Event", &opts).await {
+        objs.extend(list.into_iter().map(|v| Obj::new("Event", v)));
     }
     objs
 }
 
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    let list = api.list("Namespace", &Default::default()).await?;
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<usize, ferry_api::client::ClientError> {
+    let list = api.snapshot("Namespace").await?;
     let mut acted = 0;
-    for ns in list["items"].as_array().into_iter().flatten() {
+    for ns in &list {
+        let ns: &Value = ns;
         if !needs_work(ns) {
             continue;
         }
@@ -116,7 +114,10 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
     Ok(acted)
 }
 
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(300),

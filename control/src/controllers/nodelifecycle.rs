@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
 use serde_json::{Value, json};
+
+use super::cache::Cached;
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -148,31 +150,23 @@ async fn apply<A: Api>(
 }
 
 /// One pass over every node.
-pub async fn reconcile_all<A: Api>(
-    api: &A,
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
     grace: Duration,
 ) -> Result<usize, ferry_api::client::ClientError> {
-    let nodes = api.list("Node", &ListOptions::default()).await?;
-    let leases = api
-        .list(
-            "Lease",
-            &ListOptions {
-                namespace: Some(LEASE_NAMESPACE.into()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let leases = leases["items"].as_array().cloned().unwrap_or_default();
+    let nodes = api.snapshot("Node").await?;
+    let leases = api.snapshot("Lease").await?;
+    let leases: std::collections::HashMap<&str, &Value> = leases
+        .iter()
+        .filter(|l| super::str_at(l, "/metadata/namespace") == LEASE_NAMESPACE)
+        .map(|l| (super::str_at(l, "/metadata/name"), &**l))
+        .collect();
     let now = Utc::now();
     let mut acted = 0;
-    for node in nodes["items"].as_array().into_iter().flatten() {
-        let name = node
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let lease = leases
-            .iter()
-            .find(|l| l.pointer("/metadata/name").and_then(Value::as_str) == Some(name));
+    for node in &nodes {
+        let node: &Value = node;
+        let name = super::str_at(node, "/metadata/name");
+        let lease = leases.get(name).copied();
         let action = decide(node, lease, now, grace);
         if action != Action::Nothing {
             match apply(api, node, &action, now).await {
@@ -186,7 +180,11 @@ pub async fn reconcile_all<A: Api>(
 }
 
 /// Runs a pass every second on the leader (heartbeats age with time, not with store changes).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>, grace: Duration) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+    grace: Duration,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(1),
         throttle: Duration::from_secs(1),

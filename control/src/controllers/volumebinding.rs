@@ -20,6 +20,7 @@
 //! is deleted (the directory stays on the node: nothing removes it yet), with `Retain` it stays
 //! Released until an administrator clears its `claimRef`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::client::{Api, ListOptions};
@@ -28,6 +29,7 @@ use ferry_api::validation::parse_quantity;
 use serde_json::{Value, json};
 
 use crate::apiserver::objects::labels;
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 /// The storage class of the built-in local provisioner (and the default class).
@@ -125,7 +127,7 @@ pub enum ClaimAction {
 }
 
 /// The pure decision for one claim, given all volumes, the pods of its namespace and the nodes.
-pub fn plan_claim(pvc: &Value, pvs: &[Value], pods: &[Value], nodes: &[Value]) -> ClaimAction {
+pub fn plan_claim(pvc: &Value, pvs: &[Value], pods: &[&Value], nodes: &[&Value]) -> ClaimAction {
     let bound = |pv: &Value| {
         s(pvc, "/spec/volumeName") == s(pv, "/metadata/name")
             && claimed_by(pv, pvc)
@@ -423,7 +425,9 @@ async fn bind<A: Api>(
 }
 
 /// One pass over every claim and volume.
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+) -> Result<usize, ferry_api::client::ClientError> {
     let all = ListOptions::default();
     let (pvcs, pvs) = tokio::try_join!(
         api.list("PersistentVolumeClaim", &all),
@@ -433,8 +437,9 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
     if pvcs.is_empty() && pvs.is_empty() {
         return Ok(0);
     }
-    let mut pods: Option<Vec<Value>> = None;
-    let mut nodes: Option<Vec<Value>> = None;
+    // Pods and nodes come from the caches only when some claim may need provisioning.
+    let (mut pods, mut nodes): (Vec<Arc<Value>>, Vec<Arc<Value>>) = Default::default();
+    let mut fetched = false;
     let mut acted = 0;
     for pvc in &pvcs {
         if !s(pvc, "/metadata/deletionTimestamp").is_empty() {
@@ -442,18 +447,17 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
         }
         let name = s(pvc, "/metadata/name");
         let ns = s(pvc, "/metadata/namespace");
-        // Pods and nodes are listed only when some claim may need provisioning.
-        if pods.is_none() && s(pvc, "/spec/volumeName").is_empty() {
-            pods = Some(items(&api.list("Pod", &all).await?));
-            nodes = Some(items(&api.list("Node", &all).await?));
+        if !fetched && s(pvc, "/spec/volumeName").is_empty() {
+            (pods, nodes) = tokio::try_join!(api.snapshot("Pod"), api.snapshot("Node"))?;
+            fetched = true;
         }
-        let in_ns: Vec<Value> = pods
+        let in_ns: Vec<&Value> = pods
             .iter()
-            .flatten()
             .filter(|p| s(p, "/metadata/namespace") == ns)
-            .cloned()
+            .map(|p| &**p)
             .collect();
-        let action = plan_claim(pvc, &pvs, &in_ns, nodes.as_deref().unwrap_or_default());
+        let nodes: Vec<&Value> = nodes.iter().map(|n| &**n).collect();
+        let action = plan_claim(pvc, &pvs, &in_ns, &nodes);
         let result = match action {
             ClaimAction::None => continue,
             ClaimAction::Bind(pv_name) => {
@@ -512,7 +516,10 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
 }
 
 /// Runs passes on the leader whenever the store changes (at most every 100 ms).
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(100),
@@ -623,17 +630,13 @@ mod tests {
             "waits for a consumer"
         );
         let pending = json!({"metadata": {"name": "p"}, "spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}});
-        assert_eq!(
-            plan_claim(&c, &[], std::slice::from_ref(&pending), &[]),
-            ClaimAction::None
-        );
+        assert_eq!(plan_claim(&c, &[], &[&pending], &[]), ClaimAction::None);
         let mut bound = pending.clone();
         bound["spec"]["nodeName"] = json!("n1");
-        let nodes = vec![
-            json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"},
-            "annotations": {NODE_VOLUME_DIR: "/data/ferry/local-volumes"}}}),
-        ];
-        let ClaimAction::Provision(v) = plan_claim(&c, &[], &[bound], &nodes) else {
+        let n1 = json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"},
+            "annotations": {NODE_VOLUME_DIR: "/data/ferry/local-volumes"}}});
+        let nodes = [&n1];
+        let ClaimAction::Provision(v) = plan_claim(&c, &[], &[&bound], &nodes) else {
             panic!("provisions")
         };
         assert_eq!(v["metadata"]["name"], "pvc-c-uid");
@@ -653,7 +656,7 @@ mod tests {
         let manual = pvc(json!({"storageClassName": "manual"}));
         let mut b2 = pending.clone();
         b2["spec"]["nodeName"] = json!("n1");
-        assert_eq!(plan_claim(&manual, &[], &[b2], &nodes), ClaimAction::None);
+        assert_eq!(plan_claim(&manual, &[], &[&b2], &nodes), ClaimAction::None);
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl Scheduler {
     ) -> Result<usize, ferry_api::client::ClientError> {
         let started = std::time::Instant::now();
         let all = ListOptions::default();
-        let (nodes, pods) = tokio::try_join!(api.snapshot("Node"), api.snapshot("Pod"))?;
+        let (nodes, pods) = tokio::try_join!(api.snapshot_now("Node"), api.snapshot_now("Pod"))?;
         // Binds the cache shows (or pods gone) need no assuming any more.
         let seen: HashMap<&str, &str> = pods
             .iter()
