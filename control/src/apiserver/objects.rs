@@ -98,8 +98,15 @@ pub fn to_store(obj: &Value) -> String {
     obj.to_string()
 }
 
-/// `generateName` plus five random characters, as Kubernetes does.
+/// `generateName` plus five random characters, as Kubernetes does: a prefix longer than 58
+/// characters is cut to 58, so the name stays a valid DNS label (a ReplicaSet with a long name
+/// still gets pods).
 pub fn generated_name(prefix: &str) -> String {
+    const MAX_PREFIX: usize = 63 - 5;
+    let prefix = match prefix.char_indices().nth(MAX_PREFIX) {
+        Some((cut, _)) => &prefix[..cut],
+        None => prefix,
+    };
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
     let suffix: String = (0..5)
@@ -418,6 +425,10 @@ mod tests {
     fn generated_names_have_the_prefix_and_five_chars() {
         let n = generated_name("web-");
         assert!(n.starts_with("web-") && n.len() == 9);
+        let long = format!("{}-", "a".repeat(70));
+        let n = generated_name(&long);
+        assert_eq!(n.len(), 63);
+        assert!(n.starts_with(&"a".repeat(58)));
     }
 
     #[test]

@@ -50,8 +50,11 @@ impl<A: Clone> Clone for Cached<A> {
     }
 }
 
+/// The raft term this member leads in, if it leads.
+pub type LeaderTerm = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
 struct Shared {
-    node: Arc<Node>,
+    term: LeaderTerm,
     informers: Mutex<Informers>,
     /// Kind -> the newest store revision a write through these caches produced.
     written: Mutex<HashMap<&'static str, u64>>,
@@ -80,11 +83,17 @@ fn whole_kind(opts: &ListOptions) -> bool {
 }
 
 impl<A: Api + Clone + 'static> Cached<A> {
+    /// Caches over `inner` for the control loops of member `node`.
     pub fn new(inner: A, node: Arc<Node>) -> Self {
+        Self::with_term(inner, Box::new(move || node.leader_term()))
+    }
+
+    /// Caches over `inner` that start over whenever `term` reports a new leadership term.
+    pub fn with_term(inner: A, term: LeaderTerm) -> Self {
         Cached {
             inner,
             shared: Arc::new(Shared {
-                node,
+                term,
                 informers: Mutex::default(),
                 written: Mutex::default(),
                 changed: tokio::sync::watch::channel(0).0,
@@ -97,7 +106,7 @@ impl<A: Api + Clone + 'static> Cached<A> {
             ClientError::new(Code::InvalidArgument, format!("unknown kind {kind:?}"))
         })?;
         let mut informers = lock(&self.shared.informers);
-        let term = self.shared.node.leader_term();
+        let term = (self.shared.term)();
         if term.is_some() && term != informers.term {
             informers.by_kind.clear();
             informers.term = term;

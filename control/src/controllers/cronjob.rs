@@ -17,11 +17,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
-use ferry_api::client::{Api, ListOptions};
+use ferry_api::client::Api;
 use serde_json::{Value, json};
 
 use super::job::{Event, finished, owned_by};
 use super::record_event as record;
+use crate::controllers::backoff::Backoff;
+use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
 /// A parsed cron schedule: the allowed values of each field as bit sets.
@@ -392,15 +394,23 @@ pub fn job_from_template(cj: &Value, name: &str, scheduled: DateTime<Utc>) -> Va
 
 const COMPONENT: &str = "cronjob-controller";
 
-/// One pass over every CronJob.
-pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::ClientError> {
-    let all = ListOptions::default();
-    let cjs = api.list("CronJob", &all).await?;
-    let jobs = api.list("Job", &all).await?;
-    let jobs: Vec<Value> = jobs["items"].as_array().cloned().unwrap_or_default();
+/// One pass over every CronJob. One whose Job could not be created gets a Warning Event and
+/// is retried after its back-off ([`Backoff`]).
+pub async fn reconcile_all<A: Api + Clone + 'static>(
+    api: &Cached<A>,
+    backoff: &mut Backoff,
+) -> Result<usize, ferry_api::client::ClientError> {
+    let cjs = api.snapshot("CronJob").await?;
+    backoff.retain(cjs.iter().map(|c| &**c));
+    if cjs.is_empty() {
+        return Ok(0);
+    }
+    let jobs = api.snapshot("Job").await?;
     let mut acted = 0;
-    for cj in cjs["items"].as_array().into_iter().flatten() {
-        if !s(cj, "/metadata/deletionTimestamp").is_empty() {
+    let started = std::time::Instant::now();
+    for cj in &cjs {
+        let cj: &Value = cj;
+        if !s(cj, "/metadata/deletionTimestamp").is_empty() || !backoff.ready(cj, started) {
             continue;
         }
         let ns = s(cj, "/metadata/namespace");
@@ -409,19 +419,24 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
         let mine: Vec<&Value> = jobs
             .iter()
             .filter(|j| s(j, "/metadata/namespace") == ns && owned_by(j, uid))
+            .map(|j| &**j)
             .collect();
         let plan = match plan(cj, &mine, Utc::now()) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(cronjob = name, "{e}");
+                let wait = backoff.failed(cj, started);
+                tracing::warn!(cronjob = name, retry_in = ?wait, "{e}");
                 continue;
             }
         };
+        let mut failure: Option<(&str, String)> = None;
         for j in &plan.delete {
             match api.delete("Job", ns, j).await {
                 Ok(_) => acted += 1,
                 Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::debug!(cronjob = name, "deleting job {j}: {e}"),
+                Err(e) => {
+                    failure.get_or_insert(("FailedDelete", format!("Error deleting job {j}: {e}")));
+                }
             }
         }
         let mut status = plan.status.clone();
@@ -441,11 +456,17 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
                 }
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => {
-                    tracing::debug!(cronjob = name, "creating job {jname}: {e}");
+                    let failure = ("FailedCreate", format!("Error creating job {jname}: {e}"));
+                    backoff
+                        .report(api, "CronJob", COMPONENT, cj, Some(&failure), started)
+                        .await;
                     continue;
                 }
             }
         }
+        backoff
+            .report(api, "CronJob", COMPONENT, cj, failure.as_ref(), started)
+            .await;
         if let Some(st) = status {
             let mut updated = cj.clone();
             updated["status"] = st;
@@ -466,16 +487,21 @@ pub async fn reconcile_all<A: Api>(api: &A) -> Result<usize, ferry_api::client::
 }
 
 /// Runs passes on the leader on store changes (at most every 200 ms) and every second.
-pub async fn run<A: Api>(api: A, node: std::sync::Arc<crate::node::Node>) {
+pub async fn run<A: Api + Clone + 'static>(
+    api: Cached<A>,
+    node: std::sync::Arc<crate::node::Node>,
+) {
     let pace = super::Pace {
         idle: Duration::from_secs(1),
         throttle: Duration::from_millis(200),
     };
     let mut turns = super::Turns::new("cronjob", node, pace);
+    let mut backoff = Backoff::default();
     while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
+        if let Err(e) = reconcile_all(&api, &mut backoff).await {
             turns.failed(e);
         }
+        turns.requeue_after(backoff.next_due(std::time::Instant::now()));
     }
 }
 

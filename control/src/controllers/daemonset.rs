@@ -16,13 +16,14 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ferry_api::client::Api;
 use serde_json::{Value, json};
 
 use super::deployment::{is_available, is_ready, scaled_value, template_hash};
+use crate::controllers::backoff::Backoff;
 use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 use crate::scheduler::NodeInfo;
@@ -230,11 +231,14 @@ pub fn pod_for(ds: &Value, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
 }
 
-/// One pass over every DaemonSet.
+/// One pass over every DaemonSet. One whose pods could not be created or deleted gets a
+/// Warning Event and is retried after its back-off ([`Backoff`]).
 pub async fn reconcile_all<A: Api + Clone + 'static>(
     api: &Cached<A>,
+    backoff: &mut Backoff,
 ) -> Result<usize, ferry_api::client::ClientError> {
     let sets = api.snapshot("DaemonSet").await?;
+    backoff.retain(sets.iter().map(|o| &**o));
     if sets.is_empty() {
         return Ok(0);
     }
@@ -242,11 +246,13 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
     let pods = api.snapshot("Pod").await?;
     let by_ns = super::by_namespace(&pods);
     let mut acted = 0;
+    let started = Instant::now();
     for ds in &sets {
         let ds: &Value = ds;
-        if !s(ds, "/metadata/deletionTimestamp").is_empty() {
+        if !s(ds, "/metadata/deletionTimestamp").is_empty() || !backoff.ready(ds, started) {
             continue;
         }
+        let mut failure: Option<(&str, String)> = None;
         let ns = s(ds, "/metadata/namespace");
         let name = s(ds, "/metadata/name");
         let in_ns = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
@@ -279,7 +285,9 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                     )
                     .await;
                 }
-                Err(e) => tracing::debug!(daemonset = name, "creating a pod: {e}"),
+                Err(e) => {
+                    failure.get_or_insert(("FailedCreate", format!("Error creating pod: {e}")));
+                }
             }
         }
         let deletes = plan
@@ -293,9 +301,21 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                     ev("SuccessfulDelete", format!("Deleted pod: {p}")).await;
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::debug!(daemonset = name, "deleting a pod: {e}"),
+                Err(e) => {
+                    failure.get_or_insert(("FailedDelete", format!("Error deleting pod: {e}")));
+                }
             }
         }
+        backoff
+            .report(
+                api,
+                "DaemonSet",
+                "daemonset-controller",
+                ds,
+                failure.as_ref(),
+                started,
+            )
+            .await;
         if let Err(e) = super::update_status_fields(api, "DaemonSet", ds, &plan.status).await {
             tracing::debug!(daemonset = name, "status: {e}");
         }
@@ -313,10 +333,12 @@ pub async fn run<A: Api + Clone + 'static>(
         throttle: Duration::from_millis(100),
     };
     let mut turns = super::Turns::new("daemonset", node, pace);
+    let mut backoff = Backoff::default();
     while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
+        if let Err(e) = reconcile_all(&api, &mut backoff).await {
             turns.failed(e);
         }
+        turns.requeue_after(backoff.next_due(Instant::now()));
     }
 }
 

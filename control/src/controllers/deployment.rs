@@ -43,6 +43,7 @@ use ferry_api::selector::LabelSelector;
 use serde_json::{Map, Value, json};
 
 use crate::apiserver::objects::labels;
+use crate::controllers::backoff::Backoff;
 use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
@@ -1529,8 +1530,10 @@ async fn reconcile<A: Api>(
 /// One pass over every Deployment.
 pub async fn reconcile_all<A: Api + Clone + 'static>(
     api: &Cached<A>,
+    backoff: &mut Backoff,
 ) -> Result<usize, ClientError> {
     let deployments = api.snapshot("Deployment").await?;
+    backoff.retain(deployments.iter().map(|d| &**d));
     if deployments.is_empty() {
         return Ok(0);
     }
@@ -1539,16 +1542,25 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
     let now = Utc::now();
     let by_ns = super::by_namespace(&pods);
     let mut writes = 0;
+    let started = std::time::Instant::now();
     for d in &deployments {
         let d: &Value = d;
-        if !s(d, "/metadata/deletionTimestamp").is_empty() {
+        if !s(d, "/metadata/deletionTimestamp").is_empty() || !backoff.ready(d, started) {
             continue;
         }
         let ns = s(d, "/metadata/namespace");
         let pods = by_ns.get(ns).map(Vec::as_slice).unwrap_or(&[]);
         match reconcile(api, d, &sets, pods, now).await {
-            Ok(n) => writes += n,
-            Err(e) => tracing::debug!(deployment = s(d, "/metadata/name"), "{e}"),
+            Ok(n) => {
+                writes += n;
+                backoff.succeeded(d);
+            }
+            // Like Kubernetes' deployment controller: retried with back-off, no Event (most
+            // are conflicts with concurrent writers).
+            Err(e) => {
+                let wait = backoff.failed(d, started);
+                tracing::debug!(deployment = s(d, "/metadata/name"), retry_in = ?wait, "{e}");
+            }
         }
     }
     Ok(writes)
@@ -1565,10 +1577,12 @@ pub async fn run<A: Api + Clone + 'static>(
         throttle: Duration::from_millis(100),
     };
     let mut turns = super::Turns::new("deployment", node, pace);
+    let mut backoff = Backoff::default();
     while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
+        if let Err(e) = reconcile_all(&api, &mut backoff).await {
             turns.failed(e);
         }
+        turns.requeue_after(backoff.next_due(std::time::Instant::now()));
     }
 }
 

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use ferry_api::client::Api;
 use serde_json::{Value, json};
 
+use crate::controllers::backoff::Backoff;
 use crate::controllers::cache::Cached;
 use crate::controllers::record_event as record;
 use crate::controllers::str_at as s;
@@ -352,20 +353,24 @@ pub fn pod_from_template(job: &Value) -> Value {
 
 const COMPONENT: &str = "job-controller";
 
-/// One pass over every Job.
+/// One pass over every Job. A Job whose pods could not be created or deleted gets a Warning
+/// Event and is retried after its back-off ([`Backoff`]).
 pub async fn reconcile_all<A: Api + Clone + 'static>(
     api: &Cached<A>,
+    backoff: &mut Backoff,
 ) -> Result<usize, ferry_api::client::ClientError> {
     let jobs = api.snapshot("Job").await?;
+    backoff.retain(jobs.iter().map(|j| &**j));
     if jobs.is_empty() {
         return Ok(0);
     }
     let pods = api.snapshot("Pod").await?;
     let by_ns = super::by_namespace(&pods);
     let mut acted = 0;
+    let started = std::time::Instant::now();
     for job in &jobs {
         let job: &Value = job;
-        if !s(job, "/metadata/deletionTimestamp").is_empty() {
+        if !s(job, "/metadata/deletionTimestamp").is_empty() || !backoff.ready(job, started) {
             continue;
         }
         let ns = s(job, "/metadata/namespace");
@@ -389,6 +394,7 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             }
             continue;
         }
+        let mut failure: Option<(&str, String)> = None;
         let template = pod_from_template(job);
         let creates = (0..plan.create).map(|_| api.create("Pod", ns, &template));
         for r in futures::future::join_all(creates).await {
@@ -398,7 +404,9 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                     let msg = format!("Created pod: {}", s(&pod, "/metadata/name"));
                     record(api, "Job", job, COMPONENT, false, "SuccessfulCreate", &msg).await;
                 }
-                Err(e) => tracing::debug!(job = name, "creating a pod: {e}"),
+                Err(e) => {
+                    failure.get_or_insert(("FailedCreate", format!("Error creating: {e}")));
+                }
             }
         }
         for pod in &plan.delete {
@@ -409,9 +417,14 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                     record(api, "Job", job, COMPONENT, false, "SuccessfulDelete", &msg).await;
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::debug!(job = name, "deleting a pod: {e}"),
+                Err(e) => {
+                    failure.get_or_insert(("FailedDelete", format!("Error deleting: {e}")));
+                }
             }
         }
+        backoff
+            .report(api, "Job", COMPONENT, job, failure.as_ref(), started)
+            .await;
         if let Some(status) = &plan.status {
             let mut updated = job.clone();
             updated["status"] = status.clone();
@@ -440,10 +453,12 @@ pub async fn run<A: Api + Clone + 'static>(
         throttle: Duration::from_millis(100),
     };
     let mut turns = super::Turns::new("job", node, pace);
+    let mut backoff = Backoff::default();
     while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
+        if let Err(e) = reconcile_all(&api, &mut backoff).await {
             turns.failed(e);
         }
+        turns.requeue_after(backoff.next_due(std::time::Instant::now()));
     }
 }
 

@@ -3,11 +3,14 @@
 //! function, unit-tested, and a small executor that applies its actions. [`Turns`] paces them
 //! all; they read whole kinds from shared informer caches ([`cache::Cached`]).
 
+pub mod backoff;
 pub mod cache;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod gc;
 pub mod job;
 pub mod loadbalancer;
@@ -120,6 +123,8 @@ pub struct Turns {
     pace: Pace,
     changes: tokio::sync::watch::Receiver<u64>,
     first: bool,
+    /// A requeue due before the next idle pass.
+    due: Option<Duration>,
 }
 
 impl Turns {
@@ -131,15 +136,20 @@ impl Turns {
             pace,
             changes,
             first: true,
+            due: None,
         }
     }
 
     pub async fn next(&mut self) -> bool {
         loop {
             if !std::mem::take(&mut self.first) {
+                let idle = self
+                    .due
+                    .take()
+                    .map_or(self.pace.idle, |d| d.min(self.pace.idle));
                 tokio::select! {
                     r = self.changes.changed() => if r.is_err() { return false },
-                    _ = tokio::time::sleep(self.pace.idle) => {}
+                    _ = tokio::time::sleep(idle) => {}
                 }
                 tokio::time::sleep(self.pace.throttle).await;
             }
@@ -147,6 +157,11 @@ impl Turns {
                 return true;
             }
         }
+    }
+
+    /// Asks for the next pass within `due` (an object's back-off ending), changes or not.
+    pub fn requeue_after(&mut self, due: Option<Duration>) {
+        self.due = due;
     }
 
     /// Reports a failed pass; the next turn retries.

@@ -8,12 +8,13 @@
 //! observedGeneration. Level-triggered on the leader
 //! through [`Api`]; [`plan`] is pure.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_api::client::Api;
 use ferry_api::selector::LabelSelector;
 use serde_json::{Value, json};
 
+use crate::controllers::backoff::Backoff;
 use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
@@ -147,11 +148,22 @@ fn pod_from_template(rs: &Value) -> Value {
            "spec": rs.pointer("/spec/template/spec").cloned().unwrap_or_else(|| json!({}))})
 }
 
-/// One pass over every ReplicaSet, from the shared caches.
+/// Kubernetes' `ReplicaFailure` status condition after a failed create or delete.
+fn failure_condition(reason: &str, message: &str) -> Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({"type": "ReplicaFailure", "status": "True", "reason": reason, "message": message,
+           "lastTransitionTime": now})
+}
+
+/// One pass over every ReplicaSet, from the shared caches. A ReplicaSet whose pods could not be
+/// created or deleted gets a `FailedCreate` / `FailedDelete` Warning Event and a
+/// `ReplicaFailure` condition, and is retried after its back-off ([`Backoff`]).
 pub async fn reconcile_all<A: Api + Clone + 'static>(
     api: &Cached<A>,
+    backoff: &mut Backoff,
 ) -> Result<usize, ferry_api::client::ClientError> {
     let sets = api.snapshot("ReplicaSet").await?;
+    backoff.retain(sets.iter().map(|rs| &**rs));
     // No ReplicaSet, nothing to own or count: leave the pod cache unstarted.
     if sets.is_empty() {
         return Ok(0);
@@ -159,26 +171,35 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
     let pods = api.snapshot("Pod").await?;
     let by_ns = super::by_namespace(&pods);
     let mut acted = 0;
+    let started = Instant::now();
     for rs in &sets {
         let rs: &Value = rs;
-        if !s(rs, "/metadata/deletionTimestamp").is_empty() {
+        if !s(rs, "/metadata/deletionTimestamp").is_empty() || !backoff.ready(rs, started) {
             continue;
         }
         let ns = s(rs, "/metadata/namespace");
         let name = s(rs, "/metadata/name");
         let in_ns = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
-        let plan = match plan(rs, in_ns, chrono::Utc::now()) {
+        let mut plan = match plan(rs, in_ns, chrono::Utc::now()) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(replicaset = name, "{e}");
+                let wait = backoff.failed(rs, started);
+                tracing::warn!(replicaset = name, retry_in = ?wait, "{e}");
                 continue;
             }
         };
+        // The first failure of the pass: (reason, message).
+        let mut failure: Option<(&str, String)> = None;
         for pod in &plan.adopt {
             let owner = json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                 "name": name, "uid": s(rs, "/metadata/uid"), "controller": true, "blockOwnerDeletion": true}]}});
-            if api.patch("Pod", ns, pod, &owner).await.is_ok() {
-                acted += 1;
+            match api.patch("Pod", ns, pod, &owner).await {
+                Ok(_) => acted += 1,
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => {
+                    failure
+                        .get_or_insert(("FailedAdopt", format!("Error adopting pod {pod}: {e}")));
+                }
             }
         }
         let template = pod_from_template(rs);
@@ -186,7 +207,9 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
         for r in futures::future::join_all(creates).await {
             match r {
                 Ok(_) => acted += 1,
-                Err(e) => tracing::debug!(replicaset = name, "creating a pod: {e}"),
+                Err(e) => {
+                    failure.get_or_insert(("FailedCreate", format!("Error creating: {e}")));
+                }
             }
         }
         let deletes = plan.delete.iter().map(|p| api.delete("Pod", ns, p));
@@ -194,8 +217,16 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             match r {
                 Ok(_) => acted += 1,
                 Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::debug!(replicaset = name, "deleting a pod: {e}"),
+                Err(e) => {
+                    failure.get_or_insert(("FailedDelete", format!("Error deleting: {e}")));
+                }
             }
+        }
+        backoff
+            .report(api, "ReplicaSet", COMPONENT, rs, failure.as_ref(), started)
+            .await;
+        if let Some((reason, message)) = &failure {
+            plan.status["conditions"] = json!([failure_condition(reason, message)]);
         }
         let current = rs.get("status").cloned().unwrap_or(Value::Null);
         let fields = [
@@ -204,8 +235,20 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             "availableReplicas",
             "fullyLabeledReplicas",
             "observedGeneration",
+            "conditions",
         ];
-        if fields.iter().any(|f| current[*f] != plan.status[*f]) {
+        // A standing failure condition keeps its first transition time.
+        let same_failure = |a: &Value, b: &Value| {
+            a.pointer("/0/reason") == b.pointer("/0/reason")
+                && a.pointer("/0/message") == b.pointer("/0/message")
+        };
+        if fields.iter().any(|f| {
+            if *f == "conditions" {
+                !same_failure(&current[*f], &plan.status[*f])
+            } else {
+                current[*f] != plan.status[*f]
+            }
+        }) {
             let mut updated = rs.clone();
             updated["status"] = plan.status.clone();
             if let Err(e) = api.update_status("ReplicaSet", &updated).await {
@@ -215,6 +258,8 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
     }
     Ok(acted)
 }
+
+const COMPONENT: &str = "replicaset-controller";
 
 /// Runs passes on the leader whenever the store changes (at most every 100 ms).
 pub async fn run<A: Api + Clone + 'static>(
@@ -226,10 +271,12 @@ pub async fn run<A: Api + Clone + 'static>(
         throttle: Duration::from_millis(100),
     };
     let mut turns = super::Turns::new("replicaset", node, pace);
+    let mut backoff = Backoff::default();
     while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
+        if let Err(e) = reconcile_all(&api, &mut backoff).await {
             turns.failed(e);
         }
+        turns.requeue_after(backoff.next_due(Instant::now()));
     }
 }
 
@@ -309,6 +356,49 @@ mod tests {
         assert_eq!(p.delete, vec!["unscheduled", "not-ready", "new-ready"]);
         assert_eq!(p.create, 0);
         assert_eq!(p.status["readyReplicas"], 2);
+    }
+
+    /// A real pass through the shared caches over an API whose pod creates fail.
+    #[tokio::test]
+    async fn failed_creates_back_off_with_an_event_and_a_condition() {
+        use crate::controllers::backoff::BASE;
+        use crate::controllers::fake::FakeApi;
+        let api = FakeApi::default();
+        api.create("ReplicaSet", "default", &rs(3))
+            .await
+            .expect("rs");
+        let cached = api.cached();
+        let mut backoff = Backoff::default();
+        api.fail_creates("Pod", Some("exceeded quota: pods=10"));
+        reconcile_all(&cached, &mut backoff).await.expect("pass");
+        let events = api.objects("Event");
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["reason"], "FailedCreate");
+        assert_eq!(events[0]["type"], "Warning");
+        assert!(
+            s(&events[0], "/message").contains("exceeded quota"),
+            "{}",
+            events[0]
+        );
+        let set = &api.objects("ReplicaSet")[0];
+        assert_eq!(set["status"]["conditions"][0]["type"], "ReplicaFailure");
+        assert_eq!(set["status"]["conditions"][0]["reason"], "FailedCreate");
+        assert_eq!(backoff.len(), 1);
+        // Within the back-off a pass leaves it alone: no retry, no second event.
+        let writes = api.writes().len();
+        reconcile_all(&cached, &mut backoff).await.expect("pass");
+        assert_eq!(api.writes().len(), writes);
+        // Once creates work and the back-off has passed: pods made, condition cleared.
+        api.fail_creates("Pod", None);
+        tokio::time::sleep(BASE).await;
+        reconcile_all(&cached, &mut backoff).await.expect("pass");
+        assert_eq!(api.objects("Pod").len(), 3);
+        assert!(backoff.is_empty());
+        let set = &api.objects("ReplicaSet")[0];
+        assert!(set["status"]["conditions"].is_null(), "{set}");
+        // And nothing more: the caches show this pass's pods, so no duplicates.
+        reconcile_all(&cached, &mut backoff).await.expect("pass");
+        assert_eq!(api.objects("Pod").len(), 3);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ferry_api::client::Api;
@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use super::daemonset::REVISION_LABEL;
 use super::deployment::{is_available, is_ready, template_hash};
+use crate::controllers::backoff::Backoff;
 use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
 
@@ -314,11 +315,14 @@ pub fn claim_for(sts: &Value, template: &str, claim: &str) -> Value {
            "spec": t.get("spec").cloned().unwrap_or_else(|| json!({}))})
 }
 
-/// One pass over every StatefulSet.
+/// One pass over every StatefulSet. One whose pods could not be created or deleted gets a
+/// Warning Event and is retried after its back-off ([`Backoff`]).
 pub async fn reconcile_all<A: Api + Clone + 'static>(
     api: &Cached<A>,
+    backoff: &mut Backoff,
 ) -> Result<usize, ferry_api::client::ClientError> {
     let sets = api.snapshot("StatefulSet").await?;
+    backoff.retain(sets.iter().map(|o| &**o));
     if sets.is_empty() {
         return Ok(0);
     }
@@ -326,11 +330,13 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
     let pvcs = api.snapshot("PersistentVolumeClaim").await?;
     let by_ns = super::by_namespace(&pods);
     let mut acted = 0;
+    let started = Instant::now();
     for sts in &sets {
         let sts: &Value = sts;
-        if !s(sts, "/metadata/deletionTimestamp").is_empty() {
+        if !s(sts, "/metadata/deletionTimestamp").is_empty() || !backoff.ready(sts, started) {
             continue;
         }
+        let mut failure: Option<(&str, String)> = None;
         let ns = s(sts, "/metadata/namespace");
         let name = s(sts, "/metadata/name");
         let in_ns = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
@@ -369,7 +375,8 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => {
                     failed_claims = true;
-                    tracing::debug!(statefulset = name, "creating claim {c}: {e}");
+                    failure
+                        .get_or_insert(("FailedCreate", format!("Error creating claim {c}: {e}")));
                 }
             }
         }
@@ -388,7 +395,9 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                         .await;
                     }
                     Err(e) if e.is_already_exists() => {}
-                    Err(e) => tracing::debug!(statefulset = name, "creating a pod: {e}"),
+                    Err(e) => {
+                        failure.get_or_insert(("FailedCreate", format!("Error creating pod: {e}")));
+                    }
                 }
             }
         }
@@ -407,7 +416,9 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                     .await;
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::debug!(statefulset = name, "deleting a pod: {e}"),
+                Err(e) => {
+                    failure.get_or_insert(("FailedDelete", format!("Error deleting pod: {e}")));
+                }
             }
         }
         for c in &plan.delete_claims {
@@ -421,9 +432,22 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                     .await;
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::debug!(statefulset = name, "deleting claim {c}: {e}"),
+                Err(e) => {
+                    failure
+                        .get_or_insert(("FailedDelete", format!("Error deleting claim {c}: {e}")));
+                }
             }
         }
+        backoff
+            .report(
+                api,
+                "StatefulSet",
+                "statefulset-controller",
+                sts,
+                failure.as_ref(),
+                started,
+            )
+            .await;
         if let Err(e) = super::update_status_fields(api, "StatefulSet", sts, &plan.status).await {
             tracing::debug!(statefulset = name, "status: {e}");
         }
@@ -441,10 +465,12 @@ pub async fn run<A: Api + Clone + 'static>(
         throttle: Duration::from_millis(100),
     };
     let mut turns = super::Turns::new("statefulset", node, pace);
+    let mut backoff = Backoff::default();
     while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
+        if let Err(e) = reconcile_all(&api, &mut backoff).await {
             turns.failed(e);
         }
+        turns.requeue_after(backoff.next_due(Instant::now()));
     }
 }
 
