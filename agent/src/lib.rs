@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod dns;
 pub mod image;
 pub mod informer;
+pub mod localvolumes;
 pub mod network;
 pub mod node;
 pub mod pods;

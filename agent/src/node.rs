@@ -55,6 +55,12 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
+    /// Where the control plane's local provisioner puts this node's volumes
+    /// (`crate::localvolumes`).
+    pub fn local_volumes_dir(&self) -> std::path::PathBuf {
+        self.data_dir.join("local-volumes")
+    }
+
     /// Options with the defaults for everything but the essentials.
     pub fn new(server: &str, node_name: &str, data_dir: impl Into<PathBuf>) -> Self {
         AgentOptions {
@@ -143,7 +149,7 @@ pub async fn register(
 ) -> Result<Value, AgentError> {
     let name = &opts.node_name;
     // Where the control plane's local provisioner puts this node's volumes.
-    let volume_dir = opts.data_dir.join("local-volumes").display().to_string();
+    let volume_dir = opts.local_volumes_dir().display().to_string();
     let node = match client.get("Node", "", name).await {
         Ok(n)
             if n.pointer("/metadata/annotations/ferry.dev~1local-volume-dir")
@@ -337,6 +343,7 @@ async fn start_pods(
         images: std::sync::Arc::new(images),
         network: std::sync::Arc::new(network),
         pods_dir,
+        local_volumes: opts.local_volumes_dir(),
         dns: node_dns(),
         cluster_domain: opts.cluster_domain.clone(),
         pull: crate::image::PullOptions {
@@ -493,6 +500,12 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             node_ip: ip,
             tunnel: opts.tunnel,
         },
+    ));
+    // Deleted local volumes' data: removed from this node, then released.
+    tokio::spawn(crate::localvolumes::run_cleanup(
+        client.clone(),
+        opts.local_volumes_dir(),
+        opts.node_name.clone(),
     ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Config(e.to_string()))?;

@@ -16,5 +16,6 @@ pub mod proto;
 pub mod selector;
 pub mod strict;
 pub mod validation;
+pub mod volumes;
 
 pub use k8s_openapi;

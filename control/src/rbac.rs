@@ -31,7 +31,8 @@ pub fn node_of(user: &UserInfo) -> Option<&str> {
 /// its own Node (and status) and its own Lease; write pod status and delete pods (the API server
 /// then checks the pod is bound to this node); record events; get the ConfigMaps, Secrets and
 /// PVCs that pods bound to it reference, and the PersistentVolumes those PVCs are bound to (the
-/// API server checks the reference). Nothing else.
+/// API server checks the reference); get and update the local PersistentVolumes pinned to it,
+/// to add or remove their cleanup finalizer only (the API server checks both). Nothing else.
 fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
     let read = matches!(a.verb.as_str(), "get" | "list" | "watch");
     let own = a.name == node;
@@ -55,8 +56,13 @@ fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
         ("", "services") | ("discovery.k8s.io", "endpointslices") => read,
         // Only `get`, and only of objects its pods reference: the API server checks the
         // reference graph (`pod_references`) before answering.
-        ("", "configmaps" | "secrets" | "persistentvolumeclaims" | "persistentvolumes") => {
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims") => {
             a.verb == "get" && !a.name.is_empty()
+        }
+        ("", "persistentvolumes") => {
+            matches!(a.verb.as_str(), "get" | "update")
+                && a.subresource.is_empty()
+                && !a.name.is_empty()
         }
         _ => false,
     };
@@ -502,20 +508,27 @@ mod tests {
     }
 
     #[test]
-    fn node_agents_may_get_but_never_list_or_write_volumes() {
+    fn node_agents_may_get_and_update_but_never_list_or_delete_volumes() {
         let s = snapshot();
         let n1 = user("system:node:n1", &[GROUP_NODES]);
-        // The API server then checks the pod -> claim -> volume graph.
+        // The API server then checks the pod -> claim -> volume graph or that the volume is
+        // pinned to the node, and that an update only changes the cleanup finalizer.
         assert!(authorize(&s, &n1, &attrs("get", "", "persistentvolumes", "", "pv1")).is_ok());
-        assert!(authorize(&s, &n1, &attrs("list", "", "persistentvolumes", "", "")).is_err());
         assert!(
             authorize(
                 &s,
                 &n1,
                 &attrs("update", "", "persistentvolumes", "", "pv1")
             )
-            .is_err()
+            .is_ok()
         );
+        assert!(authorize(&s, &n1, &attrs("list", "", "persistentvolumes", "", "")).is_err());
+        for verb in ["delete", "patch", "create"] {
+            assert!(
+                authorize(&s, &n1, &attrs(verb, "", "persistentvolumes", "", "pv1")).is_err(),
+                "{verb}"
+            );
+        }
         assert!(
             authorize(
                 &s,

@@ -319,6 +319,49 @@ async fn agents_register_get_pod_cidrs_heartbeat_and_stay_in_their_lane() -> Res
         Code::PermissionDenied
     );
 
+    // Local volumes pinned to a node: it may add or remove the cleanup finalizer, nothing else,
+    // and not on another node's volumes.
+    let volume = |name: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "local": {"path": format!("/var/lib/ferry/local-volumes/{name}")},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
+    };
+    admin
+        .create("PersistentVolume", "", &volume("pv-a", "node-a"))
+        .await?;
+    admin
+        .create("PersistentVolume", "", &volume("pv-b", "node-b"))
+        .await?;
+    let mut pv = as_a.get("PersistentVolume", "", "pv-a").await?;
+    pv["metadata"]["finalizers"] = json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP]);
+    let marked = as_a.update("PersistentVolume", &pv).await?;
+    assert_eq!(
+        marked["metadata"]["finalizers"],
+        json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP])
+    );
+    let mut grown = marked.clone();
+    grown["spec"]["capacity"]["storage"] = json!("100Gi");
+    let err = as_a
+        .update("PersistentVolume", &grown)
+        .await
+        .expect_err("a spec change");
+    assert_eq!(err.code, Code::PermissionDenied, "{err}");
+    assert!(err.message.contains("may only add or remove"), "{err}");
+    let err = as_a
+        .get("PersistentVolume", "", "pv-b")
+        .await
+        .expect_err("another node's volume");
+    assert_eq!(err.code, Code::PermissionDenied, "{err}");
+    let mut theirs = admin.get("PersistentVolume", "", "pv-b").await?;
+    theirs["metadata"]["finalizers"] = json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP]);
+    let err = as_a
+        .update("PersistentVolume", &theirs)
+        .await
+        .expect_err("another node's volume");
+    assert_eq!(err.code, Code::PermissionDenied, "{err}");
+
     // A restarted agent reuses its credentials (no token) and keeps its Node and range.
     drop(a2);
     let a1_dir = a1.kill();

@@ -608,7 +608,47 @@ async fn statefulset_pod_keeps_its_data_on_a_real_agent() -> Result<()> {
         ),
         s(&pv, "/metadata/name")
     );
+
+    // The claim is protected while a pod uses it: deleting it only marks it.
+    c.delete("PersistentVolumeClaim", "default", "data-store-0", "")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let claim = c
+        .get("PersistentVolumeClaim", "default", "data-store-0")
+        .await?;
+    assert!(terminating(&claim), "{claim}");
+    assert_eq!(read("/data/token")?, token);
+    // The agent marked the volume: its data is on the node.
+    let pv_name = s(&pv, "/metadata/name").to_string();
+    let marked = c.get("PersistentVolume", "", &pv_name).await?;
+    assert!(
+        marked["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f
+                .iter()
+                .any(|f| f == ferry_api::volumes::LOCAL_VOLUME_CLEANUP)),
+        "{marked}"
+    );
+    // Once the pod is gone the claim goes, then the volume (reclaim policy Delete), and the
+    // agent removes the volume's directory before the volume object goes.
     c.delete("StatefulSet", "default", "store", "").await?;
     c.delete("Pod", "default", "store-0", "").await?;
+    let gone = async |kind: &str, ns: &str, name: &str| -> Result<bool> {
+        match c.get(kind, ns, name).await {
+            Ok(_) => Ok(false),
+            Err(e) if e.is_not_found() => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    };
+    until("the claim to go", 60, async || {
+        gone("PersistentVolumeClaim", "default", "data-store-0").await
+    })
+    .await?;
+    until("the volume to go", 60, async || {
+        gone("PersistentVolume", "", &pv_name).await
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; agent log:\n{}", agent.log_tail(30)))?;
+    assert!(!path.exists(), "{} is still on the node", path.display());
     Ok(())
 }

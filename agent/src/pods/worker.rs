@@ -49,6 +49,8 @@ pub struct Shared {
     pub network: Arc<PodNetwork>,
     /// `<data dir>/pods`: one directory per pod uid.
     pub pods_dir: PathBuf,
+    /// `<data dir>/local-volumes`: the local provisioner's volumes on this node.
+    pub local_volumes: PathBuf,
     /// The node's nameservers and search domains (for dnsPolicy Default and hostNetwork pods).
     pub dns: DnsConfig,
     pub cluster_domain: String,
@@ -585,7 +587,15 @@ impl Worker {
                     .get("PersistentVolume", "", pv_name)
                     .await
                     .map_err(|e| format!("persistentVolume {pv_name:?}: {e}"))?;
-                volumes::claim_path(&pvc, &pv, &self.shared.node_name)
+                let path = volumes::claim_path(&pvc, &pv, &self.shared.node_name)?;
+                crate::localvolumes::adopt(
+                    client,
+                    &pv,
+                    &self.shared.local_volumes,
+                    &self.shared.node_name,
+                )
+                .await?;
+                Ok(path)
             }
             .await;
             out.insert(name, r);

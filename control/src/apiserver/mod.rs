@@ -197,6 +197,54 @@ impl ApiServer {
         }
     }
 
+    /// What a node may change of a PersistentVolume (`update` is all rbac lets it do): only a
+    /// volume pinned to it, and only by adding or removing the local-volume cleanup finalizer.
+    fn node_changes_volume(
+        user: Option<&UserInfo>,
+        info: &KindInfo,
+        old: &Value,
+        new: &Value,
+    ) -> ApiResult<()> {
+        let Some(node) = user.and_then(rbac::node_of) else {
+            return Ok(());
+        };
+        if info.kind != "PersistentVolume" {
+            return Ok(());
+        }
+        let name = objects::meta_str(old, "name");
+        let forbidden = |why: &str| {
+            Err(ApiError::Forbidden(format!(
+                "persistentvolumes \"{name}\" is forbidden: node {node:?} {why}"
+            )))
+        };
+        if !ferry_api::volumes::pinned_to(old, node) {
+            return forbidden("may only change local volumes pinned to it");
+        }
+        use ferry_api::volumes::{LOCAL_VOLUME_CLEANUP, finalizers};
+        let others = |v: &Value| -> Vec<String> {
+            finalizers(v)
+                .into_iter()
+                .filter(|f| *f != LOCAL_VOLUME_CLEANUP)
+                .map(String::from)
+                .collect()
+        };
+        let rest = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                for k in ["finalizers", "resourceVersion", "managedFields"] {
+                    m.remove(k);
+                }
+            }
+            v
+        };
+        if others(old) != others(new) || rest(old) != rest(new) {
+            return forbidden(&format!(
+                "may only add or remove the {LOCAL_VOLUME_CLEANUP} finalizer"
+            ));
+        }
+        Ok(())
+    }
+
     /// Lets this member call node agents (logs, exec) with these credentials.
     pub fn with_agent_tls(mut self, tls: ferry_api::client::TlsConfig) -> Self {
         self.agent_tls = Some(Arc::new(tls));
@@ -253,7 +301,14 @@ impl ApiServer {
     async fn node_may_read_volume(&self, node: &str, name: &str) -> ApiResult<()> {
         let pods = kinds::lookup("Pod").expect("Pod is a known kind");
         let claims = kinds::lookup("PersistentVolumeClaim").expect("PVC is a known kind");
+        let volumes = kinds::lookup("PersistentVolume").expect("PV is a known kind");
         self.node.read_barrier().await?;
+        // A local volume pinned to the node: its agent cleans it up after deletion.
+        if let Some(kv) = self.get_kv(&objects::key(volumes, "", name)).await?
+            && ferry_api::volumes::pinned_to(&self.decode_stored(&kv)?, node)
+        {
+            return Ok(());
+        }
         let range = self
             .node
             .sm
@@ -825,6 +880,7 @@ impl ApiServer {
             }
             let old = self.decode_stored(&current)?;
             self.node_owns(user, info, &old)?;
+            Self::node_changes_volume(user, info, &old, &obj)?;
             let mut new = obj.clone();
             if info.kind == "Service" && sub == Subresource::Main {
                 Self::keep_service_allocations(&old, &mut new)?;

@@ -156,6 +156,19 @@ pub fn prepare_create(info: &KindInfo, obj: &mut Value) {
         "Pod" => {
             root.insert("status".into(), serde_json::json!({"phase": "Pending"}));
         }
+        // Kubernetes' StorageObjectInUseProtection admission: a claim in use is not deleted
+        // under its pods (the volume binding controller removes the finalizer once unused).
+        "PersistentVolumeClaim" => {
+            let m = metadata_mut(obj);
+            let fins = m
+                .entry("finalizers")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(list) = fins
+                && !list.iter().any(|f| f == ferry_api::volumes::PVC_PROTECTION)
+            {
+                list.push(Value::from(ferry_api::volumes::PVC_PROTECTION));
+            }
+        }
         _ => {}
     }
 }

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use crate::apiserver::objects::labels;
 use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
+use ferry_api::volumes::{PVC_PROTECTION, finalizers};
 
 /// The storage class of the built-in local provisioner (and the default class).
 pub const LOCAL_CLASS: &str = "ferry.dev/local";
@@ -238,6 +239,25 @@ pub enum VolumeAction {
     Delete,
 }
 
+/// Whether a claim being deleted may go: it carries [`PVC_PROTECTION`] and no pod of its
+/// namespace that has not finished (Succeeded or Failed) uses it, terminating pods included.
+pub fn protection_released(pvc: &Value, pods: &[&Value]) -> bool {
+    if s(pvc, "/metadata/deletionTimestamp").is_empty()
+        || !finalizers(pvc).contains(&PVC_PROTECTION)
+    {
+        return false;
+    }
+    let claim = s(pvc, "/metadata/name");
+    !pods.iter().any(|p| {
+        !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
+            && p.pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|v| s(v, "/persistentVolumeClaim/claimName") == claim)
+    })
+}
+
 /// The pure decision for one volume over all claims.
 pub fn plan_volume(pv: &Value, pvcs: &[Value]) -> VolumeAction {
     if !s(pv, "/metadata/deletionTimestamp").is_empty() {
@@ -442,12 +462,13 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
     let mut fetched = false;
     let mut acted = 0;
     for pvc in &pvcs {
-        if !s(pvc, "/metadata/deletionTimestamp").is_empty() {
-            continue;
-        }
         let name = s(pvc, "/metadata/name");
         let ns = s(pvc, "/metadata/namespace");
-        if !fetched && s(pvc, "/spec/volumeName").is_empty() {
+        let deleting = !s(pvc, "/metadata/deletionTimestamp").is_empty();
+        if deleting && !finalizers(pvc).contains(&PVC_PROTECTION) {
+            continue;
+        }
+        if !fetched && (deleting || s(pvc, "/spec/volumeName").is_empty()) {
             (pods, nodes) = tokio::try_join!(api.snapshot("Pod"), api.snapshot("Node"))?;
             fetched = true;
         }
@@ -456,6 +477,21 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             .filter(|p| s(p, "/metadata/namespace") == ns)
             .map(|p| &**p)
             .collect();
+        if deleting {
+            if protection_released(pvc, &in_ns) {
+                let mut updated = pvc.clone();
+                let rest: Vec<&str> = finalizers(pvc)
+                    .into_iter()
+                    .filter(|f| *f != PVC_PROTECTION)
+                    .collect();
+                updated["metadata"]["finalizers"] = json!(rest);
+                match api.update("PersistentVolumeClaim", &updated).await {
+                    Ok(_) => acted += 1,
+                    Err(e) => tracing::debug!(claim = name, namespace = ns, "releasing: {e}"),
+                }
+            }
+            continue;
+        }
         let nodes: Vec<&Value> = nodes.iter().map(|n| &**n).collect();
         let action = plan_claim(pvc, &pvs, &in_ns, &nodes);
         let result = match action {
@@ -657,6 +693,31 @@ mod tests {
         let mut b2 = pending.clone();
         b2["spec"]["nodeName"] = json!("n1");
         assert_eq!(plan_claim(&manual, &[], &[&b2], &nodes), ClaimAction::None);
+    }
+
+    #[test]
+    fn a_claim_in_use_is_protected_until_its_pods_finish() {
+        let mut c = json!({"metadata": {"name": "data", "namespace": "default",
+            "finalizers": [PVC_PROTECTION], "deletionTimestamp": "2026-01-01T00:00:00Z"}});
+        let pod = |phase: &str, claim: &str| {
+            json!({"metadata": {"name": "p"},
+            "spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]},
+            "status": {"phase": phase}})
+        };
+        let (running, done, other) = (
+            pod("Running", "data"),
+            pod("Succeeded", "data"),
+            pod("Running", "logs"),
+        );
+        assert!(!protection_released(&c, &[&running]));
+        assert!(!protection_released(&c, &[&pod("Pending", "data"), &done]));
+        assert!(protection_released(&c, &[&done, &other]));
+        assert!(protection_released(&c, &[]));
+        // Not being deleted, or without the finalizer: nothing to release.
+        let live = json!({"metadata": {"name": "data", "finalizers": [PVC_PROTECTION]}});
+        assert!(!protection_released(&live, &[]));
+        c["metadata"]["finalizers"] = json!([]);
+        assert!(!protection_released(&c, &[]));
     }
 
     #[test]
