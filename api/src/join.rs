@@ -118,19 +118,27 @@ impl rustls::client::danger::ServerCertVerifier for ReadChainOnly {
     }
 }
 
+/// A TLS client configuration that accepts any server certificate, for callers that check what
+/// they got some other way (the pinned CA hash here) or, like kubelet's HTTPS probes, not at all.
+pub fn unverified_tls_client() -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider)))
+            .with_no_client_auth(),
+    )
+}
+
 /// The CA certificate (PEM) that `addr` presents in its TLS chain, if its hash is `expected_hash`.
 pub async fn fetch_pinned_ca(addr: &str, expected_hash: &str) -> Result<String, JoinError> {
     let cerr = |m: String| JoinError::Connect {
         addr: addr.to_string(),
         message: m,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| cerr(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider)))
-        .with_no_client_auth();
+    let config = unverified_tls_client().map_err(cerr)?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await

@@ -1,6 +1,6 @@
 //! Readiness, liveness and startup probes of running container instances, with every
 //! Kubernetes knob (initialDelaySeconds, periodSeconds, timeoutSeconds, successThreshold,
-//! failureThreshold) and the httpGet, tcpSocket and exec handlers.
+//! failureThreshold) and the httpGet (HTTP and HTTPS), tcpSocket, exec and grpc handlers.
 //!
 //! One task per probe of a running instance; results go into [`ProbeResults`], keyed by the
 //! instance id, and a change wakes the pod's worker. Startup holds the other two back until it
@@ -285,75 +285,258 @@ async fn check(
         };
     }
     if let Some(h) = &probe.http_get {
-        if h.scheme
-            .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
-        {
-            return Err(
-                "HTTPS probes are not supported by this agent yet; use HTTP, tcpSocket or exec"
-                    .into(),
-            );
-        }
         let ip = h
             .host
             .as_deref()
             .and_then(|h| h.parse().ok())
             .unwrap_or(target.ip);
         let addr = SocketAddr::new(ip, port(c, &h.port)?);
+        let https = match h.scheme.as_deref().unwrap_or("HTTP") {
+            s if s.eq_ignore_ascii_case("HTTP") => false,
+            s if s.eq_ignore_ascii_case("HTTPS") => true,
+            s => return Err(format!("unsupported scheme {s:?}: use HTTP or HTTPS")),
+        };
+        let headers: Vec<(String, String)> = h
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|hh| (hh.name.clone(), hh.value.clone()))
+            .collect();
         let path = h.path.clone().unwrap_or_else(|| "/".into());
-        let mut headers = String::new();
-        let mut host = addr.to_string();
-        for hh in h.http_headers.iter().flatten() {
-            if hh.name.eq_ignore_ascii_case("host") {
-                host = hh.value.clone();
-            } else {
-                headers.push_str(&format!("{}: {}\r\n", hh.name, hh.value));
-            }
-        }
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry-probe/1.0\r\nAccept: */*\r\n{headers}Connection: close\r\n\r\n"
-        );
-        let get = async {
-            let mut s = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("Get \"http://{addr}{path}\": dial tcp {addr}: {e}"))?;
-            s.write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; 1024];
-            let mut n = 0;
-            while n < buf.len() {
-                let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
-                if r == 0 || buf[..n + r].windows(2).any(|w| w == b"\r\n") {
-                    n += r;
-                    break;
-                }
-                n += r;
-            }
-            let line = String::from_utf8_lossy(&buf[..n]);
-            let code: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "malformed HTTP response {:?}",
-                        line.lines().next().unwrap_or("")
-                    )
-                })?;
-            if (200..400).contains(&code) {
-                Ok(())
-            } else {
-                Err(format!("HTTP probe failed with statuscode: {code}"))
-            }
-        };
-        return match tokio::time::timeout(timeout, get).await {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "Get \"http://{addr}{path}\": context deadline exceeded (timeout {}s)",
-                timeout.as_secs()
-            )),
-        };
+        return http_get(addr, &path, &headers, https, timeout).await;
     }
-    Err("no handler (exec, httpGet or tcpSocket)".into())
+    if let Some(g) = &probe.grpc {
+        let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+        let service = g.service.clone().unwrap_or_default();
+        return grpc_check(SocketAddr::new(target.ip, port), &service, timeout).await;
+    }
+    Err("no handler (exec, httpGet, tcpSocket or grpc)".into())
+}
+
+/// kubelet's httpGet handler: a GET of `path` at `addr` (over TLS without verifying the
+/// certificate when `https`, as kubelet does), success on a 2xx or 3xx status. A `Host` header
+/// in `headers` replaces the default (the address).
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+    https: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let scheme = if https { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}{path}");
+    let mut extra = String::new();
+    let mut host = addr.to_string();
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("host") {
+            host = value.clone();
+        } else {
+            extra.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry-probe/1.0\r\nAccept: */*\r\n{extra}Connection: close\r\n\r\n"
+    );
+    let get = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("Get \"{url}\": dial tcp {addr}: {e}"))?;
+        if !https {
+            return status_of(tcp, &request).await;
+        }
+        let config = ferry_api::join::unverified_tls_client()?;
+        let name = rustls::pki_types::ServerName::from(addr.ip());
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("Get \"{url}\": tls: {e}"))?;
+        status_of(tls, &request).await
+    };
+    match tokio::time::timeout(timeout, get).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "Get \"{url}\": context deadline exceeded (timeout {}s)",
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// Sends `request` and judges the status line of the response.
+async fn status_of<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    mut s: S,
+    request: &str,
+) -> Result<(), String> {
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1024];
+    let mut n = 0;
+    while n < buf.len() {
+        let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
+        if r == 0 || buf[..n + r].windows(2).any(|w| w == b"\r\n") {
+            n += r;
+            break;
+        }
+        n += r;
+    }
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "malformed HTTP response {:?}",
+                line.lines().next().unwrap_or("")
+            )
+        })?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// kubelet's grpc handler: `grpc.health.v1.Health/Check` for `service` at `addr` (plaintext
+/// HTTP/2, as kubelet), success only when the answer is SERVING.
+pub async fn grpc_check(addr: SocketAddr, service: &str, timeout: Duration) -> Result<(), String> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("failed to connect service {addr:?}: {e}"))?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let reply = client
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map_err(|e| format!("health rpc to {addr:?} failed: {}", e.message()))?;
+        let status = reply.into_inner().status();
+        if status == ServingStatus::Serving {
+            Ok(())
+        } else {
+            Err(format!(
+                "service unhealthy (responded with {:?})",
+                status.as_str_name()
+            ))
+        }
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "timeout: health rpc did not complete within {}s",
+            timeout.as_secs()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTPS server on loopback with a self-signed certificate: 200 for `/healthz`, 500
+    /// otherwise. Returns its address.
+    async fn https_server() -> SocketAddr {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let der = cert.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+            .expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 1024];
+                    let n = tls.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]);
+                    let status = if head.starts_with("GET /healthz ") {
+                        "200 OK"
+                    } else {
+                        "500 Internal Server Error"
+                    };
+                    let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                    let _ = tls.write_all(reply.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_verification_and_judge_the_status() {
+        let addr = https_server().await;
+        let t = Duration::from_secs(5);
+        http_get(addr, "/healthz", &[], true, t)
+            .await
+            .expect("healthy");
+        let err = http_get(addr, "/broken", &[], true, t)
+            .await
+            .expect_err("500");
+        assert!(err.contains("statuscode: 500"), "{err}");
+        // Plain HTTP against a TLS port is not a success.
+        assert!(http_get(addr, "/healthz", &[], false, t).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_need_serving() {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("ferry.Up", tonic_health::ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("ferry.Down", tonic_health::ServingStatus::NotServing)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream_listener(listener)),
+        );
+        let t = Duration::from_secs(5);
+        grpc_check(addr, "ferry.Up", t).await.expect("serving");
+        // The empty service is the server's overall health (SERVING by default).
+        grpc_check(addr, "", t).await.expect("overall");
+        let err = grpc_check(addr, "ferry.Down", t)
+            .await
+            .expect_err("not serving");
+        assert!(err.contains("NOT_SERVING"), "{err}");
+        let err = grpc_check(addr, "ferry.Unknown", t)
+            .await
+            .expect_err("unknown service");
+        assert!(err.contains("health rpc"), "{err}");
+        // Nothing listening.
+        let closed = SocketAddr::new(addr.ip(), 1);
+        assert!(grpc_check(closed, "", t).await.is_err());
+    }
+
+    fn tokio_stream_listener(
+        l: tokio::net::TcpListener,
+    ) -> impl futures::Stream<Item = std::io::Result<TcpStream>> {
+        futures::stream::unfold(l, |l| async move {
+            let r = l.accept().await.map(|(s, _)| s);
+            Some((r, l))
+        })
+    }
 }
