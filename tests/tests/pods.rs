@@ -387,7 +387,8 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
                 "containers": [{"name": "main", "image": IMAGE,
                 "command": ["sh", "-c", "trap 'echo term >> /out/log; exit 0' TERM; echo started > /out/log; while true; do sleep 0.1; done"],
                 "volumeMounts": [{"name": "out", "mountPath": "/out"}],
-                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /out/log; sleep 1"]}}}}]}),
+                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /out/log; sleep 1"]}},
+                              "postStart": {"exec": {"command": ["sh", "-c", "echo $HOSTNAME > /out/poststart"]}}}}]}),
         ),
     )
     .await?;
@@ -397,6 +398,16 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
         Duration::from_secs(30),
         &agent,
         async || (std::fs::read_to_string(&log).ok()? == "started\n").then_some(()),
+    )
+    .await?;
+    // Its postStart hook ran inside the container.
+    wait_for(
+        "the postStart hook",
+        Duration::from_secs(10),
+        &agent,
+        async || {
+            (std::fs::read_to_string(out_dir.join("poststart")).ok()? == "stopper\n").then_some(())
+        },
     )
     .await?;
     let asked = Instant::now();
@@ -424,6 +435,51 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
         "the container exited on SIGTERM, not at the end of the grace period: {:?}",
         asked.elapsed()
     );
+
+    // A failing postStart hook: a FailedPostStartHook Event, the container killed and
+    // restarted by its restart policy.
+    c.create(
+        "Pod",
+        "default",
+        &pod(
+            &agent,
+            "badstart",
+            json!({"terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": IMAGE, "command": ["sleep", "3600"],
+                "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "exit 3"]}}}}]}),
+        ),
+    )
+    .await?;
+    wait_for(
+        "the failed postStart hook to restart the container",
+        Duration::from_secs(40),
+        &agent,
+        async || {
+            let p = get_pod(&c, "badstart").await?;
+            (p["status"]["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(())
+        },
+    )
+    .await?;
+    let events = c
+        .list("Event", &ferry_api::client::ListOptions::default())
+        .await?;
+    let failed: Vec<&Value> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["reason"] == "FailedPostStartHook" && e["involvedObject"]["name"] == "badstart"
+        })
+        .collect();
+    assert!(!failed.is_empty(), "{events:#}");
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exited with 3")),
+        "{:#}",
+        failed[0]
+    );
+    c.delete("Pod", "default", "badstart", "").await?;
 
     // Graceful deletion: marked first, then gone with its namespace and directory.
     let marked = c.delete("Pod", "default", "web", "").await?;

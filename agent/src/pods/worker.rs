@@ -38,6 +38,8 @@ pub const RESYNC: Duration = Duration::from_secs(1);
 pub const VOLUME_REFRESH: Duration = Duration::from_secs(5);
 /// Retry delay after an image or container creation failure (doubling to 5 minutes).
 const RETRY_BASE: Duration = Duration::from_secs(2);
+/// The longest a `postStart` hook may run before it counts as failed.
+const POST_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What every worker of the node shares.
 pub struct Shared {
@@ -917,8 +919,54 @@ impl Worker {
                         c.name, start.attempt
                     ),
                 );
+                self.post_start(pod, c, &id).await;
             }
             Err(message) => self.hold_after_failure(&c.name, "RunContainerError", message),
+        }
+    }
+
+    /// Runs container `c`'s `postStart` hook, if it has one, as the kubelet does: right after
+    /// the start and before the pod's next container starts; when it fails the container is
+    /// killed (its restart policy decides what follows) and a `FailedPostStartHook` Event says
+    /// why.
+    async fn post_start(&self, pod: &Pod, c: &Container, id: &str) {
+        let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) else {
+            return;
+        };
+        let Some(ip) = self.hook_address(
+            pod.spec
+                .as_ref()
+                .is_some_and(|s| s.host_network == Some(true)),
+        ) else {
+            return;
+        };
+        let target = probe::Target {
+            ip,
+            runtime: self.shared.runtime.clone(),
+        };
+        if let Err(e) = probe::run_hook(handler, c, id, &target, POST_START_TIMEOUT).await {
+            self.event(
+                "Warning",
+                "FailedPostStartHook",
+                format!("PostStartHook failed for container {}: {e}", c.name),
+            );
+            let grace = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .map_or(Duration::from_secs(30), |g| {
+                    Duration::from_secs(g.max(0) as u64)
+                });
+            self.stop_instance(id, grace).await;
+        }
+    }
+
+    /// The address lifecycle hooks reach the pod's containers at.
+    fn hook_address(&self, host_network: bool) -> Option<IpAddr> {
+        if host_network {
+            self.shared.node_ip
+        } else {
+            Some(IpAddr::V4(self.net.as_ref()?.ip))
         }
     }
 
@@ -1058,11 +1106,7 @@ impl Worker {
         let spec = pod.spec?;
         let c = find_container(&spec, name, false)?.clone();
         let handler = c.lifecycle.as_ref()?.pre_stop.clone()?;
-        let ip = if spec.host_network == Some(true) {
-            self.shared.node_ip?
-        } else {
-            IpAddr::V4(self.net.as_ref()?.ip)
-        };
+        let ip = self.hook_address(spec.host_network == Some(true))?;
         Some((handler, c, ip))
     }
 
