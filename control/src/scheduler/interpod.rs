@@ -2,8 +2,9 @@
 //! kube-scheduler's InterPodAffinity, PodTopologySpread and NodeAffinity (score) plugins.
 //!
 //! - **Pod affinity / anti-affinity**, required (filter) and preferred (score), with
-//!   `labelSelector`, `namespaces` (default: the pod's own; an empty `namespaceSelector` means
-//!   every namespace) and `topologyKey`. Required anti-affinity is symmetric: a pod is also kept
+//!   `labelSelector`, `namespaces` and `namespaceSelector` (the namespaces listed plus those
+//!   whose labels the selector matches; an empty selector means every namespace; neither: the
+//!   pod's own) and `topologyKey`. Required anti-affinity is symmetric: a pod is also kept
 //!   away from domains where an existing pod's required anti-affinity matches it. The first pod
 //!   of a group whose required affinity matches itself may go anywhere (as in Kubernetes).
 //! - **Topology spread constraints**: `maxSkew`, `topologyKey`, `whenUnsatisfiable`
@@ -67,9 +68,23 @@ pub struct Term {
     weight: f64,
 }
 
+/// Namespace name -> its labels: what a non-empty `namespaceSelector` is matched against.
+pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
+
+/// The labels of every Namespace object, for [`Constraints::from_pod_in`] and
+/// [`PlacedPod::from_pod_in`].
+pub fn namespace_labels<'a>(namespaces: impl IntoIterator<Item = &'a Value>) -> NamespaceLabels {
+    namespaces
+        .into_iter()
+        .map(|n| (s(n, "/metadata/name").to_string(), labels_of(n)))
+        .collect()
+}
+
 impl Term {
-    /// A `PodAffinityTerm` of a pod in namespace `own_ns`.
-    fn parse(t: &Value, own_ns: &str, weight: f64) -> Option<Term> {
+    /// A `PodAffinityTerm` of a pod in namespace `own_ns`. The namespaces it covers are those
+    /// listed in `namespaces` plus those whose labels (`nss`) `namespaceSelector` matches; an
+    /// empty selector covers every namespace; neither given: the pod's own.
+    fn parse(t: &Value, own_ns: &str, weight: f64, nss: &NamespaceLabels) -> Option<Term> {
         let topology_key = t["topologyKey"].as_str()?.to_string();
         let selector = t
             .get("labelSelector")
@@ -82,18 +97,30 @@ impl Term {
             .flatten()
             .filter_map(|n| n.as_str().map(str::to_string))
             .collect();
-        let all = t
-            .get("namespaceSelector")
-            .and_then(Value::as_object)
-            .is_some_and(|o| {
-                o.values().all(|v| {
-                    v.is_null()
-                        || v.as_array().is_some_and(Vec::is_empty)
-                        || v.as_object().is_some_and(|m| m.is_empty())
-                })
-            });
+        let ns_selector = t.get("namespaceSelector").filter(|v| !v.is_null());
+        let all = ns_selector.and_then(Value::as_object).is_some_and(|o| {
+            o.values().all(|v| {
+                v.is_null()
+                    || v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(|m| m.is_empty())
+            })
+        });
         let namespaces = if all {
             None
+        } else if let Some(sel) = ns_selector {
+            // A selector that does not parse selects nothing.
+            let sel = serde_json::from_value::<metav1::LabelSelector>(sel.clone())
+                .ok()
+                .and_then(|sel| LabelSelector::from_k8s(&sel).ok());
+            let mut covered = listed;
+            if let Some(sel) = sel {
+                covered.extend(
+                    nss.iter()
+                        .filter(|(_, labels)| sel.matches(labels))
+                        .map(|(name, _)| name.clone()),
+                );
+            }
+            Some(covered)
         } else if listed.is_empty() {
             Some(vec![own_ns.to_string()])
         } else {
@@ -127,7 +154,13 @@ pub struct PlacedPod {
 }
 
 impl PlacedPod {
+    /// A bound pod whose terms know no namespace labels (see [`PlacedPod::from_pod_in`]).
     pub fn from_pod(pod: &Value) -> Self {
+        Self::from_pod_in(pod, &NamespaceLabels::new())
+    }
+
+    /// A bound pod; `nss` resolves its terms' `namespaceSelector`s.
+    pub fn from_pod_in(pod: &Value, nss: &NamespaceLabels) -> Self {
         let ns = s(pod, "/metadata/namespace");
         PlacedPod {
             namespace: ns.to_string(),
@@ -138,12 +171,13 @@ impl PlacedPod {
                 "/spec/affinity/podAntiAffinity/requiredDuringSchedulingIgnoredDuringExecution",
                 ns,
                 false,
+                nss,
             ),
         }
     }
 }
 
-fn terms(pod: &Value, ptr: &str, ns: &str, weighted: bool) -> Vec<Term> {
+fn terms(pod: &Value, ptr: &str, ns: &str, weighted: bool, nss: &NamespaceLabels) -> Vec<Term> {
     pod.pointer(ptr)
         .and_then(Value::as_array)
         .into_iter()
@@ -154,9 +188,10 @@ fn terms(pod: &Value, ptr: &str, ns: &str, weighted: bool) -> Vec<Term> {
                     &t["podAffinityTerm"],
                     ns,
                     t["weight"].as_f64().unwrap_or(1.0),
+                    nss,
                 )
             } else {
-                Term::parse(t, ns, 1.0)
+                Term::parse(t, ns, 1.0, nss)
             }
         })
         .collect()
@@ -188,7 +223,13 @@ pub struct Constraints {
 }
 
 impl Constraints {
+    /// A pod's rules whose terms know no namespace labels (see [`Constraints::from_pod_in`]).
     pub fn from_pod(pod: &Value) -> Self {
+        Self::from_pod_in(pod, &NamespaceLabels::new())
+    }
+
+    /// A pod's rules; `nss` resolves its terms' `namespaceSelector`s.
+    pub fn from_pod_in(pod: &Value, nss: &NamespaceLabels) -> Self {
         let ns = s(pod, "/metadata/namespace").to_string();
         let labels = labels_of(pod);
         let aff = "/spec/affinity/podAffinity";
@@ -254,10 +295,10 @@ impl Constraints {
             })
             .collect();
         Constraints {
-            required_affinity: terms(pod, &format!("{aff}/{req}"), &ns, false),
-            required_anti: terms(pod, &format!("{anti}/{req}"), &ns, false),
-            preferred_affinity: terms(pod, &format!("{aff}/{pref}"), &ns, true),
-            preferred_anti: terms(pod, &format!("{anti}/{pref}"), &ns, true),
+            required_affinity: terms(pod, &format!("{aff}/{req}"), &ns, false, nss),
+            required_anti: terms(pod, &format!("{anti}/{req}"), &ns, false, nss),
+            preferred_affinity: terms(pod, &format!("{aff}/{pref}"), &ns, true, nss),
+            preferred_anti: terms(pod, &format!("{anti}/{pref}"), &ns, true, nss),
             spread,
             preferred_nodes,
             namespace: ns,
@@ -608,6 +649,69 @@ mod tests {
         let placed = placed_on(&ns, &[("a1", db.clone())]);
         let got = place(&other, &ns, &placed).unwrap();
         assert!(got == "b1" || got == "c1", "{got}");
+    }
+
+    #[test]
+    fn namespace_selectors_pick_namespaces_by_their_labels() {
+        let ns = nodes();
+        let in_ns = |ns: &str, labels: Value| {
+            let mut p = pod(labels, json!({}));
+            p["metadata"]["namespace"] = json!(ns);
+            p
+        };
+        let nss = namespace_labels(&[
+            json!({"metadata": {"name": "team-a", "labels": {"team": "a"}}}),
+            json!({"metadata": {"name": "team-b", "labels": {"team": "b"}}}),
+            json!({"metadata": {"name": "default"}}),
+        ]);
+        // A cache in team-a on a1, one in team-b on b1.
+        let placed: Vec<Vec<PlacedPod>> = ns
+            .iter()
+            .map(|n| match n.name.as_str() {
+                "a1" => vec![PlacedPod::from_pod_in(
+                    &in_ns("team-a", json!({"app": "cache"})),
+                    &nss,
+                )],
+                "b1" => vec![PlacedPod::from_pod_in(
+                    &in_ns("team-b", json!({"app": "cache"})),
+                    &nss,
+                )],
+                _ => vec![],
+            })
+            .collect();
+        let web = |selector: Value| {
+            pod(
+                json!({"app": "web"}),
+                json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "cache"}}, "namespaceSelector": selector,
+                     "topologyKey": "topology.kubernetes.io/zone"}]}}}),
+            )
+        };
+        let place_in = |p: &Value| {
+            let c = Constraints::from_pod_in(p, &nss);
+            decide(p, &PodRequest::from_pod(p), &c, &ns, &placed).map(|i| ns[i].name.clone())
+        };
+        // Only namespaces labelled team=b count: zone b.
+        assert_eq!(
+            place_in(&web(json!({"matchLabels": {"team": "b"}}))).as_deref(),
+            Ok("b1")
+        );
+        // team=a: zone a (a1 or a2).
+        let got = place_in(&web(json!({"matchExpressions": [
+            {"key": "team", "operator": "In", "values": ["a"]}]})))
+        .unwrap();
+        assert!(got.starts_with('a'), "{got}");
+        // A selector matching no namespace: no cache counts, so the pod cannot be placed.
+        assert!(place_in(&web(json!({"matchLabels": {"team": "z"}}))).is_err());
+        // Without a selector only the pod's own namespace (default) counts: nothing there.
+        let own = pod(
+            json!({"app": "web"}),
+            json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "topology.kubernetes.io/zone"}]}}}),
+        );
+        assert!(place_in(&own).is_err());
+        // An empty selector: every namespace.
+        assert!(place_in(&web(json!({}))).is_ok());
     }
 
     #[test]

@@ -147,6 +147,9 @@ pub struct Scheduler {
     /// Pod uid -> (node, when bound): binds this scheduler made that the pod cache may not show
     /// yet; they count as bound, so a pod is never placed twice nor its node overcommitted.
     assumed: HashMap<String, (String, Instant)>,
+    /// Namespace labels for `namespaceSelector`s in pod (anti-)affinity, read each pass that
+    /// needs the rules.
+    namespaces: interpod::NamespaceLabels,
 }
 
 impl Scheduler {
@@ -240,14 +243,18 @@ impl Scheduler {
             .is_some_and(|a| !a.is_empty())
         };
         let any_anti = pods.iter().any(|p| has_anti(p));
-        let mut placed: Option<Vec<Vec<interpod::PlacedPod>>> = (any_anti
+        let rules_matter = any_anti
             || pending
                 .iter()
-                .any(|p| !interpod::Constraints::from_pod(p).is_empty()))
-        .then(|| {
+                .any(|p| !interpod::Constraints::from_pod(p).is_empty());
+        if rules_matter {
+            let namespaces = api.snapshot_now("Namespace").await?;
+            self.namespaces = interpod::namespace_labels(namespaces.iter().map(|n| &**n));
+        }
+        let mut placed: Option<Vec<Vec<interpod::PlacedPod>>> = rules_matter.then(|| {
             let mut placed = vec![Vec::new(); infos.len()];
             for (i, p) in &bound_pods {
-                placed[*i].push(interpod::PlacedPod::from_pod(p));
+                placed[*i].push(interpod::PlacedPod::from_pod_in(p, &self.namespaces));
             }
             placed
         });
@@ -321,7 +328,7 @@ impl Scheduler {
         pod: &'a Value,
     ) -> Option<Action<'a>> {
         let req = PodRequest::from_pod(pod);
-        let rules = interpod::Constraints::from_pod(pod);
+        let rules = interpod::Constraints::from_pod_in(pod, &self.namespaces);
         let fit = match placed.as_deref() {
             // Every node, as the rules need the counts of every domain.
             Some(on_nodes) if any_anti || !rules.is_empty() => {
@@ -339,7 +346,7 @@ impl Scheduler {
             Ok(i) => {
                 infos[i].add(&req);
                 if let Some(on_nodes) = placed {
-                    on_nodes[i].push(interpod::PlacedPod::from_pod(pod));
+                    on_nodes[i].push(interpod::PlacedPod::from_pod_in(pod, &self.namespaces));
                 }
                 Some(Action::Bind(pod, infos[i].name.clone()))
             }
