@@ -196,6 +196,37 @@ async fn jobs_complete_fail_and_expire() -> Result<()> {
             .any(|e| e["involvedObject"]["name"] == "ok" && e["reason"] == "Completed")
     );
 
+    // Indexed: every index 0..4 succeeds exactly once, in pods named and labelled by index.
+    let mut indexed = job("indexed", "succeed", 4, 2, 6);
+    indexed["spec"]["completionMode"] = json!("Indexed");
+    c.create("Job", "default", &indexed).await?;
+    until("the indexed job to complete", 30, async || {
+        let j = c.get("Job", "default", "indexed").await?;
+        Ok(condition(&j, "Complete").is_some())
+    })
+    .await?;
+    let j = c.get("Job", "default", "indexed").await?;
+    assert_eq!(j["status"]["completedIndexes"], "0-3", "{}", j["status"]);
+    assert_eq!(j["status"]["succeeded"], 4);
+    let mut seen: Vec<String> = items(&c, "Pod", "default", "job-name=indexed")
+        .await?
+        .iter()
+        .map(|p| {
+            let i = s(
+                p,
+                "/metadata/annotations/batch.kubernetes.io~1job-completion-index",
+            );
+            assert!(
+                s(p, "/metadata/name").starts_with(&format!("indexed-{i}-")),
+                "{p}"
+            );
+            assert_eq!(s(p, "/spec/hostname"), format!("indexed-{i}"));
+            i.to_string()
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["0", "1", "2", "3"]);
+
     // ttlSecondsAfterFinished 2: the Job goes, and its pods with it (garbage collection).
     until("job ok to expire with its pods", 20, async || {
         Ok(gone(&c, "Job", "default", "ok").await?

@@ -13,8 +13,16 @@
 //! `completions` (a work queue) the Job completes once a pod succeeded and none is active.
 //! `spec.suspend` deletes the active pods and starts none. After failed pods, new ones wait a
 //! back-off delay (10 s, doubled for each further failure since the last success, at most
-//! 6 min), as in Kubernetes. [`plan`] is pure.
+//! 6 min), as in Kubernetes.
+//!
+//! `completionMode: Indexed`: each of `completions` indexes needs one succeeded pod. A pod of
+//! index i is named `<job>-<i>-<random>`, has hostname `<job>-<i>`, the annotation and label
+//! `batch.kubernetes.io/job-completion-index: "i"` and the env var `JOB_COMPLETION_INDEX=i` in
+//! every container; the lowest indexes without a succeeded or active pod start first (at most
+//! `parallelism` active), a failed index is retried, and `status.completedIndexes` lists the
+//! succeeded ones in Kubernetes' compressed form (`0-2,5`). [`plan`] is pure.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -38,6 +46,8 @@ pub struct Event {
 pub struct Plan {
     /// How many pods to create.
     pub create: usize,
+    /// Indexed Jobs: the completion index of each pod to create (`create` of them).
+    pub indexes: Vec<i64>,
     /// Active pods to delete (names).
     pub delete: Vec<String>,
     /// The new status (None: unchanged).
@@ -158,7 +168,25 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
             .filter(|q| s(q, "/status/phase") == phase)
             .count() as i64
     };
-    let succeeded = count("Succeeded").max(int(&old, "/succeeded").unwrap_or(0));
+    let indexed = s(job, "/spec/completionMode") == "Indexed";
+    let completions = int(job, "/spec/completions");
+    // Indexed: the indexes with a succeeded pod (kept in the status once their pods are gone).
+    let mut done: BTreeSet<i64> = BTreeSet::new();
+    if indexed {
+        let c = completions.unwrap_or(0);
+        done.extend(parse_indexes(s(&old, "/completedIndexes")));
+        done.extend(
+            pods.iter()
+                .filter(|q| s(q, "/status/phase") == "Succeeded")
+                .filter_map(|q| completion_index(q)),
+        );
+        done.retain(|i| (0..c).contains(i));
+    }
+    let succeeded = if indexed {
+        done.len() as i64
+    } else {
+        count("Succeeded").max(int(&old, "/succeeded").unwrap_or(0))
+    };
     let failed = count("Failed").max(int(&old, "/failed").unwrap_or(0));
     let mut active: Vec<&Value> = pods
         .iter()
@@ -234,7 +262,6 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
     } else {
         None
     };
-    let completions = int(job, "/spec/completions");
     let parallelism = int(job, "/spec/parallelism").unwrap_or(1).max(0);
     let mut conditions: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
     let mut active_after = active.len() as i64;
@@ -281,6 +308,16 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
             let have = active.len() as i64;
             if want > have && now < backoff_until(pods) {
                 // Failed pods are replaced after a back-off delay.
+            } else if want > have && indexed {
+                // The lowest indexes with neither a succeeded nor an active pod.
+                let running: BTreeSet<i64> =
+                    active.iter().filter_map(|q| completion_index(q)).collect();
+                p.indexes = (0..completions.unwrap_or(0))
+                    .filter(|i| !done.contains(i) && !running.contains(i))
+                    .take((want - have) as usize)
+                    .collect();
+                p.create = p.indexes.len();
+                active_after = have + p.create as i64;
             } else if want > have {
                 p.create = (want - have) as usize;
                 active_after = want;
@@ -305,6 +342,16 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
     status["ready"] = json!(ready.min(active_after));
     status["succeeded"] = json!(succeeded);
     status["failed"] = json!(failed);
+    if indexed {
+        let list = format_indexes(&done);
+        if list.is_empty() {
+            if let Some(m) = status.as_object_mut() {
+                m.remove("completedIndexes");
+            }
+        } else {
+            status["completedIndexes"] = json!(list);
+        }
+    }
     if conditions.is_empty() {
         if let Some(m) = status.as_object_mut() {
             m.remove("conditions");
@@ -316,6 +363,97 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
         p.status = Some(status);
     }
     p
+}
+
+/// The annotation (and label) holding an Indexed Job pod's completion index.
+pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+
+/// An Indexed Job pod's completion index.
+pub fn completion_index(pod: &Value) -> Option<i64> {
+    pod.pointer("/metadata/annotations")?
+        .get(COMPLETION_INDEX)?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// Kubernetes' compressed index list: `1,3-5,7`.
+pub fn format_indexes(indexes: &BTreeSet<i64>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut run: Option<(i64, i64)> = None;
+    for &i in indexes {
+        run = match run {
+            Some((a, b)) if i == b + 1 => Some((a, i)),
+            Some((a, b)) => {
+                out.push(if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                });
+                Some((i, i))
+            }
+            None => Some((i, i)),
+        };
+    }
+    if let Some((a, b)) = run {
+        out.push(if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        });
+    }
+    out.join(",")
+}
+
+/// The indexes of a compressed list (malformed parts are skipped).
+pub fn parse_indexes(list: &str) -> BTreeSet<i64> {
+    let mut out = BTreeSet::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>())
+                    && a <= b
+                    && b - a < 1_000_000
+                {
+                    out.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(i) = part.parse() {
+                    out.insert(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The pod of completion index `index` of an Indexed Job.
+pub fn indexed_pod(job: &Value, index: i64) -> Value {
+    let name = s(job, "/metadata/name");
+    let mut pod = pod_from_template(job);
+    let i = index.to_string();
+    pod["metadata"]["generateName"] = json!(format!("{name}-{i}-"));
+    pod["metadata"]["labels"][COMPLETION_INDEX] = json!(i);
+    if !pod["metadata"]["annotations"].is_object() {
+        pod["metadata"]["annotations"] = json!({});
+    }
+    pod["metadata"]["annotations"][COMPLETION_INDEX] = json!(i);
+    if pod["spec"]["hostname"].as_str().is_none_or(str::is_empty) {
+        pod["spec"]["hostname"] = json!(format!("{name}-{i}"));
+    }
+    for list in ["containers", "initContainers"] {
+        for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+            if !c["env"].is_array() {
+                c["env"] = json!([]);
+            }
+            if let Some(env) = c["env"].as_array_mut() {
+                env.retain(|e| e["name"] != "JOB_COMPLETION_INDEX");
+                env.push(json!({"name": "JOB_COMPLETION_INDEX", "value": i}));
+            }
+        }
+    }
+    pod
 }
 
 /// The pod a Job creates from its template.
@@ -395,8 +533,12 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             continue;
         }
         let mut failure: Option<(&str, String)> = None;
-        let template = pod_from_template(job);
-        let creates = (0..plan.create).map(|_| api.create("Pod", ns, &template));
+        let templates: Vec<Value> = if plan.indexes.is_empty() {
+            vec![pod_from_template(job); plan.create]
+        } else {
+            plan.indexes.iter().map(|i| indexed_pod(job, *i)).collect()
+        };
+        let creates = templates.iter().map(|t| api.create("Pod", ns, t));
         for r in futures::future::join_all(creates).await {
             match r {
                 Ok(pod) => {
@@ -517,6 +659,64 @@ mod tests {
         assert_eq!(st["conditions"][0]["type"], "Complete");
         assert_eq!(st["active"], 0);
         assert_eq!(p.events[0].reason, "Completed");
+    }
+
+    #[test]
+    fn indexed_jobs_run_each_index_once_and_retry_failed_ones() {
+        let mut j = job(Some(5), 2, 6);
+        j["spec"]["completionMode"] = json!("Indexed");
+        let p = plan(&j, &[], at(NOW));
+        assert_eq!(p.indexes, vec![0, 1]);
+        assert_eq!(p.create, 2);
+        let of = |name: &str, index: i64, phase: &str| {
+            let mut q = pod(name, phase);
+            q["metadata"]["annotations"] = json!({COMPLETION_INDEX: index.to_string()});
+            q
+        };
+        // 0 succeeded, 1 running: 2 starts (not 0 again).
+        let (a, b) = (of("a", 0, "Succeeded"), of("b", 1, "Running"));
+        let p = plan(&j, &[&a, &b], at(NOW));
+        assert_eq!(p.indexes, vec![2]);
+        let st = p.status.expect("status");
+        assert_eq!(st["succeeded"], 1);
+        assert_eq!(st["completedIndexes"], "0");
+        // 1 failed long ago: it is retried, with 3 (2 and 4 done).
+        let mut failed = of("f", 1, "Failed");
+        failed["status"]["conditions"] =
+            json!([{"type": "Ready", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+        let (c, e) = (of("c", 2, "Succeeded"), of("e", 4, "Succeeded"));
+        let later = at("2026-01-01T01:00:00Z");
+        let p = plan(&j, &[&a, &failed, &c, &e], later);
+        assert_eq!(p.indexes, vec![1, 3]);
+        assert_eq!(p.status.expect("status")["completedIndexes"], "0,2,4");
+        // Every index succeeded (some known only from the status): complete.
+        let mut j2 = j.clone();
+        j2["status"] = json!({"completedIndexes": "0-2", "succeeded": 3});
+        let (d, e2) = (of("d", 3, "Succeeded"), of("e2", 4, "Succeeded"));
+        let p = plan(&j2, &[&d, &e2], at(NOW));
+        let st = p.status.expect("status");
+        assert_eq!(st["completedIndexes"], "0-4");
+        assert_eq!(st["succeeded"], 5);
+        assert_eq!(st["conditions"][0]["type"], "Complete");
+        assert!(p.indexes.is_empty());
+    }
+
+    #[test]
+    fn index_lists_round_trip_in_kubernetes_form() {
+        let set: BTreeSet<i64> = [0, 1, 2, 5, 7, 8].into_iter().collect();
+        assert_eq!(format_indexes(&set), "0-2,5,7-8");
+        assert_eq!(parse_indexes("0-2,5,7-8"), set);
+        assert_eq!(format_indexes(&BTreeSet::new()), "");
+        assert_eq!(parse_indexes("x,3,9-7, 4"), [3, 4].into_iter().collect());
+        let pod = indexed_pod(&job(Some(3), 1, 6), 2);
+        assert_eq!(pod["metadata"]["generateName"], "pi-2-");
+        assert_eq!(pod["metadata"]["annotations"][COMPLETION_INDEX], "2");
+        assert_eq!(pod["metadata"]["labels"][COMPLETION_INDEX], "2");
+        assert_eq!(pod["spec"]["hostname"], "pi-2");
+        assert_eq!(
+            pod["spec"]["containers"][0]["env"],
+            json!([{"name": "JOB_COMPLETION_INDEX", "value": "2"}])
+        );
     }
 
     #[test]
