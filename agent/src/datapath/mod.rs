@@ -10,6 +10,7 @@
 //! file descriptor, so a crashed agent leaves no filter behind, and detaching works from any
 //! thread, whichever network namespace that thread is in.
 
+pub mod conntrack;
 mod error;
 pub mod health;
 pub mod l2;

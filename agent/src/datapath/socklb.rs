@@ -28,10 +28,10 @@ use aya::{
 };
 use ferry_ebpf_common::{
     AFFINITY4_MAP, BACKENDS4_MAP, Backend4, L2_ANNOUNCE4_MAP, L2Announce, MAGLEV4_MAP,
-    Maglev4Value, NAT4_MAP, NODE_CONFIG_MAP, NODE_IPS4_MAP, NS_STATS_MAP, NodeConfig, NsStat,
-    PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4, PROG_RECVMSG4, PROG_SENDMSG4,
-    PROG_TO_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC_STATS_MAP, SVC4_MAP, SockStat, Svc4Key,
-    Svc4Value, SvcStats, svc_flags, svc_scope,
+    Maglev4Value, NAT4_MAP, NODE_CONFIG_MAP, NODE_IPS4_MAP, NS_STATS_MAP, NatKey, NatValue,
+    NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4, PROG_RECVMSG4,
+    PROG_SENDMSG4, PROG_TO_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC_STATS_MAP, SVC4_MAP,
+    SockStat, Svc4Key, Svc4Value, SvcStats, svc_flags, svc_scope,
 };
 
 use super::{
@@ -67,6 +67,31 @@ pub struct Uplink {
     /// This node's pod CIDR (backends inside it are local).
     pub pod_net: Ipv4Addr,
     pub pod_prefix: u8,
+}
+
+/// Maps whose layout changed between agent versions, with their key and value sizes now: a
+/// pinned copy of another layout is removed before loading (its entries are lost; a program
+/// would misread them), with a warning.
+const CHECKED_LAYOUTS: [(&str, usize, usize); 1] = [(
+    NAT4_MAP,
+    std::mem::size_of::<NatKey>(),
+    std::mem::size_of::<NatValue>(),
+)];
+
+fn drop_incompatible_pins(pin_dir: &Path) {
+    for (name, key, value) in CHECKED_LAYOUTS {
+        let path = pin_dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            tracing::warn!(
+                map = name,
+                "the pinned map has an older layout; replacing it (its flows start over)"
+            );
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 /// Pins `link` at `links/<name>` in `pin_dir`, replacing (and so detaching) a previous agent's
@@ -150,6 +175,8 @@ pub struct SockLb {
     maglev: HashMap<MapData, Svc4Key, Maglev4Value>,
     svc_stats: PerCpuHashMap<MapData, u32, SvcStats>,
     l2: HashMap<MapData, u32, L2Announce>,
+    /// North-south flows' translations (swept by [`SockLb::sweep_conntrack`]).
+    nat: HashMap<MapData, NatKey, NatValue>,
     installed: BTreeMap<Frontend, Installed>,
     /// The Maglev tables in the map, as backend ids per slot.
     tables: BTreeMap<Frontend, Vec<u32>>,
@@ -178,6 +205,7 @@ impl SockLb {
         ensure_bpffs()?;
         fs::create_dir_all(pin_dir.join("links"))
             .map_err(|e| DatapathError::io("creating", pin_dir, e))?;
+        drop_incompatible_pins(pin_dir);
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> =
             PINNED_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
@@ -270,6 +298,8 @@ impl SockLb {
             .map_err(|e| DatapathError::map(SVC_STATS_MAP, "open", e))?;
         let l2 = HashMap::try_from(take(&mut ebpf, L2_ANNOUNCE4_MAP)?)
             .map_err(|e| DatapathError::map(L2_ANNOUNCE4_MAP, "open", e))?;
+        let nat = HashMap::try_from(take(&mut ebpf, NAT4_MAP)?)
+            .map_err(|e| DatapathError::map(NAT4_MAP, "open", e))?;
         let mut lb = SockLb {
             _ebpf: ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -280,6 +310,7 @@ impl SockLb {
             maglev,
             svc_stats,
             l2,
+            nat,
             installed: BTreeMap::new(),
             tables: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
@@ -288,6 +319,23 @@ impl SockLb {
         };
         lb.recover();
         Ok(lb)
+    }
+
+    /// The connection-tracking sweep ([`super::conntrack`]): removes north-south translations
+    /// idle past their timeout and those whose backend is no longer behind any frontend. Call
+    /// it after a [`SockLb::sync`], which decides what the backends are.
+    pub fn sweep_conntrack(
+        &mut self,
+        timeouts: &super::conntrack::Timeouts,
+    ) -> Result<super::conntrack::SweepReport, DatapathError> {
+        let live: std::collections::HashSet<(Ipv4Addr, u16)> =
+            self.backend_ids.keys().map(|b| (b.addr, b.port)).collect();
+        super::conntrack::sweep(
+            &mut self.nat,
+            &live,
+            super::conntrack::monotonic_now(),
+            timeouts,
+        )
     }
 
     /// Rebuilds the bookkeeping from pinned maps a previous agent filled.

@@ -15,7 +15,7 @@ use ferry_api::client::Client;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{DatapathError, health, l2, services, socklb::SockLb};
+use super::{DatapathError, conntrack, health, l2, services, socklb::SockLb};
 use crate::informer::{Informer, lock};
 
 /// How long changes are gathered before the maps are written.
@@ -71,6 +71,7 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
     slices.wait_synced().await;
     let mut first = true;
     let mut health_checks = health::HealthChecks::default();
+    let _sweeper = AbortOnDrop(tokio::spawn(sweep_conntrack(lb.clone())));
     loop {
         tokio::time::sleep(COALESCE).await;
         changed.borrow_and_update();
@@ -138,6 +139,41 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
         }
         if changed.changed().await.is_err() {
             return Ok(());
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sweeps the north-south connection tracking every [`conntrack::SWEEP_EVERY`] (from the
+/// first sync on, which decides the live backends).
+async fn sweep_conntrack(lb: Arc<Mutex<SockLb>>) {
+    let timeouts = conntrack::Timeouts::default();
+    loop {
+        tokio::time::sleep(conntrack::SWEEP_EVERY).await;
+        let lb = lb.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            lb.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sweep_conntrack(&timeouts)
+        })
+        .await;
+        match r {
+            Ok(Ok(report)) if report.expired + report.orphaned > 0 => tracing::debug!(
+                scanned = report.scanned,
+                expired = report.expired,
+                orphaned = report.orphaned,
+                "connection tracking swept"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("sweeping connection tracking: {e}"),
+            Err(e) => tracing::warn!("sweeping connection tracking: {e}"),
         }
     }
 }

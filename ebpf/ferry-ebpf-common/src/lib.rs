@@ -364,6 +364,9 @@ pub mod nat_dir {
 pub mod nat_flags {
     /// The backend is on another node: the packet leaves again through the uplink.
     pub const REMOTE: u16 = 1;
+    /// A TCP FIN or RST passed (cleared by a new SYN): the agent's sweep expires the entry
+    /// sooner.
+    pub const CLOSING: u16 = 2;
 }
 
 /// Key of [`NAT4_MAP`]: a packet's tuple as it arrives (network order).
@@ -390,6 +393,9 @@ pub struct NatValue {
     pub flags: u16,
     /// The frontend's rev-NAT id (its master entry's), for [`SVC_STATS_MAP`]; 0: unknown.
     pub svc: u16,
+    /// When a packet last used the entry: seconds of `bpf_ktime_get_ns` (CLOCK_MONOTONIC),
+    /// for the agent's conntrack sweep.
+    pub seen: u32,
 }
 
 /// Value of [`NODE_CONFIG_MAP`] (network order).
@@ -442,7 +448,7 @@ const _: () = assert!(core::mem::size_of::<Maglev4Value>() == 4 * MAGLEV_TABLE_S
 const _: () = assert!(core::mem::size_of::<SvcStats>() == 24);
 const _: () = assert!(core::mem::size_of::<L2Announce>() == 8);
 const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
-const _: () = assert!(core::mem::size_of::<NatValue>() == 16);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 20);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<NsStat>() == 4);
 

@@ -404,7 +404,9 @@ const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_F_MARK_MANGLED_0: u64 = 0x20;
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 const AF_INET: u8 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
@@ -658,9 +660,7 @@ pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let key = nat_key(&p, nat_dir::REPLY);
-    if let Some(v) = FERRY_NAT4.get_ptr(&key) {
-        // SAFETY: a live map value.
-        let v = unsafe { *v };
+    if let Some(v) = nat_lookup(&key, &p) {
         if rewrite(&ctx, &p, &v).is_err() {
             count_drop(DropReason::Malformed);
             return TC_ACT_SHOT;
@@ -670,9 +670,7 @@ pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
         return redirect(&ctx, &v, p.proto);
     }
     let key = nat_key(&p, nat_dir::FORWARD);
-    if let Some(v) = FERRY_NAT4.get_ptr(&key) {
-        // SAFETY: a live map value.
-        let v = unsafe { *v };
+    if let Some(v) = nat_lookup(&key, &p) {
         if rewrite(&ctx, &p, &v).is_err() {
             count_drop(DropReason::Malformed);
             return TC_ACT_SHOT;
@@ -686,6 +684,38 @@ pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
         };
     }
     new_flow(&ctx, &p, &key, &cfg)
+}
+
+/// Seconds of CLOCK_MONOTONIC (what `NatValue::seen` holds).
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+}
+
+/// A flow's translation, its entry marked as used now for the agent's conntrack sweep, and as
+/// closing after a TCP FIN or RST (a new SYN on the same tuple opens it again).
+#[inline(always)]
+fn nat_lookup(key: &NatKey, p: &Pkt) -> Option<NatValue> {
+    let v = FERRY_NAT4.get_ptr_mut(key)?;
+    let now = now_s();
+    // SAFETY: a live map value; other CPUs only store the same fields the same way.
+    unsafe {
+        if (*v).seen != now {
+            (*v).seen = now;
+        }
+        if p.proto == ipproto::TCP {
+            let flags = (*v).flags;
+            if p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+                if flags & nat_flags::CLOSING == 0 {
+                    (*v).flags = flags | nat_flags::CLOSING;
+                }
+            } else if p.tcp_flags & TCP_FLAG_SYN != 0 && flags & nat_flags::CLOSING != 0 {
+                (*v).flags = flags & !nat_flags::CLOSING;
+            }
+        }
+        Some(*v)
+    }
 }
 
 #[inline(always)]
@@ -771,6 +801,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         dport: p.sport,
         flags: 0,
         svc: svc.rev_nat_id,
+        seen: now_s(),
     };
     let len = u64::from(ctx.len());
     if be.addr & cfg.pod_mask == cfg.pod_net {
@@ -783,6 +814,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
             dport: be.port,
             flags: 0,
             svc: svc.rev_nat_id,
+            seen: now_s(),
         };
         let rkey = NatKey {
             saddr: be.addr,
@@ -842,6 +874,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         dport: be.port,
         flags: nat_flags::REMOTE,
         svc: svc.rev_nat_id,
+        seen: now_s(),
     };
     let _ = FERRY_NAT4.insert(key, &fwd, 0);
     if rewrite(ctx, p, &fwd).is_err() {
@@ -887,9 +920,7 @@ pub fn ferry_to_uplink(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let key = nat_key(&p, nat_dir::REPLY);
-    if let Some(v) = FERRY_NAT4.get_ptr(&key) {
-        // SAFETY: a live map value.
-        let v = unsafe { *v };
+    if let Some(v) = nat_lookup(&key, &p) {
         if rewrite(&ctx, &p, &v).is_err() {
             count_drop(DropReason::Malformed);
             return TC_ACT_SHOT;
