@@ -396,6 +396,38 @@ fn maglev_agrees(fabric: &Fabric, lb_ip: &str) -> Result<()> {
         cols.len() == 3 && cols[0] >= 8 && cols[1] > cols[0] && cols[2] > cols[1] * 40,
         "flows, packets, bytes of {lb_ip}:80 on node 0: {line}"
     );
+    // Connection tracking: the 8 finished flows through node 0 are stamped as recently used
+    // and marked closing (their FINs passed), which is what the agent's sweep relies on.
+    let flows = fabric.node_check(
+        0,
+        &[
+            &ferry_tests::ferry_bin().display().to_string(),
+            "datapath",
+            "conntrack",
+            "--node-name",
+            &fabric.node(0).name,
+        ],
+    )?;
+    let ours: Vec<&str> = flows
+        .lines()
+        .filter(|l| {
+            l.starts_with("forward ")
+                && l.contains(&format!("-> {lb_ip}:80 "))
+                && (40_001..40_009).any(|p| l.contains(&format!(":{p} -> ")))
+        })
+        .collect();
+    assert_eq!(ours.len(), 8, "forward entries of the 8 flows:\n{flows}");
+    for l in &ours {
+        let idle: u32 = l
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix('s').and_then(|n| n.parse().ok()))
+            .unwrap_or(u32::MAX);
+        assert!(idle <= 120, "a flow of this test idle for {idle}s: {l}");
+        assert!(
+            l.ends_with("closing") || l.contains("closing"),
+            "not closing: {l}"
+        );
+    }
     Ok(())
 }
 

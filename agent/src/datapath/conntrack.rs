@@ -96,6 +96,50 @@ pub fn monotonic_now() -> u32 {
     }
 }
 
+/// One entry of the translation map, as `ferry datapath conntrack` shows it (host order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// A packet from outside (`forward`) or a reply (`reply`).
+    pub reply: bool,
+    pub proto: u8,
+    /// The packet's tuple as it arrives: (source, destination).
+    pub from: ((Ipv4Addr, u16), (Ipv4Addr, u16)),
+    /// What it is rewritten to.
+    pub to: ((Ipv4Addr, u16), (Ipv4Addr, u16)),
+    /// The backend is on another node.
+    pub remote: bool,
+    pub closing: bool,
+    /// Seconds since a packet last used the entry.
+    pub idle_s: u32,
+}
+
+/// Every entry of the translation map pinned under `pin_dir` (any process, as root).
+pub fn dump_pinned(pin_dir: &std::path::Path) -> Result<Vec<Flow>, DatapathError> {
+    let name = ferry_ebpf_common::NAT4_MAP;
+    let data = MapData::from_pin(pin_dir.join(name))
+        .map_err(|e| DatapathError::map(name, "open pinned", e))?;
+    let map: BpfHashMap<MapData, NatKey, NatValue> =
+        BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))
+            .map_err(|e| DatapathError::map(name, "open", e))?;
+    let now = monotonic_now();
+    let ep = |a: u32, p: u16| (Ipv4Addr::from(u32::from_be(a)), u16::from_be(p));
+    let mut flows: Vec<Flow> = map
+        .iter()
+        .flatten()
+        .map(|(k, v)| Flow {
+            reply: k.dir == nat_dir::REPLY,
+            proto: k.proto,
+            from: (ep(k.saddr, k.sport), ep(k.daddr, k.dport)),
+            to: (ep(v.saddr, v.sport), ep(v.daddr, v.dport)),
+            remote: v.flags & nat_flags::REMOTE != 0,
+            closing: v.flags & nat_flags::CLOSING != 0,
+            idle_s: now.saturating_sub(v.seen),
+        })
+        .collect();
+    flows.sort_by_key(|f| (f.reply, f.from));
+    Ok(flows)
+}
+
 /// Removes the expired entries of the translation map and those whose backend is not in
 /// `backends` (address, port, host order).
 pub fn sweep(
