@@ -39,7 +39,8 @@ pub enum RolloutCommand {
 
 #[derive(Args)]
 pub struct Target {
-    /// `deployment/NAME`, or `deployment` followed by NAME.
+    /// `KIND/NAME` or KIND followed by NAME: a deployment (every verb), or a daemonset or
+    /// statefulset (`status` and `restart`).
     resource: String,
     name: Option<String>,
     /// Namespace (default: default).
@@ -125,6 +126,99 @@ fn resolve(
         bail!("a resource name is required");
     }
     Ok((info, name, namespace.unwrap_or("default").to_string()))
+}
+
+/// A target of `status` and `restart`: a Deployment, DaemonSet or StatefulSet.
+fn workload_target(t: &Target) -> Result<(&'static KindInfo, String, String)> {
+    let (info, name, ns) = resolve(&t.resource, t.name.as_deref(), t.namespace.as_deref())?;
+    if !matches!(info.kind, "Deployment" | "DaemonSet" | "StatefulSet") {
+        bail!(
+            "no rollout support for {}: deployments, daemonsets and statefulsets roll out",
+            info.plural
+        );
+    }
+    Ok((info, name, ns))
+}
+
+/// kubectl's `DaemonSetStatusViewer`. Err: not a RollingUpdate DaemonSet.
+pub fn daemonset_status(ds: &Value) -> Result<Progress, String> {
+    let name = s(ds, "/metadata/name");
+    if !matches!(s(ds, "/spec/updateStrategy/type"), "" | "RollingUpdate") {
+        return Err("rollout status is only available for RollingUpdate strategy type".into());
+    }
+    if int(ds, "/metadata/generation") > int(ds, "/status/observedGeneration") {
+        return Ok(Progress::Waiting(
+            "Waiting for daemon set spec update to be observed...".into(),
+        ));
+    }
+    let desired = int(ds, "/status/desiredNumberScheduled");
+    let updated = int(ds, "/status/updatedNumberScheduled");
+    let available = int(ds, "/status/numberAvailable");
+    if updated < desired {
+        return Ok(Progress::Waiting(format!(
+            "Waiting for daemon set \"{name}\" rollout to finish: {updated} out of {desired} new pods have been updated..."
+        )));
+    }
+    if available < desired {
+        return Ok(Progress::Waiting(format!(
+            "Waiting for daemon set \"{name}\" rollout to finish: {available} of {desired} updated pods are available..."
+        )));
+    }
+    Ok(Progress::Done(format!(
+        "daemon set \"{name}\" successfully rolled out"
+    )))
+}
+
+/// kubectl's `StatefulSetStatusViewer`. Err: not a RollingUpdate StatefulSet.
+pub fn statefulset_status(sts: &Value) -> Result<Progress, String> {
+    if !matches!(s(sts, "/spec/updateStrategy/type"), "" | "RollingUpdate") {
+        return Err("rollout status is only available for RollingUpdate strategy type".into());
+    }
+    let observed = int(sts, "/status/observedGeneration");
+    if observed == 0 || int(sts, "/metadata/generation") > observed {
+        return Ok(Progress::Waiting(
+            "Waiting for statefulset spec update to be observed...".into(),
+        ));
+    }
+    let replicas = sts
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let ready = int(sts, "/status/readyReplicas");
+    if ready < replicas {
+        return Ok(Progress::Waiting(format!(
+            "Waiting for {} pods to be ready...",
+            replicas - ready
+        )));
+    }
+    let updated = int(sts, "/status/updatedReplicas");
+    if let Some(partition) = sts
+        .pointer("/spec/updateStrategy/rollingUpdate/partition")
+        .and_then(Value::as_i64)
+    {
+        let want = (replicas - partition).max(0);
+        if updated < want {
+            return Ok(Progress::Waiting(format!(
+                "Waiting for partitioned roll out to finish: {updated} out of {want} new pods have been updated..."
+            )));
+        }
+        return Ok(Progress::Done(format!(
+            "partitioned roll out complete: {updated} new pods have been updated..."
+        )));
+    }
+    let (current, update) = (
+        s(sts, "/status/currentRevision"),
+        s(sts, "/status/updateRevision"),
+    );
+    if current != update {
+        return Ok(Progress::Waiting(format!(
+            "waiting for statefulset rolling update to complete {updated} pods at revision {update}..."
+        )));
+    }
+    Ok(Progress::Done(format!(
+        "statefulset rolling update complete {} pods at revision {current}...",
+        int(sts, "/status/currentReplicas")
+    )))
 }
 
 fn deployment_target(t: &Target) -> Result<(&'static KindInfo, String, String)> {
@@ -267,7 +361,8 @@ pub fn rollout_status(d: &Value, new_rs: Option<&Value>) -> Result<Progress, Str
 }
 
 async fn status(client: &Client, a: StatusArgs) -> Result<()> {
-    let (_, name, ns) = deployment_target(&a.target)?;
+    let (info, name, ns) = workload_target(&a.target)?;
+    let kind = info.kind;
     let timeout = parse_timeout(&a.timeout)?;
     let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
     let opts = ListOptions {
@@ -278,14 +373,21 @@ async fn status(client: &Client, a: StatusArgs) -> Result<()> {
     let mut last = String::new();
     let mut stream = None;
     loop {
-        let d = client.get("Deployment", &ns, &name).await?;
-        let sets = if s(&d, "/spec/strategy/type") == "BlueGreen" {
-            replica_sets(client, &ns).await?
-        } else {
-            Vec::new()
+        let d = client.get(kind, &ns, &name).await?;
+        let progress = match kind {
+            "DaemonSet" => daemonset_status(&d),
+            "StatefulSet" => statefulset_status(&d),
+            _ => {
+                let sets = if s(&d, "/spec/strategy/type") == "BlueGreen" {
+                    replica_sets(client, &ns).await?
+                } else {
+                    Vec::new()
+                };
+                let (_, new_rs) = dc::owned_sets(&d, &sets);
+                rollout_status(&d, new_rs)
+            }
         };
-        let (_, new_rs) = dc::owned_sets(&d, &sets);
-        match rollout_status(&d, new_rs).map_err(anyhow::Error::msg)? {
+        match progress.map_err(anyhow::Error::msg)? {
             Progress::Done(m) => {
                 println!("{m}");
                 return Ok(());
@@ -305,7 +407,7 @@ async fn status(client: &Client, a: StatusArgs) -> Result<()> {
         }
         if stream.is_none() {
             let rv = s(&d, "/metadata/resourceVersion").to_string();
-            stream = client.watch("Deployment", &opts, &rv, false).await.ok();
+            stream = client.watch(kind, &opts, &rv, false).await.ok();
         }
         // Re-evaluate on every change of the Deployment, and each second (its ReplicaSets).
         let tick = tokio::time::sleep(Duration::from_secs(1));
@@ -520,14 +622,14 @@ async fn set_paused(client: &Client, t: Target, paused: bool) -> Result<()> {
 }
 
 async fn restart(client: &Client, t: Target) -> Result<()> {
-    let (info, name, ns) = deployment_target(&t)?;
-    let d = client.get("Deployment", &ns, &name).await?;
+    let (info, name, ns) = workload_target(&t)?;
+    let d = client.get(info.kind, &ns, &name).await?;
     if d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
         bail!("can't restart paused deployment (run rollout resume first)");
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}});
-    client.patch("Deployment", &ns, &name, &patch).await?;
+    client.patch(info.kind, &ns, &name, &patch).await?;
     println!("{}/{name} restarted", output::qualified(info));
     Ok(())
 }
@@ -614,6 +716,57 @@ pub async fn scale(client: &Client, a: ScaleArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn daemonset_and_statefulset_status_read_as_kubectl() {
+        let ds = |generation: i64, desired: i64, updated: i64, available: i64| {
+            json!({"metadata": {"name": "agent", "generation": generation},
+                   "status": {"observedGeneration": 2, "desiredNumberScheduled": desired,
+                              "updatedNumberScheduled": updated, "numberAvailable": available}})
+        };
+        let waiting = |p: Result<Progress, String>| match p {
+            Ok(Progress::Waiting(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(waiting(daemonset_status(&ds(3, 3, 3, 3))).contains("spec update"));
+        assert!(waiting(daemonset_status(&ds(2, 3, 1, 1))).contains("1 out of 3 new pods"));
+        assert!(waiting(daemonset_status(&ds(2, 3, 3, 2))).contains("2 of 3 updated pods"));
+        assert_eq!(
+            daemonset_status(&ds(2, 3, 3, 3)),
+            Ok(Progress::Done(
+                "daemon set \"agent\" successfully rolled out".into()
+            ))
+        );
+        let mut on_delete = ds(2, 3, 3, 3);
+        on_delete["spec"] = json!({"updateStrategy": {"type": "OnDelete"}});
+        assert!(daemonset_status(&on_delete).is_err());
+
+        let sts = |ready: i64, updated: i64, current: &str| {
+            json!({"metadata": {"name": "db", "generation": 2},
+                   "spec": {"replicas": 3},
+                   "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": updated,
+                              "currentReplicas": 3, "currentRevision": current, "updateRevision": "db-v2"}})
+        };
+        assert!(waiting(statefulset_status(&sts(2, 1, "db-v1"))).contains("Waiting for 1 pods"));
+        assert!(
+            waiting(statefulset_status(&sts(3, 2, "db-v1")))
+                .contains("complete 2 pods at revision db-v2")
+        );
+        assert_eq!(
+            statefulset_status(&sts(3, 3, "db-v2")),
+            Ok(Progress::Done(
+                "statefulset rolling update complete 3 pods at revision db-v2...".into()
+            ))
+        );
+        let mut partitioned = sts(3, 1, "db-v1");
+        partitioned["spec"]["updateStrategy"] = json!({"rollingUpdate": {"partition": 1}});
+        assert!(waiting(statefulset_status(&partitioned)).contains("1 out of 2"));
+        partitioned["status"]["updatedReplicas"] = json!(2);
+        assert!(matches!(
+            statefulset_status(&partitioned),
+            Ok(Progress::Done(_))
+        ));
+    }
 
     fn deployment(strategy: &str) -> Value {
         json!({"metadata": {"name": "web", "namespace": "default", "uid": "u", "generation": 2,

@@ -209,6 +209,32 @@ impl Cluster {
         self.members[0].data_dir.join("admin.yaml")
     }
 
+    /// Runs the `ferry` CLI against the cluster: (success, stdout + stderr).
+    pub async fn ferry(&self, args: &[&str]) -> Result<(bool, String)> {
+        let out = tokio::process::Command::new(ferry_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .output()
+            .await
+            .context("running ferry")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    /// [`Cluster::ferry`] that must succeed: its output.
+    pub async fn ferry_ok(&self, args: &[&str]) -> Result<String> {
+        let (ok, out) = self.ferry(args).await?;
+        if !ok {
+            bail!("ferry {}: {out}", args.join(" "));
+        }
+        Ok(out)
+    }
+
     fn add_member_process(&mut self, extra: &[&str]) -> Result<usize> {
         let i = self.members.len();
         let data_dir = self.dir.path().join(format!("member-{i}"));

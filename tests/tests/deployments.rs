@@ -130,29 +130,12 @@ fn chrono_now() -> String {
     )
 }
 
-/// Runs the `ferry` CLI against the cluster: (success, stdout + stderr).
 async fn ferry(cluster: &Cluster, args: &[&str]) -> Result<(bool, String)> {
-    let out = tokio::process::Command::new(ferry_bin())
-        .arg("--config")
-        .arg(cluster.config_path())
-        .args(args)
-        .output()
-        .await
-        .context("running ferry")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.success(), text))
+    cluster.ferry(args).await
 }
 
 async fn ferry_ok(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let (ok, out) = ferry(cluster, args).await?;
-    if !ok {
-        bail!("ferry {}: {out}", args.join(" "));
-    }
-    Ok(out)
+    cluster.ferry_ok(args).await
 }
 
 fn ns_opts(selector: &str) -> ListOptions {

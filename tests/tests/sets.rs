@@ -204,6 +204,14 @@ async fn daemonset_follows_nodes_and_rolls_out() -> Result<()> {
         &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "agent:v2"}]}}}}),
     )
     .await?;
+    // `rollout status` follows the DaemonSet until every node runs the new template.
+    let out = cluster
+        .ferry_ok(&["rollout", "status", "daemonset/agent", "--timeout", "60s"])
+        .await?;
+    assert!(
+        out.contains("daemon set \"agent\" successfully rolled out"),
+        "{out}"
+    );
     until("the v2 rollout", 60, async || {
         let pods = daemon_pods(&c).await?;
         let ready = ["n1", "n4"]
@@ -412,6 +420,14 @@ async fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() -> Result
             "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}}}),
     )
     .await?;
+    let out = cluster
+        .ferry_ok(&["rollout", "status", "sts", "db", "--timeout", "60s"])
+        .await?;
+    // As kubectl: the defaulted `rollingUpdate.partition: 0` makes it a partitioned roll out.
+    assert!(
+        out.contains("partitioned roll out complete: 3 new pods have been updated"),
+        "{out}"
+    );
     until("the v2 rollout", 60, async || {
         let pods = set_pods(&c, "db").await?;
         let v2 = |n: &str| {
