@@ -334,14 +334,22 @@ async fn agents_register_get_pod_cidrs_heartbeat_and_stay_in_their_lane() -> Res
     admin
         .create("PersistentVolume", "", &volume("pv-b", "node-b"))
         .await?;
-    let mut pv = as_a.get("PersistentVolume", "", "pv-a").await?;
+    // Unconditional updates (no resourceVersion): the volume binding controller may write the
+    // volumes' status at any time.
+    let unconditional = |mut v: Value| {
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    let mut pv = unconditional(as_a.get("PersistentVolume", "", "pv-a").await?);
     pv["metadata"]["finalizers"] = json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP]);
     let marked = as_a.update("PersistentVolume", &pv).await?;
     assert_eq!(
         marked["metadata"]["finalizers"],
         json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP])
     );
-    let mut grown = marked.clone();
+    let mut grown = unconditional(marked.clone());
     grown["spec"]["capacity"]["storage"] = json!("100Gi");
     let err = as_a
         .update("PersistentVolume", &grown)
@@ -354,7 +362,7 @@ async fn agents_register_get_pod_cidrs_heartbeat_and_stay_in_their_lane() -> Res
         .await
         .expect_err("another node's volume");
     assert_eq!(err.code, Code::PermissionDenied, "{err}");
-    let mut theirs = admin.get("PersistentVolume", "", "pv-b").await?;
+    let mut theirs = unconditional(admin.get("PersistentVolume", "", "pv-b").await?);
     theirs["metadata"]["finalizers"] = json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP]);
     let err = as_a
         .update("PersistentVolume", &theirs)

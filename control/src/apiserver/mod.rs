@@ -228,8 +228,12 @@ impl ApiServer {
                 .map(String::from)
                 .collect()
         };
+        // Status is not written through the main resource, so it is not compared.
         let rest = |v: &Value| {
             let mut v = v.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("status");
+            }
             if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
                 for k in ["finalizers", "resourceVersion", "managedFields"] {
                     m.remove(k);

@@ -11,6 +11,10 @@
 //! reason BackoffLimitExceeded or DeadlineExceeded. `spec.ttlSecondsAfterFinished` deletes a
 //! finished Job (and through the collector its pods) that long after it finished. Without
 //! `completions` (a work queue) the Job completes once a pod succeeded and none is active.
+//! `spec.podFailurePolicy`: the first rule a failed pod matches (`onExitCodes` In/NotIn, optionally
+//! for one container, or `onPodConditions`) decides: `FailJob` fails the Job at once (reason
+//! PodFailurePolicy), `Ignore` leaves the failure out of `backoffLimit` (the pod is replaced at
+//! once), `Count` counts it as usual.
 //! `spec.suspend` deletes the active pods and starts none. After failed pods, new ones wait a
 //! back-off delay (10 s, doubled for each further failure since the last success, at most
 //! 6 min), as in Kubernetes.
@@ -187,7 +191,27 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
     } else {
         count("Succeeded").max(int(&old, "/succeeded").unwrap_or(0))
     };
-    let failed = count("Failed").max(int(&old, "/failed").unwrap_or(0));
+    // podFailurePolicy: the first rule a failed pod matches decides what its failure means.
+    let verdicts: Vec<(&Value, Option<FailureVerdict>)> = pods
+        .iter()
+        .filter(|q| s(q, "/status/phase") == "Failed")
+        .map(|q| (*q, failure_verdict(job, q)))
+        .collect();
+    let ignored: BTreeSet<&str> = verdicts
+        .iter()
+        .filter(|(_, v)| matches!(v, Some(FailureVerdict::Ignore)))
+        .map(|(q, _)| s(q, "/metadata/name"))
+        .collect();
+    let fail_job = verdicts.iter().find_map(|(_, v)| match v {
+        Some(FailureVerdict::FailJob(m)) => Some(m.clone()),
+        _ => None,
+    });
+    let counted: Vec<&Value> = pods
+        .iter()
+        .copied()
+        .filter(|q| !ignored.contains(s(q, "/metadata/name")))
+        .collect();
+    let failed = (count("Failed") - ignored.len() as i64).max(int(&old, "/failed").unwrap_or(0));
     let mut active: Vec<&Value> = pods
         .iter()
         .copied()
@@ -246,7 +270,9 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
     } else {
         0
     };
-    let failure = if failed > backoff_limit || (restarts > 0 && restarts >= backoff_limit) {
+    let failure = if let Some(message) = fail_job {
+        Some(("PodFailurePolicy", message))
+    } else if failed > backoff_limit || (restarts > 0 && restarts >= backoff_limit) {
         Some((
             "BackoffLimitExceeded",
             "Job has reached the specified backoff limit".to_string(),
@@ -306,7 +332,7 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
                 }
             };
             let have = active.len() as i64;
-            if want > have && now < backoff_until(pods) {
+            if want > have && now < backoff_until(&counted) {
                 // Failed pods are replaced after a back-off delay.
             } else if want > have && indexed {
                 // The lowest indexes with neither a succeeded nor an active pod.
@@ -363,6 +389,92 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
         p.status = Some(status);
     }
     p
+}
+
+/// What a failed pod's failure means under the Job's `podFailurePolicy`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailureVerdict {
+    /// The Job fails at once (the message says which rule matched).
+    FailJob(String),
+    /// Not counted against `backoffLimit`; the pod is replaced.
+    Ignore,
+    /// Counted, as without a policy.
+    Count,
+}
+
+/// The first `podFailurePolicy` rule failed pod `pod` matches (None: no policy or no rule
+/// matches: the failure counts). `onExitCodes` looks at the terminated containers (the named
+/// one only with `containerName`), leaving out those that exited 0; `onPodConditions` at the
+/// pod's conditions (status default True).
+pub fn failure_verdict(job: &Value, pod: &Value) -> Option<FailureVerdict> {
+    let rules = job
+        .pointer("/spec/podFailurePolicy/rules")
+        .and_then(Value::as_array)?;
+    let exits: Vec<(&str, i64)> = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let code = c.pointer("/state/terminated/exitCode")?.as_i64()?;
+            Some((c["name"].as_str().unwrap_or(""), code))
+        })
+        .filter(|(_, code)| *code != 0)
+        .collect();
+    for (i, rule) in rules.iter().enumerate() {
+        let mut matched: Option<String> = None;
+        if let Some(on) = rule.get("onExitCodes").filter(|v| !v.is_null()) {
+            let values: Vec<i64> = on["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_i64)
+                .collect();
+            let only = on["containerName"].as_str();
+            let not_in = on["operator"] == "NotIn";
+            matched = exits
+                .iter()
+                .filter(|(name, _)| only.is_none_or(|o| o == *name))
+                .find(|(_, code)| values.contains(code) != not_in)
+                .map(|(name, code)| {
+                    format!(
+                        "Container {name} for pod {}/{} failed with exit code {code} matching {} rule at index {i}",
+                        s(pod, "/metadata/namespace"),
+                        s(pod, "/metadata/name"),
+                        rule["action"].as_str().unwrap_or("")
+                    )
+                });
+        } else if let Some(conds) = rule["onPodConditions"].as_array() {
+            let has = |want: &Value| {
+                pod.pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["type"] == want["type"]
+                            && c["status"] == want["status"].as_str().unwrap_or("True")
+                    })
+            };
+            matched = conds.iter().find(|c| has(c)).map(|c| {
+                format!(
+                    "Pod {}/{} has condition {} matching {} rule at index {i}",
+                    s(pod, "/metadata/namespace"),
+                    s(pod, "/metadata/name"),
+                    c["type"].as_str().unwrap_or(""),
+                    rule["action"].as_str().unwrap_or("")
+                )
+            });
+        }
+        let Some(message) = matched else {
+            continue;
+        };
+        return Some(match rule["action"].as_str() {
+            Some("FailJob") => FailureVerdict::FailJob(message),
+            Some("Ignore") => FailureVerdict::Ignore,
+            _ => FailureVerdict::Count,
+        });
+    }
+    None
 }
 
 /// The annotation (and label) holding an Indexed Job pod's completion index.
@@ -699,6 +811,53 @@ mod tests {
         assert_eq!(st["succeeded"], 5);
         assert_eq!(st["conditions"][0]["type"], "Complete");
         assert!(p.indexes.is_empty());
+    }
+
+    #[test]
+    fn pod_failure_policy_fails_ignores_or_counts() {
+        let mut j = job(Some(2), 1, 1);
+        j["spec"]["podFailurePolicy"] = json!({"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1]}}]});
+        let failed = |name: &str, code: i64, disrupted: bool| {
+            let mut q = pod(name, "Failed");
+            q["metadata"]["namespace"] = json!("default");
+            q["status"]["containerStatuses"] =
+                json!([{"name": "c", "state": {"terminated": {"exitCode": code}}}]);
+            if disrupted {
+                q["status"]["conditions"] = json!([{"type": "DisruptionTarget", "status": "True"}]);
+            }
+            q
+        };
+        // Exit 42: the Job fails at once, with the rule in the message.
+        let a = failed("a", 42, false);
+        match failure_verdict(&j, &a) {
+            Some(FailureVerdict::FailJob(m)) => assert_eq!(
+                m,
+                "Container c for pod default/a failed with exit code 42 matching FailJob rule at index 0"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let st = plan(&j, &[&a], at(NOW)).status.expect("status");
+        assert_eq!(st["conditions"][0]["reason"], "PodFailurePolicy");
+        // Disrupted pods are ignored: two of them stay under backoffLimit 1, replaced at once.
+        let (b, c) = (failed("b", 137, true), failed("c", 137, true));
+        assert_eq!(failure_verdict(&j, &b), Some(FailureVerdict::Ignore));
+        let p = plan(&j, &[&b, &c], at(NOW));
+        let st = p.status.expect("status");
+        assert!(st["conditions"].is_null(), "{st}");
+        assert_eq!(st["failed"], 0);
+        assert_eq!(p.create, 1, "replaced without a back-off delay");
+        // Exit 3 is counted (NotIn [1]); exit 1 matches no rule and counts too.
+        assert_eq!(
+            failure_verdict(&j, &failed("d", 3, false)),
+            Some(FailureVerdict::Count)
+        );
+        assert_eq!(failure_verdict(&j, &failed("e", 1, false)), None);
+        let (d, e) = (failed("d", 3, false), failed("e", 1, false));
+        let st = plan(&j, &[&d, &e], at(NOW)).status.expect("status");
+        assert_eq!(st["conditions"][0]["reason"], "BackoffLimitExceeded");
     }
 
     #[test]
