@@ -96,7 +96,12 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
     let c = cluster.client();
     let mut agent = TestAgent::start(&cluster, "pods")?;
     let archive = agent.dir().join("busybox.tar");
-    image::write_busybox_archive(&archive, IMAGE)?;
+    // With ferry-netcheck, whose `probe-targets` serves HTTPS and gRPC health for the probes.
+    let netcheck = image::host_binary_files(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ferry-netcheck")),
+        "bin/ferry-netcheck",
+    )?;
+    image::write_busybox_archive_with(&archive, IMAGE, &netcheck)?;
     agent.import_image(&archive)?;
 
     c.create(
@@ -435,6 +440,83 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
         "the container exited on SIGTERM, not at the end of the grace period: {:?}",
         asked.elapsed()
     );
+
+    // HTTPS and gRPC probes against real servers in the container: an HTTPS readiness probe
+    // and a gRPC liveness probe that pass; a gRPC readiness probe on a NOT_SERVING service and
+    // an HTTPS one on a path answering 500 keep the other pod unready, with Unhealthy events.
+    let targets = json!(["ferry-netcheck", "probe-targets", "8443", "9090"]);
+    let grpc =
+        |service: &str| json!({"grpc": {"port": 9090, "service": service}, "periodSeconds": 1});
+    let https = |path: &str| json!({"httpGet": {"scheme": "HTTPS", "port": 8443, "path": path}, "periodSeconds": 1});
+    c.create(
+        "Pod",
+        "default",
+        &pod(
+            &agent,
+            "secure",
+            json!({"containers": [{"name": "main", "image": IMAGE, "command": targets,
+                "readinessProbe": https("/healthz"), "livenessProbe": grpc("ferry.Up")}]}),
+        ),
+    )
+    .await?;
+    c.create(
+        "Pod",
+        "default",
+        &pod(
+            &agent,
+            "unready",
+            json!({"containers": [
+                {"name": "grpc", "image": IMAGE, "command": targets, "readinessProbe": grpc("ferry.Down")},
+                {"name": "https", "image": IMAGE, "command": ["sleep", "3600"],
+                 "readinessProbe": {"httpGet": {"scheme": "HTTPS", "port": 8443, "path": "/nope"}, "periodSeconds": 1}}]}),
+        ),
+    )
+    .await?;
+    wait_for(
+        "the secure pod to be Ready through HTTPS and gRPC probes",
+        Duration::from_secs(40),
+        &agent,
+        async || {
+            get_pod(&c, "secure")
+                .await
+                .filter(|p| cond(p, "Ready"))
+                .map(drop)
+        },
+    )
+    .await?;
+    wait_for(
+        "Unhealthy events for the NOT_SERVING and 500 probes",
+        Duration::from_secs(30),
+        &agent,
+        async || {
+            let events = c
+                .list("Event", &ferry_api::client::ListOptions::default())
+                .await
+                .ok()?;
+            let msgs: Vec<String> = events["items"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["reason"] == "Unhealthy" && e["involvedObject"]["name"] == "unready")
+                .filter_map(|e| e["message"].as_str().map(String::from))
+                .collect();
+            (msgs.iter().any(|m| m.contains("NOT_SERVING"))
+                && msgs.iter().any(|m| m.contains("statuscode: 500")))
+            .then_some(())
+        },
+    )
+    .await?;
+    let secure = get_pod(&c, "secure").await.unwrap_or_default();
+    assert_eq!(
+        secure["status"]["containerStatuses"][0]["restartCount"], 0,
+        "the gRPC liveness probe passes: {secure:#}"
+    );
+    assert!(!cond(
+        &get_pod(&c, "unready").await.unwrap_or_default(),
+        "Ready"
+    ));
+    for name in ["secure", "unready"] {
+        c.delete("Pod", "default", name, "").await?;
+    }
 
     // A failing postStart hook: a FailedPostStartHook Event, the container killed and
     // restarted by its restart policy.

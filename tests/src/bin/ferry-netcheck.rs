@@ -11,6 +11,11 @@
 //!                                       connection per request or one kept-alive connection per
 //!                                       worker; print "requests=N failures=M" and the first
 //!                                       failures
+//! ferry-netcheck probe-targets HTTPS_PORT GRPC_PORT
+//!                                       what HTTPS and gRPC probes look at: HTTPS (self-signed)
+//!                                       answering 200 on /healthz and 500 elsewhere, and
+//!                                       grpc.health.v1 with "" and "ferry.Up" SERVING,
+//!                                       "ferry.Down" NOT_SERVING
 //! ```
 //!
 //! `udp-ask` uses an unconnected socket (`sendto`/`recvfrom`), the path of Ferry's
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ferry-netcheck udp-echo PORT | udp-ask IP PORT [COUNT] | http-load IP PORT SECONDS WORKERS new|keepalive"
+        "usage: ferry-netcheck udp-echo PORT | udp-ask IP PORT [COUNT] | http-load IP PORT SECONDS WORKERS new|keepalive | probe-targets HTTPS_PORT GRPC_PORT"
     );
     ExitCode::from(2)
 }
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
         ["udp-ask", ip, port] => ask(ip, port, "1"),
         ["udp-ask", ip, port, count] => ask(ip, port, count),
         ["http-load", ip, port, secs, workers, mode] => load(ip, port, secs, workers, mode),
+        ["probe-targets", https, grpc] => probe_targets(https, grpc),
         _ => return usage(),
     };
     match result {
@@ -48,6 +54,72 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn probe_targets(https: &str, grpc: &str) -> Result<(), String> {
+    let https: u16 = https
+        .parse()
+        .map_err(|e| format!("HTTPS_PORT {https:?}: {e}"))?;
+    let grpc: u16 = grpc
+        .parse()
+        .map_err(|e| format!("GRPC_PORT {grpc:?}: {e}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+            .map_err(|e| e.to_string())?;
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+            .map_err(|e| e.to_string())?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .map_err(|e| e.to_string())?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let tls = tokio::net::TcpListener::bind(("0.0.0.0", https))
+            .await
+            .map_err(|e| format!("listening on {https}: {e}"))?;
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((tcp, _)) = tls.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 2048];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let status = if buf[..n].starts_with(b"GET /healthz ") {
+                        "200 OK"
+                    } else {
+                        "500 Internal Server Error"
+                    };
+                    let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                    let _ = s.write_all(reply.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("ferry.Up", tonic_health::ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("ferry.Down", tonic_health::ServingStatus::NotServing)
+            .await;
+        println!("probe targets: https on {https}, grpc on {grpc}");
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve(SocketAddr::from((Ipv4Addr::UNSPECIFIED, grpc)))
+            .await
+            .map_err(|e| format!("gRPC on {grpc}: {e}"))
+    })
 }
 
 fn ask(ip: &str, port: &str, count: &str) -> Result<(), String> {
