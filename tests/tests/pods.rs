@@ -76,6 +76,23 @@ async fn get_pod(c: &Client, name: &str) -> Option<Value> {
     c.get("Pod", "default", name).await.ok()
 }
 
+/// The messages of the Events with `reason` about pod `name`.
+async fn event_messages(c: &Client, name: &str, reason: &str) -> Vec<String> {
+    let Ok(events) = c
+        .list("Event", &ferry_api::client::ListOptions::default())
+        .await
+    else {
+        return Vec::new();
+    };
+    events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == reason && e["involvedObject"]["name"] == name)
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect()
+}
+
 fn cond(p: &Value, kind: &str) -> bool {
     p.pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -489,16 +506,7 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
         Duration::from_secs(30),
         &agent,
         async || {
-            let events = c
-                .list("Event", &ferry_api::client::ListOptions::default())
-                .await
-                .ok()?;
-            let msgs: Vec<String> = events["items"]
-                .as_array()?
-                .iter()
-                .filter(|e| e["reason"] == "Unhealthy" && e["involvedObject"]["name"] == "unready")
-                .filter_map(|e| e["message"].as_str().map(String::from))
-                .collect();
+            let msgs = event_messages(&c, "unready", "Unhealthy").await;
             (msgs.iter().any(|m| m.contains("NOT_SERVING"))
                 && msgs.iter().any(|m| m.contains("statuscode: 500")))
             .then_some(())
@@ -542,24 +550,10 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
         },
     )
     .await?;
-    let events = c
-        .list("Event", &ferry_api::client::ListOptions::default())
-        .await?;
-    let failed: Vec<&Value> = events["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            e["reason"] == "FailedPostStartHook" && e["involvedObject"]["name"] == "badstart"
-        })
-        .collect();
-    assert!(!failed.is_empty(), "{events:#}");
+    let failed = event_messages(&c, "badstart", "FailedPostStartHook").await;
     assert!(
-        failed[0]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("exited with 3")),
-        "{:#}",
-        failed[0]
+        failed.iter().any(|m| m.contains("exited with 3")),
+        "{failed:?}"
     );
     c.delete("Pod", "default", "badstart", "").await?;
 
