@@ -30,8 +30,9 @@ fn key_of(v: &Value) -> (String, String) {
     (s("/metadata/namespace"), s("/metadata/name"))
 }
 
-fn revision_of(v: &Value, ptr: &str) -> u64 {
-    v.pointer(ptr)
+/// An object's `metadata.resourceVersion` as a store revision (0 when missing).
+pub fn revision_of(v: &Value) -> u64 {
+    v.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
@@ -48,7 +49,8 @@ pub struct Informer {
     _task: Arc<AbortOnDrop>,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A spawned task that is aborted when this is dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -166,7 +168,7 @@ async fn run<A: Api>(
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(ev) => {
-                    let rev = revision_of(&ev.object, "/metadata/resourceVersion");
+                    let rev = revision_of(&ev.object);
                     let mut c = lock(&cache);
                     match ev.kind.as_str() {
                         "ADDED" | "MODIFIED" => {

@@ -327,7 +327,7 @@ impl SockLb {
     pub fn sweep_conntrack(
         &mut self,
         timeouts: &super::conntrack::Timeouts,
-    ) -> Result<super::conntrack::SweepReport, DatapathError> {
+    ) -> super::conntrack::SweepReport {
         let live: std::collections::HashSet<(Ipv4Addr, u16)> =
             self.backend_ids.keys().map(|b| (b.addr, b.port)).collect();
         super::conntrack::sweep(

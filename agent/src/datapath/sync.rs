@@ -15,6 +15,8 @@ use ferry_api::client::Client;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use ferry_api::informer::AbortOnDrop;
+
 use super::{DatapathError, conntrack, health, l2, services, socklb::SockLb};
 use crate::informer::{Informer, lock};
 
@@ -143,14 +145,6 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Sweeps the north-south connection tracking every [`conntrack::SWEEP_EVERY`] (from the
 /// first sync on, which decides the live backends).
 async fn sweep_conntrack(lb: Arc<Mutex<SockLb>>) {
@@ -165,14 +159,13 @@ async fn sweep_conntrack(lb: Arc<Mutex<SockLb>>) {
         })
         .await;
         match r {
-            Ok(Ok(report)) if report.expired + report.orphaned > 0 => tracing::debug!(
+            Ok(report) if report.expired + report.orphaned > 0 => tracing::debug!(
                 scanned = report.scanned,
                 expired = report.expired,
                 orphaned = report.orphaned,
                 "connection tracking swept"
             ),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("sweeping connection tracking: {e}"),
+            Ok(_) => {}
             Err(e) => tracing::warn!("sweeping connection tracking: {e}"),
         }
     }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ferry_api::client::{Api, ClientError, ListOptions, WatchStream};
-use ferry_api::informer::Informer;
+use ferry_api::informer::{Informer, revision_of};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -69,13 +69,6 @@ struct Informers {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn revision_of(obj: &Value) -> u64 {
-    obj.pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
 }
 
 fn whole_kind(opts: &ListOptions) -> bool {

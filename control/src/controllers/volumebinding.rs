@@ -20,7 +20,6 @@
 //! is deleted (the directory stays on the node: nothing removes it yet), with `Retain` it stays
 //! Released until an administrator clears its `claimRef`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::client::{Api, ListOptions};
@@ -458,27 +457,35 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
         return Ok(0);
     }
     // Pods and nodes come from the caches only when some claim may need provisioning.
-    let (mut pods, mut nodes): (Vec<Arc<Value>>, Vec<Arc<Value>>) = Default::default();
-    let mut fetched = false;
+    let deleting = |c: &Value| !s(c, "/metadata/deletionTimestamp").is_empty();
+    let protected = |c: &Value| finalizers(c).contains(&PVC_PROTECTION);
+    // Pods and nodes (from the caches) matter only to claims that may need provisioning and
+    // to protected claims being deleted.
+    let needs_pods = pvcs.iter().any(|c| {
+        if deleting(c) {
+            protected(c)
+        } else {
+            s(c, "/spec/volumeName").is_empty()
+        }
+    });
+    let (pods, nodes) = if needs_pods {
+        tokio::try_join!(api.snapshot("Pod"), api.snapshot("Node"))?
+    } else {
+        Default::default()
+    };
+    let by_ns = super::by_namespace(&pods);
+    let nodes: Vec<&Value> = nodes.iter().map(|n| &**n).collect();
     let mut acted = 0;
     for pvc in &pvcs {
         let name = s(pvc, "/metadata/name");
         let ns = s(pvc, "/metadata/namespace");
-        let deleting = !s(pvc, "/metadata/deletionTimestamp").is_empty();
-        if deleting && !finalizers(pvc).contains(&PVC_PROTECTION) {
+        let deleting = deleting(pvc);
+        if deleting && !protected(pvc) {
             continue;
         }
-        if !fetched && (deleting || s(pvc, "/spec/volumeName").is_empty()) {
-            (pods, nodes) = tokio::try_join!(api.snapshot("Pod"), api.snapshot("Node"))?;
-            fetched = true;
-        }
-        let in_ns: Vec<&Value> = pods
-            .iter()
-            .filter(|p| s(p, "/metadata/namespace") == ns)
-            .map(|p| &**p)
-            .collect();
+        let in_ns = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
         if deleting {
-            if protection_released(pvc, &in_ns) {
+            if protection_released(pvc, in_ns) {
                 let mut updated = pvc.clone();
                 let rest: Vec<&str> = finalizers(pvc)
                     .into_iter()
@@ -492,8 +499,7 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             }
             continue;
         }
-        let nodes: Vec<&Value> = nodes.iter().map(|n| &**n).collect();
-        let action = plan_claim(pvc, &pvs, &in_ns, &nodes);
+        let action = plan_claim(pvc, &pvs, in_ns, &nodes);
         let result = match action {
             ClaimAction::None => continue,
             ClaimAction::Bind(pv_name) => {
