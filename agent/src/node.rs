@@ -50,6 +50,8 @@ pub struct AgentOptions {
     /// The interface NodePort and LoadBalancer traffic from outside arrives on: `auto` (the
     /// one holding the node's address), `none`, or a name.
     pub uplink: String,
+    /// The XDP fast path for north-south traffic on the uplink.
+    pub lb_acceleration: crate::datapath::socklb::Acceleration,
     /// Resolvers the cluster DNS forwards other names to (default: the node's; `dns`).
     pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
@@ -77,6 +79,7 @@ impl AgentOptions {
             cgroup_root: "/".into(),
             bpf_pin_dir: None,
             uplink: "auto".into(),
+            lb_acceleration: Default::default(),
             dns_upstreams: Vec::new(),
         }
     }
@@ -420,6 +423,7 @@ fn uplink_for(
         node_ip,
         pod_net: net,
         pod_prefix: prefix,
+        acceleration: opts.lb_acceleration,
     }))
 }
 

@@ -348,6 +348,11 @@ struct AgentArgs {
     /// holding the node address), none, or a name.
     #[arg(long, default_value = "auto")]
     uplink: String,
+    /// The XDP fast path in front of the uplink's TC programs (as Cilium's
+    /// loadBalancer.acceleration): disabled, native (XDP in the driver, or the agent fails),
+    /// best-effort (native where the driver can, else TC only with a warning).
+    #[arg(long, default_value = "disabled", value_parser = ["disabled", "native", "best-effort"])]
+    lb_acceleration: String,
     /// A resolver (IP:PORT) the cluster DNS forwards names outside the cluster domain to
     /// (repeatable; default: the node's non-loopback resolvers from /etc/resolv.conf).
     #[arg(long = "dns-upstream", value_name = "IP:PORT")]
@@ -461,6 +466,17 @@ enum ClusterCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // A command that prints and exits ends quietly when its reader goes away (`ferry get pods |
+    // head`), as Unix tools do; Rust ignores SIGPIPE, which turns that into a failed print.
+    // Long-running processes keep ignoring it (a peer closing a socket is an error to handle).
+    if !matches!(
+        cli.command,
+        Command::Up(_) | Command::Server(_) | Command::Agent(_)
+    ) {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: restoring the default disposition, before any thread exists.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -542,6 +558,7 @@ async fn run(cli: Cli) -> Result<()> {
             cgroup_root: a.cgroup_root.clone(),
             bpf_pin_dir: a.bpf_pin_dir.clone(),
             uplink: a.uplink.clone(),
+            lb_acceleration: a.lb_acceleration.parse().map_err(anyhow::Error::msg)?,
             dns_upstreams: a.dns_upstreams.clone(),
         };
         if a.cleanup {

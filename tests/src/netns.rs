@@ -689,6 +689,80 @@ impl AgentProcess {
     }
 }
 
+/// Attaches a program that passes every frame (`r0 = XDP_PASS; exit`) to interface `ifname`
+/// of network namespace `netns`, in driver mode, through a BPF link held by the returned fd.
+/// Raw bpf(2) calls: two instructions need no object file or loader.
+fn xdp_pass(netns: &Path, ifname: &str) -> Result<std::os::fd::OwnedFd> {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const BPF_XDP: u32 = 37;
+    const XDP_FLAGS_DRV_MODE: u32 = 4;
+    // mov64 r0, 2 (XDP_PASS); exit.
+    let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x95];
+    let license = c"GPL";
+    // bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, ... expected_attach_type
+    // at offset 68.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[68..72].copy_from_slice(&BPF_XDP.to_ne_bytes());
+    // SAFETY: a valid bpf_attr of the size given, pointing at live memory.
+    let prog = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if prog < 0 {
+        bail!("loading XDP_PASS: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd this process owns.
+    let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog as i32) };
+    let ns = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let ifname = std::ffi::CString::new(ifname)?;
+    // The interface index is looked up, and the link made, in the namespace: in a thread of
+    // its own, which setns(2) moves there and which then ends.
+    let prog_fd = std::os::fd::AsRawFd::as_raw_fd(&prog);
+    let link = std::thread::spawn(move || -> Result<i64> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+        if ifindex == 0 {
+            bail!("no interface {ifname:?}");
+        }
+        // bpf_attr for BPF_LINK_CREATE: prog_fd, target_ifindex, attach_type, flags.
+        let mut attr = [0u8; 64];
+        attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        attr[8..12].copy_from_slice(&BPF_XDP.to_ne_bytes());
+        attr[12..16].copy_from_slice(&XDP_FLAGS_DRV_MODE.to_ne_bytes());
+        // SAFETY: a valid bpf_attr of the size given.
+        let link = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_LINK_CREATE,
+                attr.as_ptr(),
+                attr.len() as libc::c_uint,
+            )
+        };
+        if link < 0 {
+            bail!("linking XDP_PASS: {}", std::io::Error::last_os_error());
+        }
+        Ok(link)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the setns thread panicked"))??;
+    // SAFETY: a new fd this process owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) })
+}
+
 /// A simulated node: a namespace on the fabric, and its agent once started.
 pub struct SimNode {
     /// The Node's name in the cluster, `<prefix>-node<i>`: the same as its namespace's.
@@ -718,6 +792,9 @@ pub struct Fabric {
     agent_log_level: String,
     torn_down: bool,
     dir: tempfile::TempDir,
+    /// XDP_PASS links on the fabric ends of the nodes' links (see `add_leaf`); they go with
+    /// the fabric namespace, or with this process.
+    xdp_links: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Drop for Fabric {
@@ -759,6 +836,7 @@ impl Fabric {
             nodes: Vec::new(),
             agent_log_level: "info".into(),
             torn_down: false,
+            xdp_links: Vec::new(),
             dir,
         };
         // From here on a failure drops `f`, which removes whatever was made.
@@ -777,6 +855,7 @@ impl Fabric {
             return Vec::new();
         }
         self.torn_down = true;
+        self.xdp_links.clear();
         for n in &mut self.nodes {
             if let Some(a) = &mut n.agent {
                 a.kill9();
@@ -908,6 +987,19 @@ impl Fabric {
             netns,
         ])?;
         ip(&["-n", fab, "link", "set", fabric_end, "master", &br, "up"])?;
+        if forward {
+            // The fabric behaves like a wire in front of a node: frames reach the node with
+            // complete checksums (a veth would hand over the sender's partial ones, which no
+            // NIC delivers and which an XDP program cannot tell apart), and the fabric end
+            // takes the frames a node's XDP program sends back out (a veth delivers XDP_TX
+            // frames only to a peer that runs XDP itself).
+            run(Command::new("nsenter")
+                .arg(format!("--net={}", netns_path(fab).display()))
+                .args(["ethtool", "-K", fabric_end, "tx", "off"]))?;
+            let link = xdp_pass(&netns_path(fab), fabric_end)
+                .with_context(|| format!("attaching XDP_PASS to {fabric_end}"))?;
+            self.xdp_links.push(link);
+        }
         ip(&["-n", netns, "link", "set", "lo", "up"])?;
         ip(&[
             "-n",

@@ -9,13 +9,18 @@
 //! - a LoadBalancer address (from the cluster's pool, routed to node 2 by the client) answers
 //!   the same way;
 //! - a LoadBalancer with `externalTrafficPolicy: Local`: its NodePort on node 0 and 1 always
-//!   reaches the local pod, which sees the client's address; node 2 drops it; the health check
+//!   reaches the local pod, which sees the client's address; node 2 drops it (at XDP); the health check
 //!   node port answers 200 with one local endpoint on node 0 and 1, 503 with none on node 2;
 //! - `internalTrafficPolicy: Local`: each web pod reaching the ClusterIP gets itself;
 //! - Maglev: a flow to the LoadBalancer address gets the same backend through node 0 or 1;
 //! - L2 announcement: on-link, the client resolves the LoadBalancer address by ARP to exactly
 //!   one node, and the address serves; when that node's network fails, another node takes the
 //!   address over and its gratuitous ARP moves the client's entry (last, as it cuts a node off).
+//!
+//! - the XDP fast path (`--lb-acceleration`): flows through node 2 to the other nodes' pods are
+//!   translated and sent back out at XDP (its counter grows), also after node 2's agent is
+//!   killed and restarted (the pinned XDP link takes the new program); through VXLAN only the
+//!   replies take it (the forward direction leaves through the tunnel device: TC's job).
 //!
 //! Every reply comes back from the address and port the client asked. Once with direct routes
 //! between nodes, once through VXLAN (the SNAT-ed packet is redirected into the tunnel device).
@@ -101,6 +106,88 @@ fn who_from(fabric: &Fabric, ip: &str, port: u16, sport: u16) -> Option<String> 
     line.starts_with("web-").then_some(line)
 }
 
+/// Node `i`'s datapath counter `name` (as `ferry datapath services` prints it).
+fn counter(fabric: &Fabric, i: usize, name: &str) -> Result<u64> {
+    let out = fabric.node_check(
+        i,
+        &[
+            ferry_tests::ferry_bin().to_str().context("ferry path")?,
+            "datapath",
+            "services",
+            "--node-name",
+            &fabric.node(i).name,
+        ],
+    )?;
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("counters: "))
+        .with_context(|| format!("no counters in:\n{out}"))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .with_context(|| format!("no counter {name} in {line:?}"))?
+        .parse()
+        .context("counter value")
+}
+
+/// Requests through the LoadBalancer address (routed to node 2, which has no local pod, so
+/// every flow goes to another node) are carried by the XDP fast path, also while node 2's
+/// agent is dead and once it has restarted.
+async fn xdp_fast_path(fabric: &mut Fabric, lb_ip: &str, tunnel: &str) -> Result<()> {
+    let fetch = |fabric: &Fabric| -> Result<()> {
+        for n in 0..5 {
+            if who(fabric, lb_ip, 80).is_none() {
+                bail!(
+                    "request {n} to {lb_ip} failed:\n{}",
+                    fabric.agent_log_tail(2, 20)
+                );
+            }
+        }
+        Ok(())
+    };
+    // Each request is one connection: with direct routes, at least its ACKs, data and FINs
+    // both ways (the SYN too once the neighbour is known); through VXLAN only the replies,
+    // which come back to node 2's address over the plain network (the forward direction
+    // leaves through the tunnel device, so XDP passes it to TC).
+    let least = if tunnel == "vxlan" { 5 * 3 } else { 5 * 6 };
+    let before = counter(fabric, 2, "ns_xdp_tx")?;
+    fetch(fabric)?;
+    let after = counter(fabric, 2, "ns_xdp_tx")?;
+    assert!(
+        after >= before + least,
+        "the XDP fast path carried {} packets of 5 requests",
+        after - before
+    );
+    let syncs = |fabric: &Fabric| {
+        fabric
+            .agent_log_tail(2, 100_000)
+            .matches("service maps synced")
+            .count()
+    };
+    let synced = syncs(fabric);
+    fabric.kill9_agent(2);
+    fetch(fabric).context("with node 2's agent dead")?;
+    fabric.restart_agent(2)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while syncs(fabric) <= synced {
+        if Instant::now() > deadline {
+            bail!(
+                "node 2's agent never synced again:\n{}",
+                fabric.agent_log_tail(2, 30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = counter(fabric, 2, "ns_xdp_tx")?;
+    fetch(fabric).context("after node 2's agent restarted")?;
+    let after = counter(fabric, 2, "ns_xdp_tx")?;
+    assert!(
+        after >= before + least,
+        "after the restart the XDP fast path carried {} packets of 5 requests",
+        after - before
+    );
+    Ok(())
+}
+
 async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
     let archive = fabric.dir().join("busybox.tar");
     image::write_busybox_archive(&archive, IMAGE)?;
@@ -114,7 +201,16 @@ async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
     )
     .await?;
     let c = cluster.client();
-    fabric.start_agents(&cluster, &["--tunnel", tunnel])?;
+    // Native XDP with direct routes (the agent must manage it); best-effort through VXLAN.
+    let acceleration = if tunnel == "vxlan" {
+        "best-effort"
+    } else {
+        "native"
+    };
+    fabric.start_agents(
+        &cluster,
+        &["--tunnel", tunnel, "--lb-acceleration", acceleration],
+    )?;
     fabric.wait_nodes_ready(&c, Duration::from_secs(30)).await?;
     for i in 0..2 {
         c.create(
@@ -224,6 +320,7 @@ async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
             );
         }
     }
+    xdp_fast_path(fabric, &lb_ip, tunnel).await?;
     maglev_agrees(fabric, &lb_ip)?;
     l2_announcement(fabric, &lb_ip).await?;
     traffic_policies(fabric, &c, &client_ip).await?;
@@ -534,6 +631,7 @@ async fn traffic_policies(fabric: &Fabric, c: &Client, client_ip: &str) -> Resul
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let node2 = fabric.node(2).ip.to_string();
+    let dropped = counter(fabric, 2, "ns_xdp_drop")?;
     for _ in 0..3 {
         assert_eq!(
             who(fabric, &node2, node_port),
@@ -541,6 +639,9 @@ async fn traffic_policies(fabric: &Fabric, c: &Client, client_ip: &str) -> Resul
             "node 2 has no local endpoint: outside traffic must be dropped"
         );
     }
+    // Before any socket buffer exists: by the XDP fast path, every SYN.
+    let dropped = counter(fabric, 2, "ns_xdp_drop")? - dropped;
+    assert!(dropped >= 3, "XDP dropped {dropped} SYNs of 3 connections");
     // internalTrafficPolicy: Local: a pod reaching the ClusterIP gets its own node's endpoint.
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or("").to_owned();
     for i in 0..2 {

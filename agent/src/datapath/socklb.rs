@@ -22,16 +22,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
-        links::PinnedLink, tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink, links::PinnedLink, tc::TcAttachOptions, xdp::XdpLink,
     },
 };
 use ferry_ebpf_common::{
     AFFINITY4_MAP, BACKENDS4_MAP, Backend4, L2_ANNOUNCE4_MAP, L2Announce, MAGLEV4_MAP,
     Maglev4Value, NAT4_MAP, NODE_CONFIG_MAP, NODE_IPS4_MAP, NS_STATS_MAP, NatKey, NatValue,
     NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4, PROG_RECVMSG4,
-    PROG_SENDMSG4, PROG_TO_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP, SVC_STATS_MAP, SVC4_MAP,
-    SockStat, Svc4Key, Svc4Value, SvcStats, svc_flags, svc_scope,
+    PROG_SENDMSG4, PROG_TO_UPLINK, PROG_XDP_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP,
+    SVC_STATS_MAP, SVC4_MAP, SockStat, Svc4Key, Svc4Value, SvcStats, svc_flags, svc_scope,
 };
 
 use super::{
@@ -67,30 +67,115 @@ pub struct Uplink {
     /// This node's pod CIDR (backends inside it are local).
     pub pod_net: Ipv4Addr,
     pub pod_prefix: u8,
+    /// Whether the XDP fast path runs in front of the TC programs.
+    pub acceleration: Acceleration,
 }
 
-/// Maps whose layout changed between agent versions, with their key and value sizes now: a
+/// The XDP fast path for north-south traffic (`--lb-acceleration`, as Cilium's
+/// `loadBalancer.acceleration`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Acceleration {
+    /// TC only.
+    #[default]
+    Disabled,
+    /// XDP in the driver; the agent fails to start if the uplink's driver cannot run it.
+    Native,
+    /// XDP in the driver where it can run; TC only (with a warning) where it cannot.
+    BestEffort,
+}
+
+impl std::str::FromStr for Acceleration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disabled" => Ok(Self::Disabled),
+            "native" => Ok(Self::Native),
+            "best-effort" => Ok(Self::BestEffort),
+            other => Err(format!(
+                "{other:?}: must be disabled, native or best-effort"
+            )),
+        }
+    }
+}
+
+/// Maps whose layout changed between agent versions, with their key and value sizes and entry
+/// counts now: a
 /// pinned copy of another layout is removed before loading (its entries are lost; a program
 /// would misread them), with a warning.
-const CHECKED_LAYOUTS: [(&str, usize, usize); 1] = [(
-    NAT4_MAP,
-    std::mem::size_of::<NatKey>(),
-    std::mem::size_of::<NatValue>(),
-)];
+const CHECKED_LAYOUTS: [(&str, usize, usize, u32); 2] = [
+    (
+        NAT4_MAP,
+        std::mem::size_of::<NatKey>(),
+        std::mem::size_of::<NatValue>(),
+        ferry_ebpf_common::NAT4_MAX_ENTRIES,
+    ),
+    (
+        NS_STATS_MAP,
+        std::mem::size_of::<u32>(),
+        std::mem::size_of::<u64>(),
+        NsStat::COUNT,
+    ),
+];
 
 fn drop_incompatible_pins(pin_dir: &Path) {
-    for (name, key, value) in CHECKED_LAYOUTS {
+    for (name, key, value, entries) in CHECKED_LAYOUTS {
         let path = pin_dir.join(name);
         let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
             continue;
         };
-        if info.key_size() as usize != key || info.value_size() as usize != value {
+        if info.key_size() as usize != key
+            || info.value_size() as usize != value
+            || info.max_entries() != entries
+        {
             tracing::warn!(
                 map = name,
-                "the pinned map has an older layout; replacing it (its flows start over)"
+                "the pinned map has an older layout; replacing it (its entries start over)"
             );
             let _ = fs::remove_file(&path);
         }
+    }
+}
+
+/// Attaches the XDP fast path to `ifname` in driver mode and pins its link. A previous agent's
+/// pinned link is kept and switched to the new program in one step (an interface holds one XDP
+/// link, so the TC way of attaching beside it cannot work here).
+fn attach_xdp(ebpf: &mut Ebpf, pin_dir: &Path, ifname: &str) -> Result<(), DatapathError> {
+    let name = PROG_XDP_UPLINK;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(|e| DatapathError::program(name, "type", e))?;
+    prog.load()
+        .map_err(|e| DatapathError::program(name, "load", e))?;
+    let path = pin_dir.join("links").join(name);
+    let previous = PinnedLink::from_pin(&path)
+        .ok()
+        .and_then(|l| l.unpin().ok())
+        .and_then(|fd| XdpLink::try_from(fd).ok());
+    let id = match previous.map(|link| prog.attach_to_link(link)) {
+        Some(Ok(id)) => id,
+        // No previous link, or it could not take the new program (it is gone now).
+        _ => prog.attach(ifname, XdpMode::Driver).map_err(|e| {
+            DatapathError::program(name, "attach to the uplink (XDP, driver mode)", e)
+        })?,
+    };
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(|e| DatapathError::program(name, "take link", e))?
+        .try_into()
+        .map_err(|_| DatapathError::MissingProgram { program: name })?;
+    link.pin(&path)
+        .map(drop)
+        .map_err(|e| DatapathError::pin(name, &path, e.to_string()))
+}
+
+/// Detaches the program whose link is pinned at `links/<name>`, if any.
+fn detach_pinned(pin_dir: &Path, name: &str) {
+    if let Ok(link) = PinnedLink::from_pin(pin_dir.join("links").join(name))
+        && let Ok(fd) = link.unpin()
+    {
+        drop(fd);
     }
 }
 
@@ -278,6 +363,16 @@ impl SockLb {
                     .try_into()
                     .map_err(|_| DatapathError::MissingProgram { program: name })?;
                 pin_replacing(pin_dir, name, link)?;
+            }
+            match up.acceleration {
+                Acceleration::Disabled => detach_pinned(pin_dir, PROG_XDP_UPLINK),
+                Acceleration::Native => attach_xdp(&mut ebpf, pin_dir, &up.ifname)?,
+                Acceleration::BestEffort => {
+                    if let Err(e) = attach_xdp(&mut ebpf, pin_dir, &up.ifname) {
+                        tracing::warn!(uplink = %up.ifname, error = %e, "no XDP fast path on the uplink: north-south traffic is translated at TC only");
+                        detach_pinned(pin_dir, PROG_XDP_UPLINK);
+                    }
+                }
             }
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -801,6 +896,8 @@ pub fn dump_pinned(pin_dir: &Path) -> Result<Dump, DatapathError> {
                     NsStat::NoBackend => "ns_no_backend",
                     NsStat::FibFailed => "ns_fib_failed",
                     NsStat::NatExhausted => "ns_nat_exhausted",
+                    NsStat::XdpTx => "ns_xdp_tx",
+                    NsStat::XdpDrop => "ns_xdp_drop",
                 },
                 total,
             );
@@ -814,13 +911,12 @@ pub fn remove(pin_dir: &Path) -> Result<(), DatapathError> {
     if !pin_dir.exists() {
         return Ok(());
     }
-    for name in PROGRAMS.into_iter().chain(TC_PROGRAMS.map(|(n, _)| n)) {
-        let path = pin_dir.join("links").join(name);
-        if let Ok(link) = PinnedLink::from_pin(&path)
-            && let Ok(fd) = link.unpin()
-        {
-            drop(fd);
-        }
+    for name in PROGRAMS
+        .into_iter()
+        .chain(TC_PROGRAMS.map(|(n, _)| n))
+        .chain([PROG_XDP_UPLINK])
+    {
+        detach_pinned(pin_dir, name);
         let _ = fs::remove_file(pin_dir.join("links").join(format!("{name}_new")));
     }
     fs::remove_dir_all(pin_dir).map_err(|e| DatapathError::io("removing", pin_dir, e))

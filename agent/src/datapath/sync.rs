@@ -51,6 +51,7 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
         pin_dir = %opts.pin_dir.display(),
         cgroup = %opts.cgroup.display(),
         uplink = opts.uplink.as_ref().map_or("none", |u| u.ifname.as_str()),
+        acceleration = ?opts.uplink.as_ref().map(|u| u.acceleration),
         "service load balancing attached"
     );
     let lb = Arc::new(Mutex::new(lb));

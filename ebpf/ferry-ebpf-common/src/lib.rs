@@ -305,6 +305,8 @@ pub const NS_STATS_MAP: &str = "FERRY_NS_STATS";
 pub const NAT4_MAX_ENTRIES: u32 = 262144;
 pub const PROG_FROM_UPLINK: &str = "ferry_from_uplink";
 pub const PROG_TO_UPLINK: &str = "ferry_to_uplink";
+/// The XDP fast path on the uplink (`--lb-acceleration`).
+pub const PROG_XDP_UPLINK: &str = "ferry_xdp_uplink";
 
 /// Per-CPU hash map `u32` rev-NAT id (a frontend's, see [`Svc4Value::rev_nat_id`]) ->
 /// [`SvcStats`]: what each service frontend carried on this node.
@@ -429,10 +431,16 @@ pub enum NsStat {
     FibFailed = 5,
     /// No free SNAT port: dropped.
     NatExhausted = 6,
+    /// A packet the XDP fast path translated and sent back out of the uplink (also counted
+    /// under `NewRemote`, `Forward` or `Reply`).
+    XdpTx = 7,
+    /// A packet to a frontend without usable backends that the XDP fast path dropped (also
+    /// counted under `NoBackend`).
+    XdpDrop = 8,
 }
 
 impl NsStat {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
     pub const ALL: [NsStat; Self::COUNT as usize] = [
         NsStat::NewLocal,
         NsStat::NewRemote,
@@ -441,6 +449,8 @@ impl NsStat {
         NsStat::NoBackend,
         NsStat::FibFailed,
         NsStat::NatExhausted,
+        NsStat::XdpTx,
+        NsStat::XdpDrop,
     ];
 }
 

@@ -17,9 +17,9 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie,
         bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
     },
-    macros::{cgroup_sock_addr, classifier, map},
+    macros::{cgroup_sock_addr, classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{SockAddrContext, TcContext},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use ferry_ebpf_common::{
     AFFINITY4_MAX_ENTRIES, Affinity4Key, Affinity4Value, BACKENDS4_MAX_ENTRIES, Backend4,
@@ -718,14 +718,21 @@ fn nat_lookup(key: &NatKey, p: &Pkt) -> Option<NatValue> {
     }
 }
 
+/// Where a new flow to `p`'s destination goes.
+enum Frontend {
+    /// Not a NodePort, LoadBalancer or external address of this node: not ours.
+    NotOurs,
+    /// A frontend without usable backends (for externalTrafficPolicy Local: on this node).
+    NoBackend,
+    /// The frontend's master key and entry, and the backend chosen for the flow.
+    Backend(Svc4Value, Backend4),
+}
+
+/// The frontend a new flow from outside reaches, and the backend it gets: from the Maglev
+/// table, or the slots when the frontend has none. Pure lookups, no state is written, so the
+/// XDP fast path and TC make the same choice for the same packet.
 #[inline(always)]
-fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
-    // Only a TCP SYN (or any UDP datagram) starts a flow.
-    if p.proto == ipproto::TCP
-        && (p.tcp_flags & TCP_FLAG_SYN == 0 || p.tcp_flags & TCP_FLAG_ACK != 0)
-    {
-        return TC_ACT_OK;
-    }
+fn pick_backend(p: &Pkt) -> Frontend {
     let mut skey = Svc4Key {
         addr: p.daddr,
         port: p.dport,
@@ -739,13 +746,13 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         Some(v) => unsafe { *v },
         None => {
             if FERRY_NODE_IPS4.get_ptr(p.daddr).is_none() {
-                return TC_ACT_OK;
+                return Frontend::NotOurs;
             }
             skey.addr = 0;
             match FERRY_SVC4.get_ptr(&skey) {
                 // SAFETY: a live map value.
                 Some(v) => unsafe { *v },
-                None => return TC_ACT_OK,
+                None => return Frontend::NotOurs,
             }
         }
     };
@@ -755,11 +762,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         match FERRY_SVC4.get_ptr(&skey) {
             // SAFETY: a live map value.
             Some(v) => svc = unsafe { *v },
-            None => {
-                count_ns(NsStat::NoBackend);
-                count_drop(DropReason::NoBackend);
-                return TC_ACT_SHOT;
-            }
+            None => return Frontend::NoBackend,
         }
     }
     let n = if svc.count > 0 {
@@ -768,9 +771,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         svc.fb_count
     };
     if n == 0 {
-        count_ns(NsStat::NoBackend);
-        count_drop(DropReason::NoBackend);
-        return TC_ACT_SHOT;
+        return Frontend::NoBackend;
     }
     let hash = flow_hash(p);
     let backend_id = match maglev_pick(&skey, &svc, hash) {
@@ -778,23 +779,29 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         None => {
             skey.slot = (hash % u32::from(n)) as u16 + 1;
             let Some(slot) = FERRY_SVC4.get_ptr(&skey) else {
-                count_ns(NsStat::NoBackend);
-                count_drop(DropReason::NoBackend);
-                return TC_ACT_SHOT;
+                return Frontend::NoBackend;
             };
             // SAFETY: a live map value.
             unsafe { (*slot).backend_id }
         }
     };
-    let Some(be) = FERRY_BACKENDS4.get_ptr(backend_id) else {
-        count_ns(NsStat::NoBackend);
-        count_drop(DropReason::NoBackend);
-        return TC_ACT_SHOT;
-    };
-    // SAFETY: a live map value.
-    let be = unsafe { *be };
-    // Replies become the frontend again, to the client.
-    let back = NatValue {
+    match FERRY_BACKENDS4.get_ptr(backend_id) {
+        // SAFETY: a live map value.
+        Some(be) => Frontend::Backend(svc, unsafe { *be }),
+        None => Frontend::NoBackend,
+    }
+}
+
+/// Whether `p` may start a flow: a TCP SYN (without ACK), or any UDP datagram.
+#[inline(always)]
+fn starts_flow(p: &Pkt) -> bool {
+    p.proto != ipproto::TCP || (p.tcp_flags & TCP_FLAG_SYN != 0 && p.tcp_flags & TCP_FLAG_ACK == 0)
+}
+
+/// Replies of a flow become the frontend again, to the client.
+#[inline(always)]
+fn reply_value(p: &Pkt, svc: &Svc4Value) -> NatValue {
+    NatValue {
         saddr: p.daddr,
         daddr: p.saddr,
         sport: p.dport,
@@ -802,41 +809,49 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         flags: 0,
         svc: svc.rev_nat_id,
         seen: now_s(),
-    };
-    let len = u64::from(ctx.len());
-    if be.addr & cfg.pod_mask == cfg.pod_net {
-        // A local backend: DNAT only, the pod sees the client; its replies leave through
-        // `ferry_to_uplink`.
-        let fwd = NatValue {
-            saddr: p.saddr,
-            daddr: be.addr,
-            sport: p.sport,
-            dport: be.port,
-            flags: 0,
-            svc: svc.rev_nat_id,
-            seen: now_s(),
-        };
-        let rkey = NatKey {
-            saddr: be.addr,
-            daddr: p.saddr,
-            sport: be.port,
-            dport: p.sport,
-            proto: p.proto,
-            dir: nat_dir::REPLY,
-            _pad: 0,
-        };
-        let _ = FERRY_NAT4.insert(&rkey, &back, 0);
-        let _ = FERRY_NAT4.insert(key, &fwd, 0);
-        if rewrite(ctx, p, &fwd).is_err() {
-            count_drop(DropReason::Malformed);
-            return TC_ACT_SHOT;
-        }
-        count_ns(NsStat::NewLocal);
-        count_svc(svc.rev_nat_id, 1, 1, len);
-        return TC_ACT_OK;
     }
-    // A remote backend: SNAT to this node so the reply comes back here; keep the client's
-    // port when it is free.
+}
+
+/// Records a new flow to a backend on this node (DNAT only: the pod sees the client; its
+/// replies leave through `ferry_to_uplink`) and returns the forward translation.
+#[inline(always)]
+fn install_local(p: &Pkt, key: &NatKey, svc: &Svc4Value, be: &Backend4) -> NatValue {
+    let fwd = NatValue {
+        saddr: p.saddr,
+        daddr: be.addr,
+        sport: p.sport,
+        dport: be.port,
+        flags: 0,
+        svc: svc.rev_nat_id,
+        seen: now_s(),
+    };
+    let rkey = NatKey {
+        saddr: be.addr,
+        daddr: p.saddr,
+        sport: be.port,
+        dport: p.sport,
+        proto: p.proto,
+        dir: nat_dir::REPLY,
+        _pad: 0,
+    };
+    let _ = FERRY_NAT4.insert(&rkey, &reply_value(p, svc), 0);
+    let _ = FERRY_NAT4.insert(key, &fwd, 0);
+    fwd
+}
+
+/// Records a new flow to a backend on another node, SNAT-ed to this node so the reply comes
+/// back here (the client's port is kept when it is free), and returns the forward translation;
+/// `None` when no SNAT port is free.
+#[inline(always)]
+fn install_remote(
+    p: &Pkt,
+    key: &NatKey,
+    svc: &Svc4Value,
+    be: &Backend4,
+    cfg: &NodeConfig,
+) -> Option<NatValue> {
+    let hash = flow_hash(p);
+    let back = reply_value(p, svc);
     let mut rkey = NatKey {
         saddr: be.addr,
         daddr: cfg.node_ip,
@@ -863,9 +878,7 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         i += 1;
     }
     if !found {
-        count_ns(NsStat::NatExhausted);
-        count_drop(DropReason::NatExhausted);
-        return TC_ACT_SHOT;
+        return None;
     }
     let fwd = NatValue {
         saddr: cfg.node_ip,
@@ -877,6 +890,44 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         seen: now_s(),
     };
     let _ = FERRY_NAT4.insert(key, &fwd, 0);
+    Some(fwd)
+}
+
+#[inline(always)]
+fn is_local(be: &Backend4, cfg: &NodeConfig) -> bool {
+    be.addr & cfg.pod_mask == cfg.pod_net
+}
+
+#[inline(always)]
+fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
+    if !starts_flow(p) {
+        return TC_ACT_OK;
+    }
+    let (svc, be) = match pick_backend(p) {
+        Frontend::NotOurs => return TC_ACT_OK,
+        Frontend::NoBackend => {
+            count_ns(NsStat::NoBackend);
+            count_drop(DropReason::NoBackend);
+            return TC_ACT_SHOT;
+        }
+        Frontend::Backend(svc, be) => (svc, be),
+    };
+    let len = u64::from(ctx.len());
+    if is_local(&be, cfg) {
+        let fwd = install_local(p, key, &svc, &be);
+        if rewrite(ctx, p, &fwd).is_err() {
+            count_drop(DropReason::Malformed);
+            return TC_ACT_SHOT;
+        }
+        count_ns(NsStat::NewLocal);
+        count_svc(svc.rev_nat_id, 1, 1, len);
+        return TC_ACT_OK;
+    }
+    let Some(fwd) = install_remote(p, key, &svc, &be, cfg) else {
+        count_ns(NsStat::NatExhausted);
+        count_drop(DropReason::NatExhausted);
+        return TC_ACT_SHOT;
+    };
     if rewrite(ctx, p, &fwd).is_err() {
         count_drop(DropReason::Malformed);
         return TC_ACT_SHOT;
@@ -929,6 +980,266 @@ pub fn ferry_to_uplink(ctx: TcContext) -> i32 {
         count_svc(v.svc, 0, 1, u64::from(ctx.len()));
     }
     TC_ACT_OK
+}
+
+// ---------------------------------------------------------------------------------------------
+// The XDP fast path on the uplink (`--lb-acceleration`): before any socket buffer exists, it
+// handles the north-south packets that leave through the interface they came in on (flows to
+// and from backends on other nodes over direct routes) and drops new flows to frontends
+// without backends. Everything else passes untouched to `ferry_from_uplink`, which does the
+// same translations at TC: local backends, other egress devices (VXLAN), neighbours not yet
+// resolved, ARP, fragments, IP options.
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const IPV4_HLEN: usize = 20;
+
+/// A pointer to a `T` at `off` in the packet, if the packet holds it.
+#[inline(always)]
+fn xdp_ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+#[inline(always)]
+fn xdp_load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    // SAFETY: in bounds (checked); packet memory may be unaligned.
+    xdp_ptr::<T>(ctx, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Like [`parse`], for an IPv4 header without options (others pass to TC).
+#[inline(always)]
+fn xdp_parse(ctx: &XdpContext) -> Option<Pkt> {
+    let eth_type: u16 = xdp_load(ctx, ETH_TYPE_OFFSET)?;
+    if u16::from_be(eth_type) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = xdp_load(ctx, ETH_HLEN)?;
+    if version_ihl != 0x45 {
+        return None;
+    }
+    let proto: u8 = xdp_load(ctx, ETH_HLEN + IPV4_PROTO_OFFSET)?;
+    if proto != ipproto::TCP && proto != ipproto::UDP {
+        return None;
+    }
+    let frag: u16 = xdp_load(ctx, ETH_HLEN + IPV4_FRAG_OFF_OFFSET)?;
+    if u16::from_be(frag) & 0x3fff != 0 {
+        return None;
+    }
+    let l4 = ETH_HLEN + IPV4_HLEN;
+    let tcp_flags = if proto == ipproto::TCP {
+        // The whole TCP header must be there (its checksum is rewritten).
+        xdp_load::<[u8; 20]>(ctx, l4)?[13]
+    } else {
+        xdp_load::<[u8; 8]>(ctx, l4)?;
+        0
+    };
+    Some(Pkt {
+        saddr: xdp_load(ctx, IP_SRC_OFF)?,
+        daddr: xdp_load(ctx, IP_DST_OFF)?,
+        sport: xdp_load(ctx, l4)?,
+        dport: xdp_load(ctx, l4 + L4_DST_PORT_OFFSET)?,
+        proto,
+        l4,
+        tcp_flags,
+    })
+}
+
+/// One's complement sum folded to 16 bits.
+#[inline(always)]
+fn csum_fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The checksum `check` after a 32-bit word of what it covers changed from `from` to `to`
+/// (RFC 1624, eqn. 3). Words are in packet byte order; the sum does not depend on it.
+#[inline(always)]
+fn csum_replace4(check: u16, from: u32, to: u32) -> u16 {
+    let nfrom = !from;
+    let sum = u32::from(!check) + (nfrom & 0xffff) + (nfrom >> 16) + (to & 0xffff) + (to >> 16);
+    !csum_fold(sum)
+}
+
+/// [`csum_replace4`] for a 16-bit word.
+#[inline(always)]
+fn csum_replace2(check: u16, from: u16, to: u16) -> u16 {
+    !csum_fold(u32::from(!check) + u32::from(!from) + u32::from(to))
+}
+
+/// [`rewrite`] by direct packet access, checksums fixed by hand (XDP has no checksum helpers).
+/// A frame from the wire carries complete checksums, which incremental updates keep right.
+#[inline(always)]
+fn xdp_rewrite(ctx: &XdpContext, p: &Pkt, v: &NatValue) -> Option<()> {
+    let ip_csum = xdp_ptr::<u16>(ctx, IP_CSUM_OFF)?;
+    let l4_csum = if p.proto == ipproto::TCP {
+        xdp_ptr::<u16>(ctx, ETH_HLEN + IPV4_HLEN + 16)?
+    } else {
+        xdp_ptr::<u16>(ctx, ETH_HLEN + IPV4_HLEN + 6)?
+    };
+    let saddr = xdp_ptr::<u32>(ctx, IP_SRC_OFF)?;
+    let daddr = xdp_ptr::<u32>(ctx, IP_DST_OFF)?;
+    let sport = xdp_ptr::<u16>(ctx, ETH_HLEN + IPV4_HLEN)?;
+    let dport = xdp_ptr::<u16>(ctx, ETH_HLEN + IPV4_HLEN + L4_DST_PORT_OFFSET)?;
+    // SAFETY: every pointer was bounds-checked above; unaligned accesses throughout.
+    unsafe {
+        let mut ip = core::ptr::read_unaligned(ip_csum);
+        ip = csum_replace4(ip, p.saddr, v.saddr);
+        ip = csum_replace4(ip, p.daddr, v.daddr);
+        core::ptr::write_unaligned(ip_csum, ip);
+        let l4 = core::ptr::read_unaligned(l4_csum);
+        // A UDP datagram without a checksum keeps none.
+        if p.proto == ipproto::TCP || l4 != 0 {
+            let mut c = csum_replace4(l4, p.saddr, v.saddr);
+            c = csum_replace4(c, p.daddr, v.daddr);
+            c = csum_replace2(c, p.sport, v.sport);
+            c = csum_replace2(c, p.dport, v.dport);
+            if p.proto == ipproto::UDP && c == 0 {
+                c = 0xffff;
+            }
+            core::ptr::write_unaligned(l4_csum, c);
+        }
+        core::ptr::write_unaligned(saddr, v.saddr);
+        core::ptr::write_unaligned(daddr, v.daddr);
+        core::ptr::write_unaligned(sport, v.sport);
+        core::ptr::write_unaligned(dport, v.dport);
+    }
+    Some(())
+}
+
+/// The Ethernet addresses for sending a packet translated to `v` back out of the interface it
+/// came in on: `None` when the route leaves through another device, the neighbour is not
+/// resolved yet, or the packet is too big for the route; TC deals with those.
+#[inline(always)]
+fn xdp_next_hop(ctx: &XdpContext, v: &NatValue, proto: u8) -> Option<([u8; 6], [u8; 6])> {
+    // SAFETY: an all-zero bpf_fib_lookup is valid; the union fields set are the IPv4 ones.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = proto;
+    params.sport = v.sport;
+    params.dport = v.dport;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_1.tot_len = (ctx.data_end() - ctx.data()).saturating_sub(ETH_HLEN) as u16;
+    params.__bindgen_anon_3.ipv4_src = v.saddr;
+    params.__bindgen_anon_4.ipv4_dst = v.daddr;
+    // SAFETY: params is a valid, writable bpf_fib_lookup of the size given.
+    let r = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    (r == BPF_FIB_LKUP_RET_SUCCESS && params.ifindex == ifindex)
+        .then_some((params.dmac, params.smac))
+}
+
+/// Translates the packet to `v` and sends it back out of the uplink, or `None` (the packet is
+/// untouched) when it must take the TC path.
+#[inline(always)]
+fn xdp_transmit(ctx: &XdpContext, p: &Pkt, v: &NatValue) -> Option<u32> {
+    let (dmac, smac) = xdp_next_hop(ctx, v, p.proto)?;
+    xdp_rewrite(ctx, p, v)?;
+    let eth = xdp_ptr::<[u8; 12]>(ctx, 0)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&dmac);
+    macs[6..].copy_from_slice(&smac);
+    // SAFETY: bounds-checked.
+    unsafe { core::ptr::write_unaligned(eth, macs) };
+    count_ns(NsStat::XdpTx);
+    count_svc(v.svc, 0, 1, (ctx.data_end() - ctx.data()) as u64);
+    Some(XDP_TX)
+}
+
+/// XDP on the uplink: the fast path in front of `ferry_from_uplink` (see above).
+#[xdp]
+pub fn ferry_xdp_uplink(ctx: XdpContext) -> u32 {
+    let Some(cfg) = FERRY_NODE_CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    if cfg.ready == 0 {
+        return XDP_PASS;
+    }
+    let cfg = *cfg;
+    let Some(p) = xdp_parse(&ctx) else {
+        return XDP_PASS;
+    };
+    // A reply at the uplink is always one from a remote backend (local backends' replies
+    // leave through `ferry_to_uplink`).
+    let key = nat_key(&p, nat_dir::REPLY);
+    if let Some(v) = nat_lookup(&key, &p) {
+        return match xdp_transmit(&ctx, &p, &v) {
+            Some(verdict) => {
+                count_ns(NsStat::Reply);
+                verdict
+            }
+            None => XDP_PASS,
+        };
+    }
+    let key = nat_key(&p, nat_dir::FORWARD);
+    if let Some(v) = nat_lookup(&key, &p) {
+        if v.flags & nat_flags::REMOTE == 0 {
+            return XDP_PASS;
+        }
+        return match xdp_transmit(&ctx, &p, &v) {
+            Some(verdict) => {
+                count_ns(NsStat::Forward);
+                verdict
+            }
+            None => XDP_PASS,
+        };
+    }
+    if !starts_flow(&p) {
+        return XDP_PASS;
+    }
+    let (svc, be) = match pick_backend(&p) {
+        Frontend::NotOurs => return XDP_PASS,
+        Frontend::NoBackend => {
+            count_ns(NsStat::NoBackend);
+            count_ns(NsStat::XdpDrop);
+            count_drop(DropReason::NoBackend);
+            return XDP_DROP;
+        }
+        Frontend::Backend(svc, be) => (svc, be),
+    };
+    if is_local(&be, &cfg) {
+        return XDP_PASS;
+    }
+    // Only when the backend is reachable out of this interface, before any state is written:
+    // otherwise TC makes the same choice and does the rest.
+    let probe = NatValue {
+        saddr: cfg.node_ip,
+        daddr: be.addr,
+        sport: p.sport,
+        dport: be.port,
+        flags: 0,
+        svc: 0,
+        seen: 0,
+    };
+    if xdp_next_hop(&ctx, &probe, p.proto).is_none() {
+        return XDP_PASS;
+    }
+    let Some(fwd) = install_remote(&p, &key, &svc, &be, &cfg) else {
+        count_ns(NsStat::NatExhausted);
+        count_drop(DropReason::NatExhausted);
+        return XDP_DROP;
+    };
+    count_svc(svc.rev_nat_id, 1, 0, 0);
+    match xdp_transmit(&ctx, &p, &fwd) {
+        Some(verdict) => {
+            count_ns(NsStat::NewRemote);
+            verdict
+        }
+        // The entries are in place: TC translates the packet as a known flow.
+        None => XDP_PASS,
+    }
 }
 
 #[cfg(target_arch = "bpf")]
