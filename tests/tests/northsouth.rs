@@ -17,6 +17,10 @@
 //!   one node, and the address serves; when that node's network fails, another node takes the
 //!   address over and its gratuitous ARP moves the client's entry (last, as it cuts a node off).
 //!
+//! - path MTU discovery: with the backends' pod links at a smaller MTU, a large upload through
+//!   node 2 completes, because node 2 translates the "fragmentation needed" errors about its
+//!   SNAT-ed packets into errors about the client's own (and through VXLAN, where the tunnel's
+//!   smaller MTU comes first, node 2 sends the client "fragmentation needed" itself);
 //! - the XDP fast path (`--lb-acceleration`): flows through node 2 to the other nodes' pods are
 //!   translated and sent back out at XDP (its counter grows), also after node 2's agent is
 //!   killed and restarted (the pinned XDP link takes the new program); through VXLAN only the
@@ -44,7 +48,8 @@ fn web_pod(name: &str, node: &str) -> Value {
     "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
         "containers": [{"name": "web", "image": IMAGE,
             // Every response names the pod and the client address it saw.
-            "command": ["sh", "-c", "mkdir -p /www/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; exec httpd -f -p 8080 -h /www"],
+            // `size` answers how many bytes of a POST body arrived.
+            "command": ["sh", "-c", "mkdir -p /www/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nhead -c $CONTENT_LENGTH | wc -c\\n' > /www/cgi-bin/size; chmod +x /www/cgi-bin/who /www/cgi-bin/size; exec httpd -f -p 8080 -h /www"],
             "ports": [{"name": "http", "containerPort": 8080}],
             "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}})
 }
@@ -127,6 +132,62 @@ fn counter(fabric: &Fabric, i: usize, name: &str) -> Result<u64> {
         .with_context(|| format!("no counter {name} in {line:?}"))?
         .parse()
         .context("counter value")
+}
+
+/// Path MTU discovery through a translated flow: with the backends' pod links at MTU 1400,
+/// full-size segments from the client to node 2's NodePort (SNAT-ed to the other nodes) make
+/// the backend's node answer "fragmentation needed" to node 2, about the translated packet;
+/// node 2 must turn that error into one about the client's own packet, or the client never
+/// learns the MTU and a large upload stalls.
+///
+/// Through VXLAN the tunnel's own MTU (1450) comes first: node 2 cannot send the client's
+/// full-size segments into it, and answers "fragmentation needed" itself.
+async fn path_mtu(fabric: &Fabric, c: &Client, node_port: u16, tunnel: &str) -> Result<()> {
+    let mut links = Vec::new();
+    for i in 0..2 {
+        let pod = c.get("Pod", "default", &format!("web-{i}")).await?;
+        let ip = pod["status"]["podIP"]
+            .as_str()
+            .context("web pod without podIP")?;
+        let route = fabric.node_check(i, &["ip", "route", "get", ip])?;
+        let dev = route
+            .split_whitespace()
+            .skip_while(|w| *w != "dev")
+            .nth(1)
+            .with_context(|| format!("no device in {route:?}"))?
+            .to_owned();
+        fabric.node_check(i, &["ip", "link", "set", "dev", &dev, "mtu", "1400"])?;
+        links.push((i, dev));
+    }
+    let result = (|| -> Result<()> {
+        let body = fabric.dir().join("upload");
+        std::fs::write(&body, vec![b'x'; 30_000])?;
+        let icmp = counter(fabric, 2, "ns_icmp_error")?;
+        let own = counter(fabric, 2, "ns_frag_needed")?;
+        let url = format!("http://{}:{node_port}/cgi-bin/size", fabric.node(2).ip);
+        let out = fabric.client_exec(&[
+            "curl",
+            "-s",
+            "-m",
+            "10",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &url,
+        ])?;
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(got, "30000", "a 30,000-byte upload through node 2: {out:?}");
+        let icmp = counter(fabric, 2, "ns_icmp_error")? - icmp;
+        assert!(icmp >= 1, "node 2 translated {icmp} ICMP errors");
+        let own = counter(fabric, 2, "ns_frag_needed")? - own;
+        if tunnel == "vxlan" {
+            assert!(own >= 1, "node 2 sent {own} fragmentation-needed errors");
+        }
+        Ok(())
+    })();
+    for (i, dev) in links {
+        fabric.node_check(i, &["ip", "link", "set", "dev", &dev, "mtu", "1500"])?;
+    }
+    result
 }
 
 /// Requests through the LoadBalancer address (routed to node 2, which has no local pod, so
@@ -321,6 +382,7 @@ async fn scenario(fabric: &mut Fabric, tunnel: &str) -> Result<()> {
         }
     }
     xdp_fast_path(fabric, &lb_ip, tunnel).await?;
+    path_mtu(fabric, &c, node_port, tunnel).await?;
     maglev_agrees(fabric, &lb_ip)?;
     l2_announcement(fabric, &lb_ip).await?;
     traffic_policies(fabric, &c, &client_ip).await?;

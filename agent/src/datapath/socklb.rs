@@ -898,6 +898,8 @@ pub fn dump_pinned(pin_dir: &Path) -> Result<Dump, DatapathError> {
                     NsStat::NatExhausted => "ns_nat_exhausted",
                     NsStat::XdpTx => "ns_xdp_tx",
                     NsStat::XdpDrop => "ns_xdp_drop",
+                    NsStat::IcmpError => "ns_icmp_error",
+                    NsStat::FragNeeded => "ns_frag_needed",
                 },
                 total,
             );

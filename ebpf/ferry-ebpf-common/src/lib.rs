@@ -90,17 +90,23 @@ pub enum DropReason {
     NoRoute = 3,
     /// No free SNAT source port for a new flow to a remote backend.
     NatExhausted = 4,
+    /// A packet bigger than the route towards its translated destination allows: with DF set
+    /// the sender gets "fragmentation needed" instead (counted as `NsStat::FragNeeded`); this
+    /// counts those without DF (they are not fragmented here) and errors that could not be
+    /// built.
+    TooBig = 5,
 }
 
 impl DropReason {
     /// Number of entries in [`DROP_REASONS_MAP`].
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::DeniedPort,
         DropReason::Malformed,
         DropReason::NoBackend,
         DropReason::NoRoute,
         DropReason::NatExhausted,
+        DropReason::TooBig,
     ];
 }
 
@@ -437,10 +443,16 @@ pub enum NsStat {
     /// A packet to a frontend without usable backends that the XDP fast path dropped (also
     /// counted under `NoBackend`).
     XdpDrop = 8,
+    /// An ICMP error (destination unreachable, fragmentation needed, time exceeded, parameter
+    /// problem) about a translated flow, translated to match what its receiver sent.
+    IcmpError = 9,
+    /// A client's packet too big for the route to its backend (e.g. into a VXLAN tunnel),
+    /// answered with "fragmentation needed" from the frontend address.
+    FragNeeded = 10,
 }
 
 impl NsStat {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
     pub const ALL: [NsStat; Self::COUNT as usize] = [
         NsStat::NewLocal,
         NsStat::NewRemote,
@@ -451,6 +463,8 @@ impl NsStat {
         NsStat::NatExhausted,
         NsStat::XdpTx,
         NsStat::XdpDrop,
+        NsStat::IcmpError,
+        NsStat::FragNeeded,
     ];
 }
 

@@ -14,8 +14,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams},
     helpers::{
-        bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie,
-        bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
+        bpf_csum_diff, bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
+        bpf_skb_change_tail,
     },
     macros::{cgroup_sock_addr, classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -411,6 +412,7 @@ const TCP_FLAG_ACK: u8 = 0x10;
 const AF_INET: u8 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
 /// SNAT source ports.
 const SNAT_PORT_MIN: u32 = 32768;
 const SNAT_PORT_SPAN: u32 = 32768;
@@ -522,19 +524,26 @@ fn rewrite(ctx: &TcContext, p: &Pkt, v: &NatValue) -> Result<(), i64> {
     Ok(())
 }
 
-/// Sends a rewritten packet straight out towards its new destination (the node's routes and
-/// neighbours), without a second trip through the stack.
+/// Where a packet translated to `v` leaves: the FIB lookup from the interface the packet came
+/// in on (it must have forwarding on); any route matches, so routes through a tunnel device
+/// are found too (an output lookup would pin the outgoing interface to `ifindex`).
+enum Route {
+    /// The outgoing interface (its neighbour may still need resolving).
+    Via(u32),
+    /// The route's MTU is smaller than the packet.
+    TooBig(u16),
+    /// No route.
+    None,
+}
+
 #[inline(always)]
-fn redirect(ctx: &TcContext, v: &NatValue, proto: u8) -> i32 {
+fn route(ctx: &TcContext, v: &NatValue, proto: u8) -> Route {
     // SAFETY: an all-zero bpf_fib_lookup is valid; the union fields set are the IPv4 ones.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
     params.sport = v.sport;
     params.dport = v.dport;
-    // A forwarding lookup from the interface the packet came in on (it must have forwarding
-    // on); any route matches, so routes through a tunnel device are found too. (An output
-    // lookup would pin the outgoing interface to `ifindex`.)
     // SAFETY: reading the context's ifindex.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Host byte order: the kernel compares it with the route's MTU.
@@ -550,13 +559,22 @@ fn redirect(ctx: &TcContext, v: &NatValue, proto: u8) -> i32 {
             0,
         )
     };
-    if r != BPF_FIB_LKUP_RET_SUCCESS && r != BPF_FIB_LKUP_RET_NO_NEIGH {
-        count_ns(NsStat::FibFailed);
-        count_drop(DropReason::NoRoute);
-        return TC_ACT_SHOT;
+    match r {
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Route::Via(params.ifindex),
+        // SAFETY: the kernel wrote the MTU into the union for this result.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            Route::TooBig(unsafe { params.__bindgen_anon_1.mtu_result })
+        }
+        _ => Route::None,
     }
+}
+
+/// Sends a packet out of `ifindex` towards its (translated) destination, the next hop's
+/// neighbour resolved by the kernel, without a second trip through the stack.
+#[inline(always)]
+fn send_out(ifindex: u32) -> i32 {
     // SAFETY: no neighbour parameters: the helper resolves the next hop itself.
-    let r = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
+    let r = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
     if r == i64::from(TC_ACT_REDIRECT) {
         TC_ACT_REDIRECT
     } else {
@@ -564,6 +582,117 @@ fn redirect(ctx: &TcContext, v: &NatValue, proto: u8) -> i32 {
         count_drop(DropReason::NoRoute);
         TC_ACT_SHOT
     }
+}
+
+#[inline(always)]
+fn no_route() -> i32 {
+    count_ns(NsStat::FibFailed);
+    count_drop(DropReason::NoRoute);
+    TC_ACT_SHOT
+}
+
+/// Translates `p` to `v` and sends it out towards its new destination. A packet too big for
+/// that route is answered with "fragmentation needed" instead, about the packet as its sender
+/// sent it (the route is looked up before the packet is rewritten).
+#[inline(always)]
+fn translate_out(ctx: &TcContext, p: &Pkt, v: &NatValue) -> i32 {
+    match route(ctx, v, p.proto) {
+        Route::Via(ifindex) => {
+            if rewrite(ctx, p, v).is_err() {
+                count_drop(DropReason::Malformed);
+                return TC_ACT_SHOT;
+            }
+            send_out(ifindex)
+        }
+        Route::TooBig(mtu) => frag_needed(ctx, p, mtu),
+        Route::None => no_route(),
+    }
+}
+
+const ICMP_FRAG_NEEDED: u8 = 4;
+const IP_DF: u16 = 0x4000;
+/// An ICMP "fragmentation needed": Ethernet, IP, ICMP header, the quoted IP header and 8 bytes.
+const FRAG_NEEDED_LEN: u32 = (ETH_HLEN + 20 + 8 + 28) as u32;
+
+/// Turns `p` (as its sender sent it, through an option-less IP header) into the ICMP
+/// "fragmentation needed, next-hop MTU `mtu`" its sender must get, from the address it sent to,
+/// and sends it back out of the interface it came in on. Without DF the packet is dropped
+/// (it is not fragmented here).
+#[inline(always)]
+fn frag_needed(ctx: &TcContext, p: &Pkt, mtu: u16) -> i32 {
+    let too_big = || {
+        count_drop(DropReason::TooBig);
+        TC_ACT_SHOT
+    };
+    let Ok(frag) = ctx.load::<u16>(ETH_HLEN + IPV4_FRAG_OFF_OFFSET) else {
+        return too_big();
+    };
+    if u16::from_be(frag) & IP_DF == 0 || p.l4 != ETH_HLEN + 20 {
+        return too_big();
+    }
+    // The quoted packet (its IP header and first 8 bytes) and the Ethernet addresses, taken
+    // before the packet is cut.
+    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
+        return too_big();
+    };
+    let Ok(quoted) = ctx.load::<[u8; 28]>(ETH_HLEN) else {
+        return too_big();
+    };
+    // SAFETY: a helper for TC programs; shrinks the packet to the error's length.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAG_NEEDED_LEN, 0) } != 0 {
+        return too_big();
+    }
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    // IPv4: version/IHL, TOS, total length, id, flags/fragment, TTL 64, ICMP, checksum (later),
+    // from the address the client sent to, to the client.
+    let total = (FRAG_NEEDED_LEN - ETH_HLEN as u32) as u16;
+    let mut ip = [0u32; 5];
+    // SAFETY: 20 writable bytes.
+    let ipb = unsafe { core::slice::from_raw_parts_mut(ip.as_mut_ptr().cast::<u8>(), 20) };
+    ipb[0] = 0x45;
+    ipb[2..4].copy_from_slice(&total.to_be_bytes());
+    ipb[8] = 64;
+    ipb[9] = IPPROTO_ICMP;
+    ipb[12..16].copy_from_slice(&p.daddr.to_ne_bytes());
+    ipb[16..20].copy_from_slice(&p.saddr.to_ne_bytes());
+    // ICMP: type, code, checksum (later), unused, next-hop MTU, then the quoted bytes.
+    let mut icmp = [0u32; 9];
+    // SAFETY: 36 writable bytes.
+    let icb = unsafe { core::slice::from_raw_parts_mut(icmp.as_mut_ptr().cast::<u8>(), 36) };
+    icb[0] = ICMP_DEST_UNREACH;
+    icb[1] = ICMP_FRAG_NEEDED;
+    icb[6..8].copy_from_slice(&mtu.to_be_bytes());
+    icb[8..36].copy_from_slice(&quoted);
+    // SAFETY: the buffers are 20 and 36 bytes, multiples of 4 as the helper requires.
+    let (ip_sum, icmp_sum) = unsafe {
+        (
+            bpf_csum_diff(core::ptr::null_mut(), 0, ip.as_mut_ptr(), 20, 0),
+            bpf_csum_diff(core::ptr::null_mut(), 0, icmp.as_mut_ptr(), 36, 0),
+        )
+    };
+    if ip_sum < 0 || icmp_sum < 0 {
+        return too_big();
+    }
+    let ip_csum = !csum_fold(ip_sum as u32);
+    let icmp_csum = !csum_fold(icmp_sum as u32);
+    let written = (|| -> Result<(), i64> {
+        ctx.store(0, &eth, 0)?;
+        ctx.store(ETH_HLEN, &ip, 0)?;
+        ctx.store(IP_CSUM_OFF, &ip_csum, 0)?;
+        ctx.store(ICMP_OFF, &icmp, 0)?;
+        ctx.store(ICMP_CSUM_OFF, &icmp_csum, 0)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        return too_big();
+    }
+    count_ns(NsStat::FragNeeded);
+    // SAFETY: a valid skb; the ifindex is this program's interface.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a helper for TC programs; egress of the same interface.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
 
 #[inline(always)]
@@ -641,6 +770,230 @@ fn arp_reply(ctx: &TcContext) -> Option<i32> {
     Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
 
+const IPPROTO_ICMP: u8 = 1;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+/// Offsets in an ICMP error after an option-less outer IPv4 header.
+const ICMP_OFF: usize = ETH_HLEN + 20;
+const ICMP_CSUM_OFF: usize = ICMP_OFF + 2;
+/// The offending packet's IP header, quoted in the error.
+const INNER_IP: usize = ICMP_OFF + 8;
+const INNER_IP_CSUM: usize = INNER_IP + 10;
+const INNER_SRC: usize = INNER_IP + 12;
+const INNER_DST: usize = INNER_IP + 16;
+/// Its first 8 bytes of TCP or UDP (an option-less inner header): the ports.
+const INNER_L4: usize = INNER_IP + 20;
+
+/// An ICMP error (destination unreachable, which includes fragmentation needed, time exceeded,
+/// parameter problem) about a packet of a translated flow, made to match the packet as its
+/// sender knows it; without this, path MTU discovery and port-unreachable signals would die at
+/// the translating node.
+///
+/// The quoted packet is looked up as a flow's translated form:
+/// - a packet to the backend (the error comes from the backend's side, e.g. a hop with a
+///   smaller MTU, or the backend itself): its flow's reply entry turns the quoted packet back
+///   into the client's, and the error goes to the client; when the backend itself sent it, it
+///   comes from the frontend address;
+/// - a reply to the client (the error comes from the client's side): the forward entry turns
+///   the quoted packet back into the backend's reply, and the error goes to the backend (from
+///   this node, for a SNAT-ed flow).
+///
+/// Returns the verdict, or `None` when the packet is no such error (handled as usual). At
+/// ingress (`redirect`) the error is sent on towards its new destination; at egress it
+/// continues out of the uplink.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, redirect_out: bool) -> Option<i32> {
+    let eth_type: u16 = ctx.load(ETH_TYPE_OFFSET).ok()?;
+    if u16::from_be(eth_type) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let proto: u8 = ctx.load(ETH_HLEN + IPV4_PROTO_OFFSET).ok()?;
+    if version_ihl != 0x45 || proto != IPPROTO_ICMP {
+        return None;
+    }
+    let frag: u16 = ctx.load(ETH_HLEN + IPV4_FRAG_OFF_OFFSET).ok()?;
+    if u16::from_be(frag) & 0x3fff != 0 {
+        return None;
+    }
+    let kind: u8 = ctx.load(ICMP_OFF).ok()?;
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETERPROB {
+        return None;
+    }
+    let inner_ihl: u8 = ctx.load(INNER_IP).ok()?;
+    let inner_proto: u8 = ctx.load(INNER_IP + IPV4_PROTO_OFFSET).ok()?;
+    if inner_ihl != 0x45 || (inner_proto != ipproto::TCP && inner_proto != ipproto::UDP) {
+        return None;
+    }
+    let quoted = Pkt {
+        saddr: ctx.load(INNER_SRC).ok()?,
+        daddr: ctx.load(INNER_DST).ok()?,
+        sport: ctx.load(INNER_L4).ok()?,
+        dport: ctx.load(INNER_L4 + L4_DST_PORT_OFFSET).ok()?,
+        proto: inner_proto,
+        l4: INNER_L4,
+        tcp_flags: 0,
+    };
+    let outer_src: u32 = ctx.load(IP_SRC_OFF).ok()?;
+    let outer_dst: u32 = ctx.load(IP_DST_OFF).ok()?;
+    // The flow's entry for the direction the quoted packet answers.
+    let mut key = NatKey {
+        saddr: quoted.daddr,
+        daddr: quoted.saddr,
+        sport: quoted.dport,
+        dport: quoted.sport,
+        proto: inner_proto,
+        dir: nat_dir::REPLY,
+        _pad: 0,
+    };
+    let (v, to_client) = match FERRY_NAT4.get_ptr(&key) {
+        // SAFETY: a live map value, copied out.
+        Some(v) => (unsafe { *v }, true),
+        None => {
+            key.dir = nat_dir::FORWARD;
+            // SAFETY: as above.
+            (unsafe { *FERRY_NAT4.get_ptr(&key)? }, false)
+        }
+    };
+    // The quoted packet as its sender sent it: the reverse of the entry's translation.
+    let original = NatValue {
+        saddr: v.daddr,
+        daddr: v.saddr,
+        sport: v.dport,
+        dport: v.sport,
+        flags: 0,
+        svc: v.svc,
+        seen: 0,
+    };
+    let (new_src, new_dst) = if to_client {
+        let src = if outer_src == quoted.daddr {
+            v.saddr
+        } else {
+            outer_src
+        };
+        (src, v.daddr)
+    } else if v.flags & nat_flags::REMOTE != 0 {
+        (v.saddr, v.daddr)
+    } else {
+        (outer_src, v.daddr)
+    };
+    if rewrite_icmp(
+        ctx, &quoted, &original, outer_src, new_src, outer_dst, new_dst,
+    )
+    .is_err()
+    {
+        count_drop(DropReason::Malformed);
+        return Some(TC_ACT_SHOT);
+    }
+    count_ns(NsStat::IcmpError);
+    count_svc(v.svc, 0, 1, u64::from(ctx.len()));
+    if !redirect_out || (!to_client && v.flags & nat_flags::REMOTE == 0) {
+        // Egress, or an error for a local backend: the stack delivers it.
+        return Some(TC_ACT_OK);
+    }
+    let out = NatValue {
+        saddr: new_src,
+        daddr: new_dst,
+        sport: 0,
+        dport: 0,
+        flags: 0,
+        svc: v.svc,
+        seen: 0,
+    };
+    Some(match route(ctx, &out, IPPROTO_ICMP) {
+        Route::Via(ifindex) => send_out(ifindex),
+        Route::TooBig(_) => {
+            count_drop(DropReason::TooBig);
+            TC_ACT_SHOT
+        }
+        Route::None => no_route(),
+    })
+}
+
+/// Rewrites an ICMP error: the outer addresses (IP checksum; ICMPv4 has no pseudo-header) and
+/// the quoted packet's addresses and ports to `to` (its IP checksum, and the ICMP checksum,
+/// which covers the quoted bytes including that IP checksum). The quoted L4 checksum is left
+/// alone: receivers match errors to sockets by addresses and ports only.
+#[inline(always)]
+fn rewrite_icmp(
+    ctx: &TcContext,
+    quoted: &Pkt,
+    to: &NatValue,
+    old_src: u32,
+    new_src: u32,
+    old_dst: u32,
+    new_dst: u32,
+) -> Result<(), i64> {
+    if new_src != old_src {
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_src), u64::from(new_src), 4)?;
+        ctx.store(IP_SRC_OFF, &new_src, 0)?;
+    }
+    if new_dst != old_dst {
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_dst), u64::from(new_dst), 4)?;
+        ctx.store(IP_DST_OFF, &new_dst, 0)?;
+    }
+    let old_inner_csum: u16 = ctx.load(INNER_IP_CSUM)?;
+    if to.saddr != quoted.saddr {
+        ctx.l3_csum_replace(
+            INNER_IP_CSUM,
+            u64::from(quoted.saddr),
+            u64::from(to.saddr),
+            4,
+        )?;
+        ctx.l4_csum_replace(
+            ICMP_CSUM_OFF,
+            u64::from(quoted.saddr),
+            u64::from(to.saddr),
+            4,
+        )?;
+        ctx.store(INNER_SRC, &to.saddr, 0)?;
+    }
+    if to.daddr != quoted.daddr {
+        ctx.l3_csum_replace(
+            INNER_IP_CSUM,
+            u64::from(quoted.daddr),
+            u64::from(to.daddr),
+            4,
+        )?;
+        ctx.l4_csum_replace(
+            ICMP_CSUM_OFF,
+            u64::from(quoted.daddr),
+            u64::from(to.daddr),
+            4,
+        )?;
+        ctx.store(INNER_DST, &to.daddr, 0)?;
+    }
+    let new_inner_csum: u16 = ctx.load(INNER_IP_CSUM)?;
+    if new_inner_csum != old_inner_csum {
+        ctx.l4_csum_replace(
+            ICMP_CSUM_OFF,
+            u64::from(old_inner_csum),
+            u64::from(new_inner_csum),
+            2,
+        )?;
+    }
+    if to.sport != quoted.sport {
+        ctx.l4_csum_replace(
+            ICMP_CSUM_OFF,
+            u64::from(quoted.sport),
+            u64::from(to.sport),
+            2,
+        )?;
+        ctx.store(INNER_L4, &to.sport, 0)?;
+    }
+    if to.dport != quoted.dport {
+        ctx.l4_csum_replace(
+            ICMP_CSUM_OFF,
+            u64::from(quoted.dport),
+            u64::from(to.dport),
+            2,
+        )?;
+        ctx.store(INNER_L4 + L4_DST_PORT_OFFSET, &to.dport, 0)?;
+    }
+    Ok(())
+}
+
 /// TCX ingress of the uplink: ARP requests for announced LoadBalancer addresses are answered;
 /// replies of SNAT-ed flows go back to their client; packets of known flows are translated
 /// again; a new flow to a NodePort or LoadBalancer frontend gets a backend.
@@ -657,31 +1010,26 @@ pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
         return verdict;
     }
     let Some(p) = parse(&ctx) else {
-        return TC_ACT_OK;
+        return icmp_error(&ctx, true).unwrap_or(TC_ACT_OK);
     };
     let key = nat_key(&p, nat_dir::REPLY);
     if let Some(v) = nat_lookup(&key, &p) {
-        if rewrite(&ctx, &p, &v).is_err() {
-            count_drop(DropReason::Malformed);
-            return TC_ACT_SHOT;
-        }
         count_ns(NsStat::Reply);
         count_svc(v.svc, 0, 1, u64::from(ctx.len()));
-        return redirect(&ctx, &v, p.proto);
+        return translate_out(&ctx, &p, &v);
     }
     let key = nat_key(&p, nat_dir::FORWARD);
     if let Some(v) = nat_lookup(&key, &p) {
+        count_ns(NsStat::Forward);
+        count_svc(v.svc, 0, 1, u64::from(ctx.len()));
+        if v.flags & nat_flags::REMOTE != 0 {
+            return translate_out(&ctx, &p, &v);
+        }
         if rewrite(&ctx, &p, &v).is_err() {
             count_drop(DropReason::Malformed);
             return TC_ACT_SHOT;
         }
-        count_ns(NsStat::Forward);
-        count_svc(v.svc, 0, 1, u64::from(ctx.len()));
-        return if v.flags & nat_flags::REMOTE != 0 {
-            redirect(&ctx, &v, p.proto)
-        } else {
-            TC_ACT_OK
-        };
+        return TC_ACT_OK;
     }
     new_flow(&ctx, &p, &key, &cfg)
 }
@@ -928,13 +1276,9 @@ fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
         count_drop(DropReason::NatExhausted);
         return TC_ACT_SHOT;
     };
-    if rewrite(ctx, p, &fwd).is_err() {
-        count_drop(DropReason::Malformed);
-        return TC_ACT_SHOT;
-    }
     count_ns(NsStat::NewRemote);
     count_svc(svc.rev_nat_id, 1, 1, len);
-    redirect(ctx, &fwd, p.proto)
+    translate_out(ctx, p, &fwd)
 }
 
 /// The backend of a flow with hash `hash` from the frontend's Maglev table (`master` is the
@@ -964,11 +1308,11 @@ fn maglev_pick(master: &Svc4Key, svc: &Svc4Value, hash: u32) -> Option<u32> {
 }
 
 /// TCX egress of the uplink: replies of local backends to outside clients leave with the
-/// frontend's address.
+/// frontend's address, and so do ICMP errors about their flows (see [`icmp_error`]).
 #[classifier]
 pub fn ferry_to_uplink(ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx) else {
-        return TC_ACT_OK;
+        return icmp_error(&ctx, false).unwrap_or(TC_ACT_OK);
     };
     let key = nat_key(&p, nat_dir::REPLY);
     if let Some(v) = nat_lookup(&key, &p) {
