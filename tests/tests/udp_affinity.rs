@@ -5,7 +5,8 @@
 //! - from the client pod, datagrams to a UDP ClusterIP on an unconnected socket (`sendmsg4`)
 //!   reach both pods, and every reply comes from the service address (`recvmsg4`);
 //! - from the external client, datagrams to the UDP NodePort of either node come back from that
-//!   node's address and port (TC translation, local and remote backends);
+//!   node's address and port (TC translation, local and remote backends), also datagrams of
+//!   4,000 bytes, which travel in fragments both ways (`FERRY_FRAG4`);
 //! - `sessionAffinity: ClientIP`: every connection of the client pod to the service reaches
 //!   the same pod, while the same pods behind a Service without affinity are both reached.
 
@@ -198,6 +199,29 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
         assert!(
             pods.iter().all(|p| p.starts_with("echo-")),
             "NodePort {node_ip}:{node_port}: {out}"
+        );
+        // Datagrams bigger than the MTU: fragments after the first carry no ports, and are
+        // translated like their first one; the echo's replies are as big.
+        let o = fabric.client_exec(&[
+            NETCHECK,
+            "udp-ask",
+            &node_ip,
+            &node_port.to_string(),
+            "6",
+            "4000",
+        ])?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "4,000-byte datagrams to NodePort {node_ip}:{node_port}: {out}{}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            fabric.agent_log_tail(i, 20)
+        );
+        replies(&out, &format!("{node_ip}:{node_port}"))?;
+        assert_eq!(
+            out.lines().filter(|l| l.contains(" 4000 from ")).count(),
+            6,
+            "every echo got all 4,000 bytes: {out}"
         );
     }
 

@@ -377,6 +377,35 @@ pub mod nat_flags {
     pub const CLOSING: u16 = 2;
 }
 
+/// `Frag4Key` -> `Frag4Ports` (LRU, not pinned): the ports of IPv4 datagrams being received
+/// in fragments, recorded from the first fragment (the only one with the L4 header) so the
+/// others are translated like it. Fragments arriving before their first one pass untranslated.
+pub const FRAG4_MAP: &str = "FERRY_FRAG4";
+pub const FRAG4_MAX_ENTRIES: u32 = 8192;
+
+/// Key of [`FRAG4_MAP`]: a fragmented datagram as it arrives (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Frag4Key {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// The IP identification field shared by the fragments.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`FRAG4_MAP`] (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frag4Ports {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Frag4Key>() == 12);
+const _: () = assert!(core::mem::size_of::<Frag4Ports>() == 4);
+
 /// Key of [`NAT4_MAP`]: a packet's tuple as it arrives (network order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

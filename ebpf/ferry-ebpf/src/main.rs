@@ -24,11 +24,12 @@ use aya_ebpf::{
 };
 use ferry_ebpf_common::{
     AFFINITY4_MAX_ENTRIES, Affinity4Key, Affinity4Value, BACKENDS4_MAX_ENTRIES, Backend4,
-    DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, L2_ANNOUNCE4_MAX_ENTRIES, L2Announce,
-    MAGLEV_TABLE_SIZE, MAGLEV4_MAX_ENTRIES, Maglev4Value, NAT4_MAX_ENTRIES, NODE_IPS4_MAX_ENTRIES,
-    NatKey, NatValue, NodeConfig, NsStat, PacketCounter, SOCK_REVNAT4_MAX_ENTRIES,
-    SVC_STATS_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey, SockRevValue, SockStat, Svc4Key,
-    Svc4Value, SvcStats, Verdict, ipproto, nat_dir, nat_flags, svc_flags, svc_scope,
+    DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, FRAG4_MAX_ENTRIES, Frag4Key,
+    Frag4Ports, L2_ANNOUNCE4_MAX_ENTRIES, L2Announce, MAGLEV_TABLE_SIZE, MAGLEV4_MAX_ENTRIES,
+    Maglev4Value, NAT4_MAX_ENTRIES, NODE_IPS4_MAX_ENTRIES, NatKey, NatValue, NodeConfig, NsStat,
+    PacketCounter, SOCK_REVNAT4_MAX_ENTRIES, SVC_STATS_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey,
+    SockRevValue, SockStat, Svc4Key, Svc4Value, SvcStats, Verdict, ipproto, nat_dir, nat_flags,
+    svc_flags, svc_scope,
 };
 
 #[map]
@@ -435,9 +436,20 @@ struct Pkt {
     proto: u8,
     l4: usize,
     tcp_flags: u8,
+    /// A fragment after the first: it has no L4 header (the ports are the first fragment's).
+    later_fragment: bool,
 }
 
-/// `None` for anything but an unfragmented IPv4 TCP or UDP packet (passed untouched).
+#[map]
+static FERRY_FRAG4: LruHashMap<Frag4Key, Frag4Ports> =
+    LruHashMap::with_max_entries(FRAG4_MAX_ENTRIES, 0);
+
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+/// `None` for anything but an IPv4 TCP or UDP packet, or a fragment of one whose first
+/// fragment was seen (passed untouched). A first fragment's ports are recorded in
+/// `FERRY_FRAG4` for the fragments that follow.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Pkt> {
     let eth_type: u16 = ctx.load(ETH_TYPE_OFFSET).ok()?;
@@ -453,31 +465,72 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
     if proto != ipproto::TCP && proto != ipproto::UDP {
         return None;
     }
-    let frag: u16 = ctx.load(ETH_HLEN + IPV4_FRAG_OFF_OFFSET).ok()?;
-    // Offset or more-fragments set: fragments are not translated (yet).
-    if u16::from_be(frag) & 0x3fff != 0 {
-        return None;
-    }
+    let frag = u16::from_be(ctx.load(ETH_HLEN + IPV4_FRAG_OFF_OFFSET).ok()?);
+    let saddr: u32 = ctx.load(IP_SRC_OFF).ok()?;
+    let daddr: u32 = ctx.load(IP_DST_OFF).ok()?;
     let l4 = ETH_HLEN + ihl;
+    let fragment = (frag & (IP_MF | IP_OFFSET_MASK) != 0).then(|| Frag4Key {
+        saddr,
+        daddr,
+        id: ctx.load(ETH_HLEN + 4).unwrap_or(0),
+        proto,
+        _pad: 0,
+    });
+    if frag & IP_OFFSET_MASK != 0 {
+        // SAFETY: a live map value, copied out.
+        let ports = unsafe { *FERRY_FRAG4.get_ptr(&fragment?)? };
+        return Some(Pkt {
+            saddr,
+            daddr,
+            sport: ports.sport,
+            dport: ports.dport,
+            proto,
+            l4,
+            tcp_flags: 0,
+            later_fragment: true,
+        });
+    }
     let tcp_flags = if proto == ipproto::TCP {
         ctx.load::<u8>(l4 + 13).ok()?
     } else {
         0
     };
-    Some(Pkt {
-        saddr: ctx.load(IP_SRC_OFF).ok()?,
-        daddr: ctx.load(IP_DST_OFF).ok()?,
+    let p = Pkt {
+        saddr,
+        daddr,
         sport: ctx.load(l4).ok()?,
         dport: ctx.load(l4 + L4_DST_PORT_OFFSET).ok()?,
         proto,
         l4,
         tcp_flags,
-    })
+        later_fragment: false,
+    };
+    if let Some(key) = fragment {
+        let ports = Frag4Ports {
+            sport: p.sport,
+            dport: p.dport,
+        };
+        let _ = FERRY_FRAG4.insert(&key, &ports, 0);
+    }
+    Some(p)
 }
 
-/// Rewrites the packet's tuple to `v`, fixing the IP and L4 checksums incrementally.
+/// Rewrites the packet's tuple to `v`, fixing the IP and L4 checksums incrementally (a
+/// fragment after the first has only the IP header to rewrite: the first one's L4 checksum
+/// covers the whole datagram).
 #[inline(always)]
 fn rewrite(ctx: &TcContext, p: &Pkt, v: &NatValue) -> Result<(), i64> {
+    if p.later_fragment {
+        if v.saddr != p.saddr {
+            ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(p.saddr), u64::from(v.saddr), 4)?;
+            ctx.store(IP_SRC_OFF, &v.saddr, 0)?;
+        }
+        if v.daddr != p.daddr {
+            ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(p.daddr), u64::from(v.daddr), 4)?;
+            ctx.store(IP_DST_OFF, &v.daddr, 0)?;
+        }
+        return Ok(());
+    }
     let (csum_off, mangled) = if p.proto == ipproto::TCP {
         (p.l4 + 16, 0)
     } else {
@@ -627,7 +680,7 @@ fn frag_needed(ctx: &TcContext, p: &Pkt, mtu: u16) -> i32 {
     let Ok(frag) = ctx.load::<u16>(ETH_HLEN + IPV4_FRAG_OFF_OFFSET) else {
         return too_big();
     };
-    if u16::from_be(frag) & IP_DF == 0 || p.l4 != ETH_HLEN + 20 {
+    if u16::from_be(frag) & IP_DF == 0 || p.l4 != ETH_HLEN + 20 || p.later_fragment {
         return too_big();
     }
     // The quoted packet (its IP header and first 8 bytes) and the Ethernet addresses, taken
@@ -834,6 +887,7 @@ fn icmp_error(ctx: &TcContext, redirect_out: bool) -> Option<i32> {
         proto: inner_proto,
         l4: INNER_L4,
         tcp_flags: 0,
+        later_fragment: false,
     };
     let outer_src: u32 = ctx.load(IP_SRC_OFF).ok()?;
     let outer_dst: u32 = ctx.load(IP_DST_OFF).ok()?;
@@ -1248,7 +1302,7 @@ fn is_local(be: &Backend4, cfg: &NodeConfig) -> bool {
 
 #[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> i32 {
-    if !starts_flow(p) {
+    if !starts_flow(p) || p.later_fragment {
         return TC_ACT_OK;
     }
     let (svc, be) = match pick_backend(p) {
@@ -1390,6 +1444,7 @@ fn xdp_parse(ctx: &XdpContext) -> Option<Pkt> {
         proto,
         l4,
         tcp_flags,
+        later_fragment: false,
     })
 }
 

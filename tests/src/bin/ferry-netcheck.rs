@@ -3,9 +3,13 @@
 //! harness' client namespace. The busybox of the test image has no UDP client or server.
 //!
 //! ```text
-//! ferry-netcheck udp-echo PORT          answer every datagram with "<hostname> <peer ip:port>"
-//! ferry-netcheck udp-ask IP PORT [N]    send N (default 1) datagrams, one at a time, on one
-//!                                       socket; print "<reply> from <source ip:port>" for each
+//! ferry-netcheck udp-echo PORT          answer every datagram with "<hostname> <peer ip:port>";
+//!                                       one over 1024 bytes gets "<hostname> <peer> <size>"
+//!                                       padded with dots to its own size
+//! ferry-netcheck udp-ask IP PORT [N [SIZE]]
+//!                                       send N (default 1) datagrams of SIZE bytes (default:
+//!                                       just "ask <i>"), one at a time, on one socket; print
+//!                                       "<reply without padding> from <source ip:port>" each
 //! ferry-netcheck http-load IP PORT SECONDS WORKERS new|keepalive
 //!                                       HTTP GETs of / for SECONDS from WORKERS threads, a new
 //!                                       connection per request or one kept-alive connection per
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ferry-netcheck udp-echo PORT | udp-ask IP PORT [COUNT] | http-load IP PORT SECONDS WORKERS new|keepalive | probe-targets HTTPS_PORT GRPC_PORT"
+        "usage: ferry-netcheck udp-echo PORT | udp-ask IP PORT [COUNT [SIZE]] | http-load IP PORT SECONDS WORKERS new|keepalive | probe-targets HTTPS_PORT GRPC_PORT"
     );
     ExitCode::from(2)
 }
@@ -41,8 +45,9 @@ fn main() -> ExitCode {
             Ok(port) => udp_echo(port),
             Err(e) => Err(format!("PORT {port:?}: {e}")),
         },
-        ["udp-ask", ip, port] => ask(ip, port, "1"),
-        ["udp-ask", ip, port, count] => ask(ip, port, count),
+        ["udp-ask", ip, port] => ask(ip, port, "1", "0"),
+        ["udp-ask", ip, port, count] => ask(ip, port, count, "0"),
+        ["udp-ask", ip, port, count, size] => ask(ip, port, count, size),
         ["http-load", ip, port, secs, workers, mode] => load(ip, port, secs, workers, mode),
         ["probe-targets", https, grpc] => probe_targets(https, grpc),
         _ => return usage(),
@@ -122,11 +127,27 @@ fn probe_targets(https: &str, grpc: &str) -> Result<(), String> {
     })
 }
 
-fn ask(ip: &str, port: &str, count: &str) -> Result<(), String> {
+fn ask(ip: &str, port: &str, count: &str, size: &str) -> Result<(), String> {
     let ip: Ipv4Addr = ip.parse().map_err(|e| format!("IP {ip:?}: {e}"))?;
     let port: u16 = port.parse().map_err(|e| format!("PORT {port:?}: {e}"))?;
     let count: u32 = count.parse().map_err(|e| format!("COUNT {count:?}: {e}"))?;
-    udp_ask(SocketAddr::from((ip, port)), count)
+    let size: usize = size.parse().map_err(|e| format!("SIZE {size:?}: {e}"))?;
+    if size > MAX_DATAGRAM {
+        return Err(format!("SIZE {size}: at most {MAX_DATAGRAM}"));
+    }
+    udp_ask(SocketAddr::from((ip, port)), count, size)
+}
+
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// `text` padded with dots to `size` bytes (unchanged if it is longer).
+fn padded(text: String, size: usize) -> Vec<u8> {
+    let mut v = text.into_bytes();
+    if v.len() < size {
+        v.resize(size, b'.');
+    }
+    v
 }
 
 fn load(ip: &str, port: &str, secs: &str, workers: &str, mode: &str) -> Result<(), String> {
@@ -160,28 +181,33 @@ fn udp_echo(port: u16) -> Result<(), String> {
     let sock =
         UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| format!("bind {port}: {e}"))?;
     let host = hostname();
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     loop {
-        let (_, peer) = sock.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
-        let reply = format!("{host} {peer}");
-        if let Err(e) = sock.send_to(reply.as_bytes(), peer) {
+        let (n, peer) = sock.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
+        let reply = if n > 1024 {
+            padded(format!("{host} {peer} {n}"), n)
+        } else {
+            format!("{host} {peer}").into_bytes()
+        };
+        if let Err(e) = sock.send_to(&reply, peer) {
             eprintln!("ferry-netcheck: reply to {peer}: {e}");
         }
     }
 }
 
-fn udp_ask(to: SocketAddr, count: u32) -> Result<(), String> {
+fn udp_ask(to: SocketAddr, count: u32, size: usize) -> Result<(), String> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("bind: {e}"))?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| format!("timeout: {e}"))?;
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     for i in 0..count {
-        sock.send_to(format!("ask {i}").as_bytes(), to)
+        sock.send_to(&padded(format!("ask {i}"), size), to)
             .map_err(|e| format!("send to {to}: {e}"))?;
         let (n, from) = sock
             .recv_from(&mut buf)
             .map_err(|e| format!("no reply from {to} to datagram {i}: {e}"))?;
-        println!("{} from {from}", String::from_utf8_lossy(&buf[..n]));
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        println!("{} from {from}", reply.trim_end_matches('.'));
     }
     Ok(())
 }
