@@ -115,6 +115,14 @@ static KINDS: &[KindInfo] = &[
         ["sts"],
         true
     ),
+    kind!(
+        "ControllerRevision",
+        "apps/v1",
+        "controllerrevisions",
+        "controllerrevision",
+        [],
+        true
+    ),
     kind!("Job", "batch/v1", "jobs", "job", [], true),
     kind!("CronJob", "batch/v1", "cronjobs", "cronjob", ["cj"], true),
     kind!(
@@ -237,7 +245,7 @@ mod tests {
                 assert_eq!(lookup(s), Some(k), "short name {s}");
             }
         }
-        assert_eq!(all().len(), 21);
+        assert_eq!(all().len(), 22);
     }
 
     #[test]

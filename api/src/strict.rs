@@ -38,6 +38,7 @@ fn canonicalizer(kind: &str) -> Option<Canonicalize> {
         "Deployment" => roundtrip::<apps::v1::Deployment>,
         "DaemonSet" => roundtrip::<apps::v1::DaemonSet>,
         "StatefulSet" => roundtrip::<apps::v1::StatefulSet>,
+        "ControllerRevision" => roundtrip::<apps::v1::ControllerRevision>,
         "Job" => roundtrip::<batch::v1::Job>,
         "CronJob" => roundtrip::<batch::v1::CronJob>,
         "EndpointSlice" => roundtrip::<discovery::v1::EndpointSlice>,

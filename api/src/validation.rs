@@ -188,6 +188,11 @@ pub fn validate(kind: &KindInfo, obj: &Value) -> Result<(), FieldErrors> {
                 );
             }
         }
+        "ControllerRevision" => {
+            let o: apps::ControllerRevision = to_typed(obj)?;
+            v.meta(&o.metadata, NameRule::Dns1123Subdomain);
+            v.non_negative(Some(o.revision), "revision");
+        }
         "Lease" => {
             let o: coordination::v1::Lease = to_typed(obj)?;
             v.meta(&o.metadata, NameRule::Dns1123Subdomain);

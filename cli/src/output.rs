@@ -130,6 +130,7 @@ fn columns(info: &KindInfo) -> Columns {
             vec![],
         ),
         "StatefulSet" => (vec!["READY", "AGE"], vec![]),
+        "ControllerRevision" => (vec!["CONTROLLER", "REVISION", "AGE"], vec![]),
         "Job" => (vec!["COMPLETIONS", "AGE"], vec![]),
         "CronJob" => (
             vec!["SCHEDULE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
@@ -209,6 +210,17 @@ fn cells(info: &KindInfo, obj: &Value, wide: bool) -> Vec<String> {
             n(obj, "/status/numberReady").to_string(),
             n(obj, "/status/updatedNumberScheduled").to_string(),
             n(obj, "/status/numberAvailable").to_string(),
+            age(obj),
+        ],
+        "ControllerRevision" => vec![
+            obj.pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .map_or_else(
+                    || "<none>".to_string(),
+                    |r| format!("{}.apps/{}", s(r, "/kind").to_lowercase(), s(r, "/name")),
+                ),
+            n(obj, "/revision").to_string(),
             age(obj),
         ],
         "StatefulSet" => vec![

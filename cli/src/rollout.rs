@@ -17,13 +17,15 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::output;
+use ferry_control::controllers::history;
 
 #[derive(Subcommand)]
 pub enum RolloutCommand {
     /// Follow a rollout until it completes, or fails its progress deadline (exit status 1). A
     /// BlueGreen rollout stops once the new ReplicaSet is ready for promotion.
     Status(StatusArgs),
-    /// List a Deployment's revisions with their change-cause, or show one (--revision N).
+    /// List the revisions of a Deployment, DaemonSet or StatefulSet with their change-cause, or
+    /// show one (--revision N).
     History(HistoryArgs),
     /// Roll back to the previous revision, or to --to-revision N.
     Undo(UndoArgs),
@@ -40,7 +42,7 @@ pub enum RolloutCommand {
 #[derive(Args)]
 pub struct Target {
     /// `KIND/NAME` or KIND followed by NAME: a deployment (every verb), or a daemonset or
-    /// statefulset (`status` and `restart`).
+    /// statefulset (`status`, `history`, `undo` and `restart`).
     resource: String,
     name: Option<String>,
     /// Namespace (default: default).
@@ -421,8 +423,109 @@ async fn status(client: &Client, a: StatusArgs) -> Result<()> {
     }
 }
 
+/// The ControllerRevisions of a DaemonSet or StatefulSet, oldest first.
+async fn set_revisions(client: &Client, set: &Value, ns: &str) -> Result<Vec<Value>> {
+    let l = client
+        .list(
+            "ControllerRevision",
+            &ListOptions {
+                namespace: Some(ns.to_string()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let all: Vec<&Value> = l["items"].as_array().into_iter().flatten().collect();
+    Ok(history::owned(set, &all).into_iter().cloned().collect())
+}
+
+/// `rollout history` of a DaemonSet or StatefulSet (kubectl's `DaemonSetHistoryViewer`).
+async fn set_history(
+    client: &Client,
+    info: &KindInfo,
+    name: &str,
+    ns: &str,
+    rev: Option<i64>,
+) -> Result<()> {
+    let set = client.get(info.kind, ns, name).await?;
+    let revisions = set_revisions(client, &set, ns).await?;
+    let qualified = format!("{}/{name}", output::qualified(info));
+    if let Some(rev) = rev {
+        let r = revisions
+            .iter()
+            .find(|r| history::number(r) == rev)
+            .with_context(|| format!("unable to find the specified revision {rev}"))?;
+        println!("{qualified} with revision #{rev}");
+        println!("Pod Template:");
+        let template = history::template(r).cloned().unwrap_or(Value::Null);
+        for line in output::yaml(&template)?.lines() {
+            println!("  {line}");
+        }
+        return Ok(());
+    }
+    println!("{qualified}");
+    println!("{:<10}CHANGE-CAUSE", "REVISION");
+    for r in &revisions {
+        let cause = r
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(history::CHANGE_CAUSE))
+            .and_then(Value::as_str)
+            .unwrap_or("<none>");
+        println!("{:<10}{cause}", history::number(r));
+    }
+    Ok(())
+}
+
+/// The revision `rollout undo` takes a DaemonSet or StatefulSet to: `to` if given, else the
+/// second highest (the highest is the template it runs).
+pub fn set_rollback_target(revisions: &[Value], to: i64) -> Result<&Value, String> {
+    let want = if to > 0 {
+        to
+    } else {
+        let mut numbers: Vec<i64> = revisions.iter().map(history::number).collect();
+        numbers.sort_unstable();
+        match numbers.len() {
+            0 | 1 => {
+                return Err(
+                    "no rollout history found: no previous revision to roll back to".into(),
+                );
+            }
+            n => numbers[n - 2],
+        }
+    };
+    revisions
+        .iter()
+        .find(|r| history::number(r) == want)
+        .ok_or_else(|| format!("unable to find specified revision {want} in history"))
+}
+
+/// `rollout undo` of a DaemonSet or StatefulSet: its template becomes the revision's.
+async fn set_undo(client: &Client, info: &KindInfo, name: &str, ns: &str, to: i64) -> Result<()> {
+    let set = client.get(info.kind, ns, name).await?;
+    let revisions = set_revisions(client, &set, ns).await?;
+    let r = set_rollback_target(&revisions, to).map_err(anyhow::Error::msg)?;
+    let qualified = format!("{}/{name}", output::qualified(info));
+    let template = history::template(r)
+        .with_context(|| format!("revision {} records no template", history::number(r)))?;
+    if set.pointer("/spec/template") == Some(template) {
+        println!(
+            "{qualified} skipped rollback (current template already matches revision {})",
+            history::number(r)
+        );
+        return Ok(());
+    }
+    let mut next = set.clone();
+    next["spec"]["template"] = template.clone();
+    // resourceVersion is kept: a concurrent change makes this fail instead of being lost.
+    client.update(info.kind, &next).await?;
+    println!("{qualified} rolled back");
+    Ok(())
+}
+
 async fn history(client: &Client, a: HistoryArgs) -> Result<()> {
-    let (info, name, ns) = deployment_target(&a.target)?;
+    let (info, name, ns) = workload_target(&a.target)?;
+    if info.kind != "Deployment" {
+        return set_history(client, info, &name, &ns, a.revision).await;
+    }
     let d = client.get("Deployment", &ns, &name).await?;
     let sets = replica_sets(client, &ns).await?;
     let (mut owned, _) = dc::owned_sets(&d, &sets);
@@ -536,7 +639,10 @@ pub fn rolled_back(d: &Value, rs: &Value) -> Value {
 }
 
 async fn undo(client: &Client, a: UndoArgs) -> Result<()> {
-    let (info, name, ns) = deployment_target(&a.target)?;
+    let (info, name, ns) = workload_target(&a.target)?;
+    if info.kind != "Deployment" {
+        return set_undo(client, info, &name, &ns, a.to_revision).await;
+    }
     let qualified = format!("{}/{name}", output::qualified(info));
     let d = client.get("Deployment", &ns, &name).await?;
     if d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
@@ -884,6 +990,27 @@ mod tests {
             rolled_back(&d, &r1)["metadata"]["annotations"]
                 .get(ACTIVE_HASH)
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn set_undo_targets_the_second_highest_revision() {
+        let revs: Vec<Value> = [3, 1, 4]
+            .iter()
+            .map(|n| json!({"metadata": {"name": format!("ds-{n}")}, "revision": n}))
+            .collect();
+        let r = set_rollback_target(&revs, 0).unwrap();
+        assert_eq!(r["revision"], 3);
+        assert_eq!(set_rollback_target(&revs, 1).unwrap()["revision"], 1);
+        assert!(
+            set_rollback_target(&revs, 9)
+                .unwrap_err()
+                .contains("unable to find specified revision 9")
+        );
+        assert!(
+            set_rollback_target(&revs[..1], 0)
+                .unwrap_err()
+                .contains("no rollout history found")
         );
     }
 

@@ -346,7 +346,7 @@ pub fn default_cluster_roles() -> Vec<serde_json::Value> {
     let write = ["create", "update", "patch", "delete"];
     let workloads = serde_json::json!([
         {"apiGroups": [""], "resources": ["pods", "services", "configmaps", "persistentvolumeclaims", "events", "endpoints"], "verbs": read},
-        {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "daemonsets", "statefulsets"], "verbs": read},
+        {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "daemonsets", "statefulsets", "controllerrevisions"], "verbs": read},
         {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": read},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
     ]);

@@ -225,6 +225,45 @@ async fn daemonset_follows_nodes_and_rolls_out() -> Result<()> {
     })
     .await?;
 
+    // History: a ControllerRevision per template; undo puts v1 back, renumbered 3.
+    let revisions = async || -> Result<Vec<String>> {
+        let out = cluster
+            .ferry_ok(&["rollout", "history", "daemonset/agent"])
+            .await?;
+        Ok(out
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect())
+    };
+    until("revisions 1 and 2", 10, async || {
+        Ok(revisions().await? == ["1", "2"])
+    })
+    .await?;
+    let crs = cluster.ferry_ok(&["get", "controllerrevisions"]).await?;
+    assert!(crs.contains("daemonset.apps/agent"), "{crs}");
+    let out = cluster
+        .ferry_ok(&["rollout", "undo", "daemonset/agent"])
+        .await?;
+    assert!(out.contains("daemonset.apps/agent rolled back"), "{out}");
+    until("the v1 rollback", 60, async || {
+        ready_on(&c, &["n1", "n4"], "agent:v1").await
+    })
+    .await?;
+    until("revisions 2 and 3", 10, async || {
+        Ok(revisions().await? == ["2", "3"])
+    })
+    .await?;
+    let out = cluster
+        .ferry_ok(&["rollout", "history", "daemonset/agent", "--revision", "3"])
+        .await?;
+    assert!(out.contains("image: agent:v1"), "{out}");
+    let out = cluster
+        .ferry_ok(&["rollout", "undo", "daemonset/agent", "--to-revision", "3"])
+        .await?;
+    assert!(out.contains("skipped rollback"), "{out}");
+
     // OnDelete: a template change waits for the pod to be deleted.
     c.patch(
         "DaemonSet",
@@ -236,12 +275,12 @@ async fn daemonset_follows_nodes_and_rolls_out() -> Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        ready_on(&c, &["n1", "n4"], "agent:v2").await? || {
+        ready_on(&c, &["n1", "n4"], "agent:v1").await? || {
             // Only the status fields differ (updatedNumberScheduled 0): the pods are unchanged.
             daemon_pods(&c)
                 .await?
                 .values()
-                .all(|p| s(p, "/spec/containers/0/image") == "agent:v2")
+                .all(|p| s(p, "/spec/containers/0/image") == "agent:v1")
         }
     );
     let old = daemon_pods(&c).await?["n1"].clone();
@@ -254,7 +293,7 @@ async fn daemonset_follows_nodes_and_rolls_out() -> Result<()> {
             .is_some_and(|p| is_ready(p) && s(p, "/spec/containers/0/image") == "agent:v3")
             && pods
                 .get("n4")
-                .is_some_and(|p| s(p, "/spec/containers/0/image") == "agent:v2"))
+                .is_some_and(|p| s(p, "/spec/containers/0/image") == "agent:v1"))
     })
     .await?;
     Ok(())
@@ -440,6 +479,21 @@ async fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() -> Result
         healthy(&c, 3, "db:v2", false).await
     })
     .await?;
+
+    // Undo: back to the v1 template, rolled out the same way; its revision is renumbered.
+    let out = cluster.ferry_ok(&["rollout", "undo", "sts/db"]).await?;
+    assert!(out.contains("statefulset.apps/db rolled back"), "{out}");
+    until("the v1 rollback", 90, async || {
+        healthy(&c, 3, "db:v1", false).await
+    })
+    .await?;
+    let out = cluster.ferry_ok(&["rollout", "history", "sts/db"]).await?;
+    let numbers: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(numbers, ["2", "3"], "{out}");
     Ok(())
 }
 

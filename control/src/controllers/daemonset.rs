@@ -245,6 +245,8 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
     let nodes = api.snapshot("Node").await?;
     let pods = api.snapshot("Pod").await?;
     let by_ns = super::by_namespace(&pods);
+    let revisions = api.snapshot("ControllerRevision").await?;
+    let revisions_by_ns = super::by_namespace(&revisions);
     let mut acted = 0;
     let started = Instant::now();
     for ds in &sets {
@@ -256,6 +258,30 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
         let ns = s(ds, "/metadata/namespace");
         let name = s(ds, "/metadata/name");
         let in_ns = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
+        // The revision history first: `rollout undo` finds the template it runs now even
+        // before its pods exist.
+        let hash = revision(ds);
+        let live: BTreeSet<String> = in_ns
+            .iter()
+            .filter(|p| controller_uid(p) == Some(s(ds, "/metadata/uid")))
+            .filter_map(|p| p.pointer(&format!("/metadata/labels/{REVISION_LABEL}")))
+            .filter_map(Value::as_str)
+            .map(|h| format!("{name}-{h}"))
+            .collect();
+        let history = super::history::plan(
+            "DaemonSet",
+            ds,
+            &format!("{name}-{hash}"),
+            &hash,
+            revisions_by_ns
+                .get(ns)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            &live,
+        );
+        if let Err(e) = super::history::apply(api, ds, &history).await {
+            tracing::warn!(daemonset = name, namespace = ns, "revision history: {e}");
+        }
         let plan = plan(ds, &nodes, in_ns, chrono::Utc::now());
         let creates = plan
             .create

@@ -12,6 +12,7 @@ pub mod endpointslice;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod loadbalancer;
 pub mod namespace;

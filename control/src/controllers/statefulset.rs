@@ -9,7 +9,8 @@
 //! replaces pods whose `controller-revision-hash` is not the update revision, from the highest
 //! ordinal down to `partition`, one at a time, each only once all pods are Running and Ready.
 //! `OnDelete` replaces a pod only when someone deletes it. Failed pods are deleted and recreated.
-//! The revision is `<set>-<template hash>` (no ControllerRevision objects are kept).
+//! The revision is `<set>-<template hash>`, also the name of the ControllerRevision recording
+//! the template (`history`).
 //! [`plan`] is pure.
 
 use std::borrow::Borrow;
@@ -329,6 +330,8 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
     let pods = api.snapshot("Pod").await?;
     let pvcs = api.snapshot("PersistentVolumeClaim").await?;
     let by_ns = super::by_namespace(&pods);
+    let revisions = api.snapshot("ControllerRevision").await?;
+    let revisions_by_ns = super::by_namespace(&revisions);
     let mut acted = 0;
     let started = Instant::now();
     for sts in &sets {
@@ -345,6 +348,33 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             .filter(|c| s(c, "/metadata/namespace") == ns)
             .map(|c| s(c, "/metadata/name").to_string())
             .collect();
+        // The revision history first: `rollout undo` finds the template it runs now even
+        // before its pods exist.
+        let update_rev = revision(sts);
+        let mut live: BTreeSet<String> = in_ns
+            .iter()
+            .filter(|p| super::deployment::controller_uid(p) == Some(s(sts, "/metadata/uid")))
+            .filter_map(|p| p.pointer(&format!("/metadata/labels/{REVISION_LABEL}")))
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        live.insert(s(sts, "/status/currentRevision").to_string());
+        let history = super::history::plan(
+            "StatefulSet",
+            sts,
+            &update_rev,
+            update_rev
+                .strip_prefix(&format!("{name}-"))
+                .unwrap_or(&update_rev),
+            revisions_by_ns
+                .get(ns)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            &live,
+        );
+        if let Err(e) = super::history::apply(api, sts, &history).await {
+            tracing::warn!(statefulset = name, namespace = ns, "revision history: {e}");
+        }
         let plan = plan(sts, in_ns, &claims, chrono::Utc::now());
         let ev = |reason: &'static str, message: String| async move {
             super::record_event(
