@@ -7,6 +7,10 @@ use serde_json::Value;
 /// once no pod that is not finished uses the claim.
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 
+/// Kubernetes' finalizer on every PersistentVolume: removed (and the volume deleted) only once
+/// it is not Bound to a claim.
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+
 /// On a PersistentVolume of the local provisioner whose directory exists on its node: the
 /// node's agent removes the directory, then this finalizer, when the volume is deleted.
 pub const LOCAL_VOLUME_CLEANUP: &str = "ferry.dev/local-volume-cleanup";

@@ -342,13 +342,26 @@ async fn agents_register_get_pod_cidrs_heartbeat_and_stay_in_their_lane() -> Res
         }
         v
     };
+    // Every volume carries pv-protection, which a node may not touch.
+    let both = json!([
+        ferry_api::volumes::PV_PROTECTION,
+        ferry_api::volumes::LOCAL_VOLUME_CLEANUP
+    ]);
     let mut pv = unconditional(as_a.get("PersistentVolume", "", "pv-a").await?);
-    pv["metadata"]["finalizers"] = json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP]);
-    let marked = as_a.update("PersistentVolume", &pv).await?;
     assert_eq!(
-        marked["metadata"]["finalizers"],
-        json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP])
+        pv["metadata"]["finalizers"],
+        json!([ferry_api::volumes::PV_PROTECTION])
     );
+    let mut stripped = pv.clone();
+    stripped["metadata"]["finalizers"] = json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP]);
+    let err = as_a
+        .update("PersistentVolume", &stripped)
+        .await
+        .expect_err("removing pv-protection");
+    assert_eq!(err.code, Code::PermissionDenied, "{err}");
+    pv["metadata"]["finalizers"] = both.clone();
+    let marked = as_a.update("PersistentVolume", &pv).await?;
+    assert_eq!(marked["metadata"]["finalizers"], both);
     let mut grown = unconditional(marked.clone());
     grown["spec"]["capacity"]["storage"] = json!("100Gi");
     let err = as_a
@@ -363,7 +376,7 @@ async fn agents_register_get_pod_cidrs_heartbeat_and_stay_in_their_lane() -> Res
         .expect_err("another node's volume");
     assert_eq!(err.code, Code::PermissionDenied, "{err}");
     let mut theirs = unconditional(admin.get("PersistentVolume", "", "pv-b").await?);
-    theirs["metadata"]["finalizers"] = json!([ferry_api::volumes::LOCAL_VOLUME_CLEANUP]);
+    theirs["metadata"]["finalizers"] = both;
     let err = as_a
         .update("PersistentVolume", &theirs)
         .await

@@ -571,7 +571,19 @@ async fn claims_bind_to_fitting_volumes_and_hold_pods_until_bound() -> Result<()
         ),
         "Available"
     );
-    // The claim goes: a Retain volume is Released, not reused.
+    // pv-protection: a volume deleted while bound stays until its claim is gone.
+    c.delete("PersistentVolume", "", "fits", "").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let vol = c.get("PersistentVolume", "", "fits").await?;
+    assert!(
+        !s(&vol, "/metadata/deletionTimestamp").is_empty()
+            && vol["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "kubernetes.io/pv-protection"))
+            && s(&vol, "/status/phase") == "Bound",
+        "a bound volume waits for its claim: {vol:#}"
+    );
+    // The claim goes (pvc-protection: after its pod), and then the volume.
     let force = DeleteOptions {
         grace_period_seconds: Some(0),
         ..Default::default()
@@ -579,9 +591,12 @@ async fn claims_bind_to_fitting_volumes_and_hold_pods_until_bound() -> Result<()
     c.delete_with("Pod", "default", "writer", &force).await?;
     c.delete("PersistentVolumeClaim", "default", "logs", "")
         .await?;
-    until("fits Released", 30, async || {
-        let vol = c.get("PersistentVolume", "", "fits").await?;
-        Ok(s(&vol, "/status/phase") == "Released")
+    until("fits gone", 30, async || {
+        match c.get("PersistentVolume", "", "fits").await {
+            Err(e) if e.is_not_found() => Ok(true),
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(false),
+        }
     })
     .await?;
     Ok(())

@@ -157,16 +157,22 @@ pub fn prepare_create(info: &KindInfo, obj: &mut Value) {
             root.insert("status".into(), serde_json::json!({"phase": "Pending"}));
         }
         // Kubernetes' StorageObjectInUseProtection admission: a claim in use is not deleted
-        // under its pods (the volume binding controller removes the finalizer once unused).
-        "PersistentVolumeClaim" => {
+        // under its pods, nor a volume under its claim (the volume binding controller removes
+        // the finalizers once unused).
+        "PersistentVolumeClaim" | "PersistentVolume" => {
+            let finalizer = if info.kind == "PersistentVolume" {
+                ferry_api::volumes::PV_PROTECTION
+            } else {
+                ferry_api::volumes::PVC_PROTECTION
+            };
             let m = metadata_mut(obj);
             let fins = m
                 .entry("finalizers")
                 .or_insert_with(|| Value::Array(Vec::new()));
             if let Value::Array(list) = fins
-                && !list.iter().any(|f| f == ferry_api::volumes::PVC_PROTECTION)
+                && !list.iter().any(|f| f == finalizer)
             {
-                list.push(Value::from(ferry_api::volumes::PVC_PROTECTION));
+                list.push(Value::from(finalizer));
             }
         }
         _ => {}

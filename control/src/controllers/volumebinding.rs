@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use crate::apiserver::objects::labels;
 use crate::controllers::cache::Cached;
 use crate::controllers::str_at as s;
-use ferry_api::volumes::{PVC_PROTECTION, finalizers};
+use ferry_api::volumes::{PV_PROTECTION, PVC_PROTECTION, finalizers};
 
 /// The storage class of the built-in local provisioner (and the default class).
 pub const LOCAL_CLASS: &str = "ferry.dev/local";
@@ -236,6 +236,8 @@ pub enum VolumeAction {
     Phase(&'static str),
     /// Its claim is gone and its policy is Delete.
     Delete,
+    /// Being deleted and no longer Bound: remove [`PV_PROTECTION`] so it goes.
+    Unprotect,
 }
 
 /// Whether a claim being deleted may go: it carries [`PVC_PROTECTION`] and no pod of its
@@ -259,9 +261,7 @@ pub fn protection_released(pvc: &Value, pods: &[&Value]) -> bool {
 
 /// The pure decision for one volume over all claims.
 pub fn plan_volume(pv: &Value, pvcs: &[Value]) -> VolumeAction {
-    if !s(pv, "/metadata/deletionTimestamp").is_empty() {
-        return VolumeAction::None;
-    }
+    let deleting = !s(pv, "/metadata/deletionTimestamp").is_empty();
     let phase = s(pv, "/status/phase");
     let want = if pv["spec"]["claimRef"].is_null() {
         "Available"
@@ -283,13 +283,21 @@ pub fn plan_volume(pv: &Value, pvcs: &[Value]) -> VolumeAction {
                 }
             }
             _ => {
-                if s(pv, "/spec/persistentVolumeReclaimPolicy") == "Delete" {
+                if s(pv, "/spec/persistentVolumeReclaimPolicy") == "Delete" && !deleting {
                     return VolumeAction::Delete;
                 }
                 "Released"
             }
         }
     };
+    // pv-protection: a volume being deleted stays while a claim is bound to it.
+    if deleting {
+        return if want != "Bound" && finalizers(pv).contains(&PV_PROTECTION) {
+            VolumeAction::Unprotect
+        } else {
+            VolumeAction::None
+        };
+    }
     if phase == want {
         VolumeAction::None
     } else {
@@ -547,6 +555,15 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
                 .await
                 .map(|_| ()),
             VolumeAction::Delete => api.delete("PersistentVolume", "", name).await.map(|_| ()),
+            VolumeAction::Unprotect => {
+                let mut updated = pv.clone();
+                let rest: Vec<&str> = finalizers(pv)
+                    .into_iter()
+                    .filter(|f| *f != PV_PROTECTION)
+                    .collect();
+                updated["metadata"]["finalizers"] = json!(rest);
+                api.update("PersistentVolume", &updated).await.map(|_| ())
+            }
         };
         match r {
             Ok(()) => acted += 1,
@@ -660,6 +677,25 @@ mod tests {
         let mut fresh = pv("f", "manual", "1Gi", json!({}));
         fresh["status"] = json!({});
         assert_eq!(plan_volume(&fresh, &[]), VolumeAction::Phase("Available"));
+    }
+
+    #[test]
+    fn a_volume_being_deleted_waits_for_its_claim() {
+        let c = pvc(json!({"storageClassName": "manual", "volumeName": "v"}));
+        let mut v = pv("v", "manual", "1Gi", json!({}));
+        v["spec"]["claimRef"] = json!({"namespace": "default", "name": "data", "uid": "c-uid"});
+        v["status"]["phase"] = json!("Bound");
+        v["metadata"]["finalizers"] = json!([PV_PROTECTION]);
+        v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        // Bound: it stays, whatever its reclaim policy.
+        assert_eq!(plan_volume(&v, &[c.clone()]), VolumeAction::None);
+        v["spec"]["persistentVolumeReclaimPolicy"] = json!("Delete");
+        assert_eq!(plan_volume(&v, &[c]), VolumeAction::None);
+        // The claim is gone: the finalizer goes (never a second delete).
+        assert_eq!(plan_volume(&v, &[]), VolumeAction::Unprotect);
+        // Without the finalizer there is nothing to do.
+        v["metadata"]["finalizers"] = json!([]);
+        assert_eq!(plan_volume(&v, &[]), VolumeAction::None);
     }
 
     #[test]
