@@ -1442,6 +1442,96 @@ impl Errs {
                 "required when completion mode is Indexed",
             ));
         }
+        let indexed = s.completion_mode.as_deref() == Some("Indexed");
+        let completions = i64::from(s.completions.unwrap_or(0));
+        if let Some(limit) = s.backoff_limit_per_index {
+            self.non_negative(Some(limit), &child(path, "backoffLimitPerIndex"));
+            if !indexed {
+                self.push(FieldError::invalid(
+                    child(path, "backoffLimitPerIndex"),
+                    limit,
+                    "requires indexed completion mode",
+                ));
+            }
+        }
+        if let Some(m) = s.max_failed_indexes {
+            let mpath = child(path, "maxFailedIndexes");
+            if s.backoff_limit_per_index.is_none() {
+                self.push(FieldError::new(
+                    child(path, "backoffLimitPerIndex"),
+                    "required when maxFailedIndexes is specified",
+                ));
+            }
+            self.non_negative(Some(m), &mpath);
+            if indexed && i64::from(m) > completions {
+                self.push(FieldError::invalid(
+                    mpath,
+                    m,
+                    "must be less than or equal to completions",
+                ));
+            }
+        }
+        if let Some(policy) = &s.success_policy {
+            let ppath = child(path, "successPolicy");
+            if !indexed {
+                self.push(FieldError::invalid(
+                    child(path, "completionMode"),
+                    q(s.completion_mode.as_deref().unwrap_or("NonIndexed")),
+                    "requires indexed completion mode when successPolicy is specified",
+                ));
+            }
+            if policy.rules.is_empty() {
+                self.push(FieldError::required(child(&ppath, "rules")));
+            } else if policy.rules.len() > 20 {
+                self.push(FieldError::new(
+                    child(&ppath, "rules"),
+                    format!(
+                        "Too many: {}: must have at most 20 items",
+                        policy.rules.len()
+                    ),
+                ));
+            }
+            for (i, rule) in policy.rules.iter().enumerate() {
+                let rpath = format!("{ppath}.rules[{i}]");
+                let mut listed = None;
+                if let Some(list) = &rule.succeeded_indexes {
+                    match index_list(list, completions) {
+                        Ok(n) => listed = Some(n),
+                        Err(e) => self.push(FieldError::invalid(
+                            child(&rpath, "succeededIndexes"),
+                            q(list),
+                            e,
+                        )),
+                    }
+                }
+                match rule.succeeded_count {
+                    None if rule.succeeded_indexes.is_none() => self.push(FieldError::new(
+                        rpath.clone(),
+                        "at least one of succeededCount or succeededIndexes must be specified",
+                    )),
+                    Some(n) => {
+                        let cpath = child(&rpath, "succeededCount");
+                        self.non_negative(Some(n), &cpath);
+                        if indexed && i64::from(n) > completions {
+                            self.push(FieldError::invalid(
+                                cpath,
+                                n,
+                                format!("must be less than or equal to {completions} (the number of specified completions)"),
+                            ));
+                        } else if let Some(listed) = listed
+                            && n as usize > listed
+                        {
+                            self.push(FieldError::invalid(
+                                cpath,
+                                n,
+                                format!("must be less than or equal to {listed} (the number of indexes in the specified succeededIndexes field)"),
+                            ));
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
         if let Some(policy) = &s.pod_failure_policy {
             let restart = s
                 .template
@@ -1462,6 +1552,13 @@ impl Errs {
                     &child(&rpath, "action"),
                     &["FailJob", "Ignore", "Count", "FailIndex"],
                 );
+                if rule.action == "FailIndex" && s.backoff_limit_per_index.is_none() {
+                    self.push(FieldError::invalid(
+                        child(&rpath, "action"),
+                        q("FailIndex"),
+                        "requires the backoffLimitPerIndex to be set",
+                    ));
+                }
                 match (&rule.on_exit_codes, &rule.on_pod_conditions) {
                     (Some(_), Some(c)) if !c.is_empty() => self.push(FieldError::new(
                         rpath.clone(),
@@ -1968,6 +2065,31 @@ impl Errs {
     }
 }
 
+/// A Job's index list (`0,2-4`): ascending, non-overlapping intervals of indexes below
+/// `completions`; the number of indexes, or what is wrong.
+fn index_list(list: &str, completions: i64) -> Result<usize, String> {
+    let mut next = 0i64;
+    let mut count = 0usize;
+    for part in list.split(',') {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) else {
+            return Err(format!("{part:?} is not an index or a range of indexes"));
+        };
+        if a < next || b < a {
+            return Err("must be ascending, non-overlapping intervals".into());
+        }
+        if b >= completions {
+            return Err(format!("must be less than {completions} (completions)"));
+        }
+        count += (b - a + 1) as usize;
+        next = b + 1;
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2454,6 +2576,13 @@ spec: {holderIdentity: node-1, leaseDurationSeconds: 15}
         ));
     }
 
+    /// `job` with `restartPolicy: Never` (valid).
+    fn ok_job(job: &Value) -> Value {
+        let mut j = job.clone();
+        j["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        j
+    }
+
     #[test]
     fn jobs_and_cronjobs() {
         let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
@@ -2509,6 +2638,55 @@ spec: {holderIdentity: node-1, leaseDurationSeconds: 15}
             {"action": "FailJob", "onExitCodes": {"containerName": "a", "operator": "In", "values": [42]}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]});
         assert_eq!(check(policy), Vec::<String>::new());
+
+        // Indexed-only knobs: per-index back-off limits and success policies.
+        let mut indexed = ok_job(&job);
+        indexed["spec"]["completionMode"] = json!("Indexed");
+        indexed["spec"]["completions"] = json!(5);
+        indexed["spec"]["backoffLimitPerIndex"] = json!(1);
+        indexed["spec"]["maxFailedIndexes"] = json!(2);
+        indexed["spec"]["successPolicy"] = json!({"rules": [{"succeededIndexes": "0,2-4", "succeededCount": 2}, {"succeededCount": 5}]});
+        indexed["spec"]["podFailurePolicy"] = json!({"rules": [
+            {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]});
+        assert_eq!(check(indexed.clone()), Vec::<String>::new());
+        let mut bad = indexed.clone();
+        bad["spec"]["maxFailedIndexes"] = json!(9);
+        bad["spec"]["successPolicy"] = json!({"rules": [
+            {"succeededIndexes": "3,1"}, {"succeededIndexes": "0-9"},
+            {"succeededIndexes": "0", "succeededCount": 2}, {}]});
+        let errs = check(bad);
+        for want in [
+            "spec.maxFailedIndexes: Invalid value: 9: must be less than or equal to completions",
+            "spec.successPolicy.rules[0].succeededIndexes: Invalid value: \"3,1\": must be ascending",
+            "spec.successPolicy.rules[1].succeededIndexes: Invalid value: \"0-9\": must be less than 5",
+            "spec.successPolicy.rules[2].succeededCount: Invalid value: 2: must be less than or equal to 1",
+            "spec.successPolicy.rules[3]: at least one of succeededCount or succeededIndexes",
+        ] {
+            assert!(has(&errs, want), "{want} in {errs:?}");
+        }
+        let mut plain = ok_job(&job);
+        plain["spec"]["backoffLimitPerIndex"] = json!(1);
+        plain["spec"]["successPolicy"] = json!({"rules": [{"succeededCount": 1}]});
+        plain["spec"]["podFailurePolicy"] = json!({"rules": [
+            {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]});
+        let errs = check(plain.clone());
+        for want in [
+            "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode",
+            "spec.completionMode: Invalid value: \"NonIndexed\": requires indexed completion mode",
+        ] {
+            assert!(has(&errs, want), "{want} in {errs:?}");
+        }
+        plain["spec"]
+            .as_object_mut()
+            .map(|m| m.remove("backoffLimitPerIndex"));
+        plain["spec"]["maxFailedIndexes"] = json!(1);
+        let errs = check(plain);
+        for want in [
+            "spec.backoffLimitPerIndex: required when maxFailedIndexes is specified",
+            "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex",
+        ] {
+            assert!(has(&errs, want), "{want} in {errs:?}");
+        }
 
         let cron = |schedule: &str| {
             json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},

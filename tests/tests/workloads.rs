@@ -55,10 +55,21 @@ impl FakeKubelet {
                         let _ = c.delete_with("Pod", ns, name, &force).await;
                         continue;
                     }
+                    // `<outcome>-index-N`: that outcome for completion index N, the
+                    // opposite (fail) or running (succeed) for the others.
+                    let index = s(
+                        p,
+                        "/metadata/labels/batch.kubernetes.io~1job-completion-index",
+                    );
                     let phase = match s(p, "/metadata/labels/outcome") {
                         "succeed" => "Succeeded",
                         "fail" => "Failed",
-                        _ => "Running",
+                        o => match o.split_once("-index-") {
+                            Some(("fail", i)) if i == index => "Failed",
+                            Some(("fail", _)) => "Succeeded",
+                            Some(("succeed", i)) if i == index => "Succeeded",
+                            _ => "Running",
+                        },
                     };
                     if s(p, "/status/phase") == phase {
                         continue;
@@ -226,6 +237,58 @@ async fn jobs_complete_fail_and_expire() -> Result<()> {
         .collect();
     seen.sort();
     assert_eq!(seen, ["0", "1", "2", "3"]);
+
+    // backoffLimitPerIndex 0: index 2 fails for good, the others still run to success, and
+    // then the Job fails naming it.
+    let mut per_index = job("perindex", "fail-index-2", 4, 4, 6);
+    per_index["spec"]["completionMode"] = json!("Indexed");
+    per_index["spec"]["backoffLimitPerIndex"] = json!(0);
+    c.create("Job", "default", &per_index).await?;
+    until("the per-index job to fail", 30, async || {
+        let j = c.get("Job", "default", "perindex").await?;
+        Ok(condition(&j, "Failed").is_some())
+    })
+    .await?;
+    let j = c.get("Job", "default", "perindex").await?;
+    assert_eq!(
+        s(condition(&j, "Failed").unwrap(), "/reason"),
+        "FailedIndexes"
+    );
+    assert_eq!(j["status"]["failedIndexes"], "2", "{}", j["status"]);
+    assert_eq!(j["status"]["completedIndexes"], "0,1,3", "{}", j["status"]);
+    assert_eq!(
+        items(&c, "Pod", "default", "job-name=perindex")
+            .await?
+            .len(),
+        4,
+        "the failed index was not retried"
+    );
+
+    // successPolicy: index 0 succeeding is enough; the pods still running are stopped.
+    let mut early = job("early", "succeed-index-0", 3, 3, 6);
+    early["spec"]["completionMode"] = json!("Indexed");
+    early["spec"]["successPolicy"] = json!({"rules": [{"succeededIndexes": "0"}]});
+    c.create("Job", "default", &early).await?;
+    until(
+        "the early job to complete, its other pods gone",
+        30,
+        async || {
+            let j = c.get("Job", "default", "early").await?;
+            let live = items(&c, "Pod", "default", "job-name=early")
+                .await?
+                .iter()
+                .filter(|p| s(p, "/status/phase") != "Succeeded")
+                .count();
+            Ok(condition(&j, "Complete").is_some() && live == 0)
+        },
+    )
+    .await?;
+    let j = c.get("Job", "default", "early").await?;
+    assert!(
+        condition(&j, "SuccessCriteriaMet").is_some(),
+        "{}",
+        j["status"]
+    );
 
     // ttlSecondsAfterFinished 2: the Job goes, and its pods with it (garbage collection).
     until("job ok to expire with its pods", 20, async || {

@@ -24,9 +24,12 @@
 //! `batch.kubernetes.io/job-completion-index: "i"` and the env var `JOB_COMPLETION_INDEX=i` in
 //! every container; the lowest indexes without a succeeded or active pod start first (at most
 //! `parallelism` active), a failed index is retried, and `status.completedIndexes` lists the
-//! succeeded ones in Kubernetes' compressed form (`0-2,5`). [`plan`] is pure.
+//! succeeded ones in Kubernetes' compressed form (`0-2,5`). `backoffLimitPerIndex` fails an
+//! index (not the Job) once it failed more often than that (`status.failedIndexes`; the Job
+//! fails when every index is done or failed, or past `maxFailedIndexes`); `successPolicy`
+//! completes the Job as soon as one of its rules is met. [`plan`] is pure.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -52,6 +55,9 @@ pub struct Plan {
     pub create: usize,
     /// Indexed Jobs: the completion index of each pod to create (`create` of them).
     pub indexes: Vec<i64>,
+    /// Indexed Jobs with `backoffLimitPerIndex`: how often each index has failed so far (the
+    /// new pod of that index carries it in [`INDEX_FAILURE_COUNT`]).
+    pub index_failures: BTreeMap<i64, i64>,
     /// Active pods to delete (names).
     pub delete: Vec<String>,
     /// The new status (None: unchanged).
@@ -212,6 +218,45 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
         .filter(|q| !ignored.contains(s(q, "/metadata/name")))
         .collect();
     let failed = (count("Failed") - ignored.len() as i64).max(int(&old, "/failed").unwrap_or(0));
+    // backoffLimitPerIndex (Indexed): each index fails on its own once it failed more often
+    // than the limit (or at once by a FailIndex rule); the Job goes on with the others.
+    let per_index = if indexed {
+        int(job, "/spec/backoffLimitPerIndex")
+    } else {
+        None
+    };
+    let mut failed_indexes: BTreeSet<i64> = BTreeSet::new();
+    if let Some(limit) = per_index {
+        for q in &counted {
+            let Some(i) = completion_index(q) else {
+                continue;
+            };
+            let before = q
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(INDEX_FAILURE_COUNT))
+                .and_then(Value::as_str)
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(0);
+            let n = before + i64::from(s(q, "/status/phase") == "Failed");
+            let e = p.index_failures.entry(i).or_insert(0);
+            *e = (*e).max(n);
+        }
+        failed_indexes.extend(parse_indexes(s(&old, "/failedIndexes")));
+        failed_indexes.extend(
+            p.index_failures
+                .iter()
+                .filter(|(_, n)| **n > limit)
+                .map(|(i, _)| *i),
+        );
+        failed_indexes.extend(
+            verdicts
+                .iter()
+                .filter(|(_, v)| matches!(v, Some(FailureVerdict::FailIndex)))
+                .filter_map(|(q, _)| completion_index(q)),
+        );
+        let c = completions.unwrap_or(0);
+        failed_indexes.retain(|i| (0..c).contains(i) && !done.contains(i));
+    }
     let mut active: Vec<&Value> = pods
         .iter()
         .copied()
@@ -270,8 +315,14 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
     } else {
         0
     };
+    let max_failed_indexes = int(job, "/spec/maxFailedIndexes");
     let failure = if let Some(message) = fail_job {
         Some(("PodFailurePolicy", message))
+    } else if max_failed_indexes.is_some_and(|m| failed_indexes.len() as i64 > m) {
+        Some((
+            "MaxFailedIndexesExceeded",
+            "Job has exceeded the specified maximal number of failed indexes".to_string(),
+        ))
     } else if failed > backoff_limit || (restarts > 0 && restarts >= backoff_limit) {
         Some((
             "BackoffLimitExceeded",
@@ -308,7 +359,50 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
             Some(c) => succeeded >= c,
             None => succeeded > 0 && active.is_empty(),
         };
-        if complete {
+        let success_rule = if indexed {
+            success_rule(job, &done)
+        } else {
+            None
+        };
+        let all_tried = indexed
+            && !failed_indexes.is_empty()
+            && succeeded + failed_indexes.len() as i64 >= completions.unwrap_or(0);
+        if let Some(rule) = success_rule.filter(|_| !complete) {
+            // successPolicy: done as soon as a rule is met; the other pods are not needed.
+            p.delete = active
+                .iter()
+                .map(|q| s(q, "/metadata/name").to_string())
+                .collect();
+            active_after = 0;
+            status["completionTime"] = json!(now_s);
+            let message = format!("Matched rules at index {rule}");
+            conditions.push(condition(
+                "SuccessCriteriaMet",
+                "SuccessPolicy",
+                &message,
+                &now_s,
+            ));
+            conditions.push(condition("Complete", "SuccessPolicy", &message, &now_s));
+            p.events.push(Event {
+                warning: false,
+                reason: "Completed",
+                message: "Job completed".into(),
+            });
+        } else if all_tried {
+            // Every index succeeded or failed for good: the Job fails, naming them.
+            p.delete = active
+                .iter()
+                .map(|q| s(q, "/metadata/name").to_string())
+                .collect();
+            active_after = 0;
+            let message = "Job has failed indexes".to_string();
+            conditions.push(condition("Failed", "FailedIndexes", &message, &now_s));
+            p.events.push(Event {
+                warning: true,
+                reason: "FailedIndexes",
+                message,
+            });
+        } else if complete {
             status["completionTime"] = json!(now_s);
             conditions.push(condition(
                 "Complete",
@@ -326,7 +420,9 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
                 0
             } else {
                 match completions {
-                    Some(c) => parallelism.min((c - succeeded).max(0)),
+                    Some(c) => {
+                        parallelism.min((c - succeeded - failed_indexes.len() as i64).max(0))
+                    }
                     None if succeeded > 0 => active.len() as i64,
                     None => parallelism,
                 }
@@ -339,7 +435,9 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
                 let running: BTreeSet<i64> =
                     active.iter().filter_map(|q| completion_index(q)).collect();
                 p.indexes = (0..completions.unwrap_or(0))
-                    .filter(|i| !done.contains(i) && !running.contains(i))
+                    .filter(|i| {
+                        !done.contains(i) && !running.contains(i) && !failed_indexes.contains(i)
+                    })
                     .take((want - have) as usize)
                     .collect();
                 p.create = p.indexes.len();
@@ -377,6 +475,14 @@ pub fn plan(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Plan {
         } else {
             status["completedIndexes"] = json!(list);
         }
+        let list = format_indexes(&failed_indexes);
+        if list.is_empty() {
+            if let Some(m) = status.as_object_mut() {
+                m.remove("failedIndexes");
+            }
+        } else {
+            status["failedIndexes"] = json!(list);
+        }
     }
     if conditions.is_empty() {
         if let Some(m) = status.as_object_mut() {
@@ -398,6 +504,8 @@ pub enum FailureVerdict {
     FailJob(String),
     /// Not counted against `backoffLimit`; the pod is replaced.
     Ignore,
+    /// Its index fails for good (`backoffLimitPerIndex` Jobs), the others go on.
+    FailIndex,
     /// Counted, as without a policy.
     Count,
 }
@@ -471,10 +579,34 @@ pub fn failure_verdict(job: &Value, pod: &Value) -> Option<FailureVerdict> {
         return Some(match rule["action"].as_str() {
             Some("FailJob") => FailureVerdict::FailJob(message),
             Some("Ignore") => FailureVerdict::Ignore,
+            Some("FailIndex") => FailureVerdict::FailIndex,
             _ => FailureVerdict::Count,
         });
     }
     None
+}
+
+/// The annotation with how often a pod's index failed before it (`backoffLimitPerIndex`).
+pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+
+/// The first `successPolicy` rule the succeeded indexes `done` meet: `succeededIndexes` all
+/// succeeded, or at least `succeededCount` of them (of all indexes without
+/// `succeededIndexes`).
+pub fn success_rule(job: &Value, done: &BTreeSet<i64>) -> Option<usize> {
+    let rules = job
+        .pointer("/spec/successPolicy/rules")
+        .and_then(Value::as_array)?;
+    rules.iter().position(|r| {
+        let set = r["succeededIndexes"].as_str().map(parse_indexes);
+        let matched = set
+            .as_ref()
+            .map_or(done.len(), |set| set.intersection(done).count()) as i64;
+        match (set.as_ref(), r["succeededCount"].as_i64()) {
+            (_, Some(n)) => matched >= n,
+            (Some(set), None) => !set.is_empty() && matched == set.len() as i64,
+            (None, None) => false,
+        }
+    })
 }
 
 /// The annotation (and label) holding an Indexed Job pod's completion index.
@@ -489,31 +621,27 @@ pub fn completion_index(pod: &Value) -> Option<i64> {
         .ok()
 }
 
-/// Kubernetes' compressed index list: `1,3-5,7`.
+/// Kubernetes' compressed index list: `1,3-5,7` (a run of two is written `7,8`, as
+/// Kubernetes' `orderedIntervals.String` does).
 pub fn format_indexes(indexes: &BTreeSet<i64>) -> String {
+    let run = |(a, b): (i64, i64)| match b - a {
+        0 => a.to_string(),
+        1 => format!("{a},{b}"),
+        _ => format!("{a}-{b}"),
+    };
     let mut out: Vec<String> = Vec::new();
-    let mut run: Option<(i64, i64)> = None;
+    let mut current: Option<(i64, i64)> = None;
     for &i in indexes {
-        run = match run {
+        current = match current {
             Some((a, b)) if i == b + 1 => Some((a, i)),
-            Some((a, b)) => {
-                out.push(if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                });
+            Some(r) => {
+                out.push(run(r));
                 Some((i, i))
             }
             None => Some((i, i)),
         };
     }
-    if let Some((a, b)) = run {
-        out.push(if a == b {
-            a.to_string()
-        } else {
-            format!("{a}-{b}")
-        });
-    }
+    out.extend(current.map(run));
     out.join(",")
 }
 
@@ -648,7 +776,16 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
         let templates: Vec<Value> = if plan.indexes.is_empty() {
             vec![pod_from_template(job); plan.create]
         } else {
-            plan.indexes.iter().map(|i| indexed_pod(job, *i)).collect()
+            plan.indexes
+                .iter()
+                .map(|i| {
+                    let mut pod = indexed_pod(job, *i);
+                    if let Some(n) = plan.index_failures.get(i) {
+                        pod["metadata"]["annotations"][INDEX_FAILURE_COUNT] = json!(n.to_string());
+                    }
+                    pod
+                })
+                .collect()
         };
         let creates = templates.iter().map(|t| api.create("Pod", ns, t));
         for r in futures::future::join_all(creates).await {
@@ -813,6 +950,99 @@ mod tests {
         assert!(p.indexes.is_empty());
     }
 
+    fn indexed(completions: i64, parallelism: i64) -> Value {
+        let mut j = job(Some(completions), parallelism, i64::from(i32::MAX));
+        j["spec"]["completionMode"] = json!("Indexed");
+        j
+    }
+
+    fn of_index(name: &str, index: i64, phase: &str, failures_before: i64) -> Value {
+        let mut q = pod(name, phase);
+        q["metadata"]["annotations"] = json!({COMPLETION_INDEX: index.to_string(),
+            INDEX_FAILURE_COUNT: failures_before.to_string()});
+        q
+    }
+
+    #[test]
+    fn backoff_limit_per_index_fails_indexes_not_the_job() {
+        let mut j = indexed(3, 3);
+        j["spec"]["backoffLimitPerIndex"] = json!(1);
+        let later = at("2026-01-01T01:00:00Z");
+        // Index 1 failed once: retried, its new pod told it failed once before.
+        let (a, b, c) = (
+            of_index("a", 0, "Succeeded", 0),
+            of_index("b", 1, "Failed", 0),
+            of_index("c", 2, "Running", 0),
+        );
+        let p = plan(&j, &[&a, &b, &c], later);
+        assert_eq!(p.indexes, vec![1]);
+        assert_eq!(p.index_failures.get(&1), Some(&1));
+        assert!(
+            p.status
+                .as_ref()
+                .is_some_and(|st| st["failedIndexes"].is_null())
+        );
+        // Its retry failed too (2 > 1): index 1 fails for good, the others go on.
+        let b2 = of_index("b2", 1, "Failed", 1);
+        let p = plan(&j, &[&a, &b, &b2, &c], later);
+        assert!(p.indexes.is_empty(), "a failed index is not retried");
+        let st = p.status.expect("status");
+        assert_eq!(st["failedIndexes"], "1");
+        assert!(st["conditions"].is_null(), "still running index 2: {st}");
+        // Index 2 succeeds: every index is done or failed, so the Job fails, naming them.
+        let c2 = of_index("c", 2, "Succeeded", 0);
+        let p = plan(&j, &[&a, &b, &b2, &c2], later);
+        let st = p.status.expect("status");
+        assert_eq!(st["conditions"][0]["type"], "Failed");
+        assert_eq!(st["conditions"][0]["reason"], "FailedIndexes");
+        assert_eq!(st["completedIndexes"], "0,2");
+        // maxFailedIndexes 0: the first failed index fails the Job at once.
+        j["spec"]["maxFailedIndexes"] = json!(0);
+        let p = plan(&j, &[&a, &b, &b2, &c], later);
+        let st = p.status.expect("status");
+        assert_eq!(st["conditions"][0]["reason"], "MaxFailedIndexesExceeded");
+        assert_eq!(p.delete, vec!["c".to_string()]);
+        // A FailIndex rule fails the index on its first failure.
+        let mut j = indexed(2, 2);
+        j["spec"]["backoffLimitPerIndex"] = json!(5);
+        j["spec"]["podFailurePolicy"] = json!({"rules": [
+            {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]});
+        let mut f = of_index("f", 0, "Failed", 0);
+        f["status"]["containerStatuses"] =
+            json!([{"name": "c", "state": {"terminated": {"exitCode": 3}}}]);
+        let r = of_index("r", 1, "Running", 0);
+        let st = plan(&j, &[&f, &r], later).status.expect("status");
+        assert_eq!(st["failedIndexes"], "0");
+    }
+
+    #[test]
+    fn success_policy_completes_early() {
+        let mut j = indexed(5, 5);
+        j["spec"]["successPolicy"] = json!({"rules": [
+            {"succeededIndexes": "0,4"},
+            {"succeededCount": 3}]});
+        let (a, b, c) = (
+            of_index("a", 0, "Succeeded", 0),
+            of_index("b", 1, "Running", 0),
+            of_index("c", 4, "Running", 0),
+        );
+        let p = plan(&j, &[&a, &b, &c], at(NOW));
+        assert!(p.status.expect("status")["conditions"].is_null());
+        // 0 and 4 succeeded: rule 0 is met, the Job completes and the rest stops.
+        let c = of_index("c", 4, "Succeeded", 0);
+        let p = plan(&j, &[&a, &b, &c], at(NOW));
+        let st = p.status.expect("status");
+        assert_eq!(st["conditions"][0]["type"], "SuccessCriteriaMet");
+        assert_eq!(st["conditions"][1]["type"], "Complete");
+        assert_eq!(st["conditions"][1]["message"], "Matched rules at index 0");
+        assert_eq!(p.delete, vec!["b".to_string()]);
+        // Rule 1: any three indexes.
+        let done: BTreeSet<i64> = [1, 2, 3].into();
+        assert_eq!(success_rule(&j, &done), Some(1));
+        let done: BTreeSet<i64> = [1, 2].into();
+        assert_eq!(success_rule(&j, &done), None);
+    }
+
     #[test]
     fn pod_failure_policy_fails_ignores_or_counts() {
         let mut j = job(Some(2), 1, 1);
@@ -863,7 +1093,8 @@ mod tests {
     #[test]
     fn index_lists_round_trip_in_kubernetes_form() {
         let set: BTreeSet<i64> = [0, 1, 2, 5, 7, 8].into_iter().collect();
-        assert_eq!(format_indexes(&set), "0-2,5,7-8");
+        assert_eq!(format_indexes(&set), "0-2,5,7,8");
+        assert_eq!(parse_indexes("0-2,5,7,8"), set);
         assert_eq!(parse_indexes("0-2,5,7-8"), set);
         assert_eq!(format_indexes(&BTreeSet::new()), "");
         assert_eq!(parse_indexes("x,3,9-7, 4"), [3, 4].into_iter().collect());

@@ -688,7 +688,10 @@ mod tests {
         v["metadata"]["finalizers"] = json!([PV_PROTECTION]);
         v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
         // Bound: it stays, whatever its reclaim policy.
-        assert_eq!(plan_volume(&v, std::slice::from_ref(&c)), VolumeAction::None);
+        assert_eq!(
+            plan_volume(&v, std::slice::from_ref(&c)),
+            VolumeAction::None
+        );
         v["spec"]["persistentVolumeReclaimPolicy"] = json!("Delete");
         assert_eq!(plan_volume(&v, &[c]), VolumeAction::None);
         // The claim is gone: the finalizer goes (never a second delete).
