@@ -5,6 +5,7 @@
 
 mod datapath;
 mod etcd;
+mod nodeport;
 mod podstart;
 mod programming;
 mod propagation;
@@ -41,6 +42,9 @@ enum Bench {
     /// 3 nodes with real agents (root).
     Propagation(propagation::PropagationArgs),
     Datapath(datapath::DatapathArgs),
+    /// NodePort from outside to backends on other nodes: Ferry with the XDP fast path, Ferry at
+    /// TC only, kube-proxy's iptables NodePort and the pod IPs directly, on 3 nodes (root).
+    Nodeport(nodeport::NodeportArgs),
 }
 
 /// The `ferry` binary the benchmark starts: `$FERRY_BIN`, else `ferry` next to this executable
@@ -110,6 +114,7 @@ async fn run(bench: Bench, ferry: PathBuf) -> Result<()> {
         Bench::Programming(args) => programming::run(args).await,
         Bench::Propagation(args) => propagation::run(args).await,
         Bench::Datapath(args) => datapath::run(args).await,
+        Bench::Nodeport(args) => nodeport::run(args).await,
     }
 }
 
