@@ -612,6 +612,30 @@ impl Client {
             .await
     }
 
+    /// A token for ServiceAccount `namespace`/`name` (Kubernetes' TokenRequest; `ferry create
+    /// token`): for `audiences` (empty: the API's), valid `expiration_seconds` (0: one hour),
+    /// bound to pod `bound_pod` if not empty.
+    pub async fn create_service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[String],
+        expiration_seconds: i64,
+        bound_pod: &str,
+    ) -> Result<proto::ServiceAccountToken, ClientError> {
+        let req = proto::ServiceAccountTokenRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            audiences: audiences.to_vec(),
+            expiration_seconds,
+            bound_pod: bound_pod.into(),
+        };
+        self.resources_call(req, |mut c, r| async move {
+            c.create_service_account_token(r).await
+        })
+        .await
+    }
+
     /// New Secret encryption key; every Secret is re-encrypted with it (administrators only).
     pub async fn rotate_encryption_key(&self) -> Result<proto::RotateKeyResponse, ClientError> {
         self.resources_call(proto::RotateKeyRequest {}, |mut c, r| async move {

@@ -68,6 +68,14 @@ static KINDS: &[KindInfo] = &[
     kind!("Service", "v1", "services", "service", ["svc"], true),
     kind!("Event", "v1", "events", "event", ["ev"], true),
     kind!(
+        "ServiceAccount",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        ["sa"],
+        true
+    ),
+    kind!(
         "PersistentVolume",
         "v1",
         "persistentvolumes",
@@ -245,7 +253,7 @@ mod tests {
                 assert_eq!(lookup(s), Some(k), "short name {s}");
             }
         }
-        assert_eq!(all().len(), 22);
+        assert_eq!(all().len(), 23);
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn canonicalizer(kind: &str) -> Option<Canonicalize> {
         "Secret" => roundtrip::<core::v1::Secret>,
         "Service" => roundtrip::<core::v1::Service>,
         "Event" => roundtrip::<core::v1::Event>,
+        "ServiceAccount" => roundtrip::<core::v1::ServiceAccount>,
         "PersistentVolume" => roundtrip::<core::v1::PersistentVolume>,
         "PersistentVolumeClaim" => roundtrip::<core::v1::PersistentVolumeClaim>,
         "ReplicaSet" => roundtrip::<apps::v1::ReplicaSet>,

@@ -188,6 +188,10 @@ pub fn validate(kind: &KindInfo, obj: &Value) -> Result<(), FieldErrors> {
                 );
             }
         }
+        "ServiceAccount" => {
+            let o: core::ServiceAccount = to_typed(obj)?;
+            v.meta(&o.metadata, NameRule::Dns1123Subdomain);
+        }
         "ControllerRevision" => {
             let o: apps::ControllerRevision = to_typed(obj)?;
             v.meta(&o.metadata, NameRule::Dns1123Subdomain);

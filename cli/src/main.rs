@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Create things that are not manifests: `ferry create token SERVICEACCOUNT`.
+    Create {
+        #[command(subcommand)]
+        command: CreateCommand,
+    },
     /// Join tokens for members and nodes.
     Token {
         #[command(subcommand)]
@@ -98,6 +103,30 @@ enum Command {
     /// Print a client config for a new user, with a certificate signed by the cluster CA of the
     /// member whose data directory this is (run on a control-plane member, as root).
     UserConfig(UserConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum CreateCommand {
+    /// Print a token for a ServiceAccount (kubectl create token): a bearer token for the API,
+    /// valid while the account (and the bound pod) exists.
+    Token {
+        /// The ServiceAccount.
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Lifetime, e.g. 30m, 24h (default 1h; at least 10m, at most 48h).
+        #[arg(long)]
+        duration: Option<String>,
+        /// An audience of the token (repeatable; default: Ferry's API).
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Bind the token to an object: only `Pod` (the token dies with it).
+        #[arg(long)]
+        bound_object_kind: Option<String>,
+        /// The name of the object to bind the token to.
+        #[arg(long)]
+        bound_object_name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,7 +158,7 @@ fn parse_duration(s: &str) -> Result<u64> {
     };
     let n: u64 = num
         .parse()
-        .with_context(|| format!("--ttl: invalid duration {s:?}: use e.g. 30m, 24h, 7d"))?;
+        .with_context(|| format!("invalid duration {s:?}: use e.g. 30m, 24h, 7d"))?;
     Ok(n.saturating_mul(mult))
 }
 
@@ -608,6 +637,48 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&client, command).await,
+        Command::Create {
+            command:
+                CreateCommand::Token {
+                    name,
+                    namespace,
+                    duration,
+                    audiences,
+                    bound_object_kind,
+                    bound_object_name,
+                },
+        } => {
+            let pod = match (bound_object_kind.as_deref(), bound_object_name) {
+                (None, None) => String::new(),
+                (Some("Pod"), Some(n)) => n,
+                (Some("Pod"), None) => {
+                    bail!("--bound-object-name: required with --bound-object-kind")
+                }
+                (None, Some(_)) => {
+                    bail!("--bound-object-kind: required with --bound-object-name (Pod)")
+                }
+                (Some(k), _) => {
+                    bail!("--bound-object-kind: unsupported value {k:?}: supported values: \"Pod\"")
+                }
+            };
+            let seconds = duration
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .context("--duration")?
+                .unwrap_or(0);
+            let t = client
+                .create_service_account_token(
+                    namespace.as_deref().unwrap_or("default"),
+                    &name,
+                    &audiences,
+                    i64::try_from(seconds).unwrap_or(i64::MAX),
+                    &pod,
+                )
+                .await?;
+            println!("{}", t.token);
+            Ok(())
+        }
         Command::UserConfig(_)
         | Command::Agent(_)
         | Command::Image { .. }
@@ -621,7 +692,12 @@ async fn run(cli: Cli) -> Result<()> {
 async fn token(client: &Client, c: TokenCommand) -> Result<()> {
     match c {
         TokenCommand::Create { usages, ttl } => {
-            let ttl = ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(0);
+            let ttl = ttl
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .context("--ttl")?
+                .unwrap_or(0);
             let t = client.create_token(&usages, ttl).await?;
             println!("{}", t.token);
         }

@@ -124,17 +124,37 @@ impl StaticTokens {
     }
 }
 
-/// Any authenticated user: certificate first, then bearer token.
+/// Any authenticated user: certificate first, then bearer token (a ServiceAccount token, or
+/// one from the static token file).
 #[derive(Clone, Default)]
 pub struct Authenticator {
     pub tokens: StaticTokens,
+    /// Verifies ServiceAccount tokens (JWTs); set once the member's store runs.
+    pub service_accounts: Option<crate::serviceaccount::Authenticator>,
+}
+
+impl Authenticator {
+    fn bearer<T>(&self, req: &Request<T>) -> Option<Result<UserInfo, Status>> {
+        if let Some(sa) = &self.service_accounts
+            && let Some(token) = req
+                .metadata()
+                .get("authorization")
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| t.matches('.').count() == 2)
+        {
+            return Some(sa.authenticate(token).map_err(Status::unauthenticated));
+        }
+        self.tokens.user(req)
+    }
 }
 
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let user = match peer_user(&req) {
             Ok(u) => u,
-            Err(no_cert) => match self.tokens.user(&req) {
+            Err(no_cert) => match self.bearer(&req) {
                 Some(r) => r?,
                 None => return Err(no_cert),
             },

@@ -18,4 +18,5 @@ pub mod ratelimit;
 pub mod rbac;
 pub mod scheduler;
 pub mod server;
+pub mod serviceaccount;
 pub mod store;

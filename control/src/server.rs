@@ -313,7 +313,10 @@ impl Server {
                 .map_err(|e| ServerError::Config(format!("--token-auth-file: {e}")))?,
             None => auth::StaticTokens::default(),
         };
-        let authn = auth::Authenticator { tokens };
+        let mut authn = auth::Authenticator {
+            tokens,
+            service_accounts: None,
+        };
         let lb_pool = opts
             .loadbalancer_pool
             .as_deref()
@@ -360,7 +363,13 @@ impl Server {
                 path: audit_path,
                 source,
             })?;
+        let sa_tokens = crate::serviceaccount::Tokens::new(m.pki.ca_key_pem());
+        authn.service_accounts = Some(crate::serviceaccount::Authenticator {
+            tokens: sa_tokens.clone(),
+            node: node.clone(),
+        });
         let api = ApiServer::new(node.clone(), metrics.clone(), encryptor.clone())
+            .with_service_account_tokens(sa_tokens)
             .with_audit(Arc::new(audit))
             .with_rate_limit(opts.rate_limit_qps, opts.rate_limit_burst)
             .with_service_cidr(&opts.service_cidr)

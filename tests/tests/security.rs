@@ -657,3 +657,141 @@ async fn bearer_tokens_authenticate_users_without_certificates() -> Result<()> {
     assert!(ok && out.contains("dave"), "{out}{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_authenticate_until_their_account_goes() -> Result<()> {
+    use serde_json::json;
+    let cluster = Cluster::start(1, &[]).await?;
+    let admin = cluster.client();
+    let cfg = cluster.config.clone().context("credentials")?;
+    let ca_only = TlsConfig {
+        ca_pem: cfg.certificate_authority_data.clone(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    };
+    let addr = cluster.members[0].addr.clone();
+    // Every namespace gets a `default` account.
+    admin
+        .create(
+            "Namespace",
+            "",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}),
+        )
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while admin
+        .get("ServiceAccount", "apps", "default")
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no default ServiceAccount in apps"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin
+        .create(
+            "ServiceAccount",
+            "apps",
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
+        )
+        .await?;
+    // `ferry create token` as the administrator.
+    let out = cluster
+        .ferry_ok(&["create", "token", "robot", "-n", "apps"])
+        .await?;
+    let token = out.trim().to_string();
+    let robot = Client::new(&addr, &ca_only)?.with_token(&token)?;
+    let who = robot
+        .access_review("list", "configmaps", "apps", "", "")
+        .await?;
+    assert_eq!(who.user, "system:serviceaccount:apps:robot");
+    assert!(
+        who.groups
+            .iter()
+            .any(|g| g == "system:serviceaccounts:apps"),
+        "{:?}",
+        who.groups
+    );
+    assert!(!who.allowed, "a new account may do nothing");
+    // RBAC names it as a ServiceAccount subject.
+    admin
+        .create("RoleBinding", "apps", &json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "robot-view"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "apps"}]
+        }))
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while robot
+        .list(
+            "cm",
+            &ListOptions {
+                namespace: Some("apps".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the binding never took effect for the robot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = robot
+        .list("secrets", &ListOptions::default())
+        .await
+        .expect_err("view does not read secrets");
+    assert_eq!(err.code, Code::PermissionDenied, "{err}");
+    // The account itself may not mint tokens, and nobody gets one shorter than 10 minutes.
+    let err = robot
+        .create_service_account_token("apps", "robot", &[], 0, "")
+        .await
+        .expect_err("no create serviceaccounts/token");
+    assert_eq!(err.code, Code::PermissionDenied, "{err}");
+    let err = admin
+        .create_service_account_token("apps", "robot", &[], 60, "")
+        .await
+        .expect_err("too short");
+    assert!(err.message.contains("less than 600 seconds"), "{err}");
+    // A token for another audience is not one for the API; a tampered one is nothing.
+    let other = admin
+        .create_service_account_token("apps", "robot", &["vault".into()], 0, "")
+        .await?;
+    let err = Client::new(&addr, &ca_only)?
+        .with_token(&other.token)?
+        .list("cm", &ListOptions::default())
+        .await
+        .expect_err("wrong audience");
+    assert_eq!(err.code, Code::Unauthenticated, "{err}");
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let err = Client::new(&addr, &ca_only)?
+        .with_token(&forged)?
+        .list("cm", &ListOptions::default())
+        .await
+        .expect_err("forged");
+    assert_eq!(err.code, Code::Unauthenticated, "{err}");
+    // Deleting the account kills its tokens at once; a new account of the same name (another
+    // uid) does not revive them.
+    admin.delete("ServiceAccount", "apps", "robot", "").await?;
+    admin
+        .create(
+            "ServiceAccount",
+            "apps",
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
+        )
+        .await?;
+    let err = robot
+        .list("cm", &ListOptions::default())
+        .await
+        .expect_err("account gone");
+    assert_eq!(err.code, Code::Unauthenticated, "{err}");
+    assert!(err.message.contains("no longer exists"), "{err}");
+    Ok(())
+}

@@ -112,6 +112,8 @@ pub struct ApiServer {
     service_range: services::ServiceRange,
     /// How this member calls node agents (logs, exec): its own certificate, the cluster CA.
     agent_tls: Option<Arc<ferry_api::client::TlsConfig>>,
+    /// Issues ServiceAccount tokens (TokenRequest); `None` on a member without the CA key.
+    sa_tokens: Option<crate::serviceaccount::Tokens>,
 }
 
 fn kind_info(name: &str) -> ApiResult<&'static KindInfo> {
@@ -171,6 +173,7 @@ impl ApiServer {
             service_range: services::ServiceRange::parse(services::DEFAULT_SERVICE_CIDR)
                 .expect("the default service CIDR parses"),
             agent_tls: None,
+            sa_tokens: None,
         }
     }
 
@@ -247,6 +250,78 @@ impl ApiServer {
             ));
         }
         Ok(())
+    }
+
+    /// Lets this member issue ServiceAccount tokens.
+    pub fn with_service_account_tokens(mut self, tokens: crate::serviceaccount::Tokens) -> Self {
+        self.sa_tokens = Some(tokens);
+        self
+    }
+
+    /// A token for ServiceAccount `namespace`/`name` (Kubernetes' TokenRequest): RBAC `create`
+    /// on `serviceaccounts/token`; bound to pod `bound_pod` (which must run as that account)
+    /// if given.
+    pub async fn service_account_token(
+        &self,
+        user: Option<&UserInfo>,
+        req: &ServiceAccountTokenRequest,
+    ) -> ApiResult<(String, String)> {
+        let info = kind_info("ServiceAccount")?;
+        let ns = if req.namespace.is_empty() {
+            "default"
+        } else {
+            req.namespace.as_str()
+        };
+        if req.name.is_empty() {
+            return Err(ApiError::BadRequest(
+                "name: required (the ServiceAccount)".into(),
+            ));
+        }
+        self.authorize_sub(user, info, "create", "token", ns, &req.name)?;
+        let expiration = match req.expiration_seconds {
+            0 => crate::serviceaccount::DEFAULT_EXPIRATION_S,
+            n if n < crate::serviceaccount::MIN_EXPIRATION_S => {
+                return Err(ApiError::BadRequest(format!(
+                    "expirationSeconds: Invalid value: {n}: may not specify a duration less than {} seconds",
+                    crate::serviceaccount::MIN_EXPIRATION_S
+                )));
+            }
+            n => n.min(crate::serviceaccount::MAX_EXPIRATION_S),
+        };
+        let tokens = self.sa_tokens.as_ref().ok_or_else(|| {
+            ApiError::Internal("this member cannot issue service account tokens".into())
+        })?;
+        let sa = self.get(None, "ServiceAccount", ns, &req.name).await?;
+        let pod = if req.bound_pod.is_empty() {
+            None
+        } else {
+            let pod = self.get(None, "Pod", ns, &req.bound_pod).await?;
+            let runs_as = objects::meta_str(&pod, "name");
+            let account = pod
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            if account != req.name {
+                return Err(ApiError::BadRequest(format!(
+                    "pod {ns}/{runs_as} runs as service account {account:?}, not {:?}: a token can only be bound to a pod of its own account",
+                    req.name
+                )));
+            }
+            Some(pod)
+        };
+        let (token, exp) = tokens
+            .issue(
+                &sa,
+                &req.audiences,
+                expiration,
+                pod.as_ref(),
+                chrono::Utc::now(),
+            )
+            .map_err(ApiError::Internal)?;
+        Ok((
+            token,
+            exp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ))
     }
 
     /// Lets this member call node agents (logs, exec) with these credentials.
@@ -1467,6 +1542,40 @@ impl Resources for ApiServer {
         Ok(Response::new(RotateKeyResponse {
             key_id,
             reencrypted,
+        }))
+    }
+
+    async fn create_service_account_token(
+        &self,
+        req: Request<ServiceAccountTokenRequest>,
+    ) -> Result<Response<ServiceAccountToken>, Status> {
+        let user = self.admit_caller(&req)?;
+        let start = Instant::now();
+        let req = req.into_inner();
+        let r = self.service_account_token(Some(&user), &req).await;
+        let audited = r.as_ref().map(|_| Value::Null).map_err(|e| match e {
+            ApiError::Forbidden(m) => ApiError::Forbidden(m.clone()),
+            ApiError::NotFound { plural, name } => ApiError::NotFound {
+                plural: plural.clone(),
+                name: name.clone(),
+            },
+            ApiError::BadRequest(m) => ApiError::BadRequest(m.clone()),
+            other => ApiError::Internal(other.to_string()),
+        });
+        self.audit_request(
+            &user,
+            "create",
+            "serviceaccounts",
+            "token",
+            &req.namespace,
+            &req.name,
+            &audited,
+            start,
+        );
+        let (token, expiration_timestamp) = r.map_err(Status::from)?;
+        Ok(Response::new(ServiceAccountToken {
+            token,
+            expiration_timestamp,
         }))
     }
 

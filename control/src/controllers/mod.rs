@@ -18,6 +18,7 @@ pub mod loadbalancer;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod statefulset;
 pub mod taintmanager;
 pub mod volumebinding;
@@ -193,6 +194,7 @@ pub const CONTROLLERS: &[&str] = &[
     "loadbalancer",
     "garbagecollector",
     "namespace",
+    "serviceaccount",
     "job",
     "cronjob",
     // Workload sets and storage.
@@ -272,6 +274,9 @@ pub fn spawn_all(api: &ApiServer, settings: Settings) {
         tokio::spawn(namespace::run(local(), node.clone()));
     }
     // Workload sets and storage.
+    if on("serviceaccount") {
+        tokio::spawn(serviceaccount::run(local(), node.clone()));
+    }
     if on("daemonset") {
         tokio::spawn(daemonset::run(local(), node.clone()));
     }
