@@ -48,6 +48,10 @@ use ferry_tests::{Cluster, image};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::common::{
+    ConntrackMax, HTTPD_BODY, KINDS, WrkRun, errors_note, httpd_binary, median, met, rotated,
+    teardown, wait_pods_ready, which, wrk,
+};
 use crate::programming::iptables_rules;
 
 const IMAGE: &str = "localhost/ferry-bench/datapath:1";
@@ -68,7 +72,6 @@ const DIRECT_PORT: u16 = MODE_PORTS[0];
 const FERRY_PORT: u16 = MODE_PORTS[1];
 const IPTABLES_PORT: u16 = MODE_PORTS[2];
 const NFTABLES_PORT: u16 = MODE_PORTS[3];
-const KINDS: [(&str, bool); 2] = [("new connection", true), ("keep-alive", false)];
 
 #[derive(Args, Debug)]
 pub struct DatapathArgs {
@@ -217,63 +220,6 @@ fn iptables_portal(fabric: &Fabric, on: bool) -> Result<()> {
     node0(fabric, &argv, "")
 }
 
-/// One wrk run's figures.
-#[derive(Clone, Copy, Debug, Default)]
-struct Run {
-    requests_per_s: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-/// A wrk duration (`812.00us`, `1.23ms`, `2.01s`, `1.00m`) in milliseconds.
-fn wrk_ms(s: &str) -> Option<f64> {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let v: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => v / 1000.0,
-        "ms" => v,
-        "s" => v * 1000.0,
-        "m" => v * 60_000.0,
-        "h" => v * 3_600_000.0,
-        _ => return None,
-    })
-}
-
-/// Parses wrk's `--latency` report: `Requests/sec:`, the `99%` line of the latency
-/// distribution, socket errors and non-2xx responses.
-fn parse_wrk(out: &str) -> Result<Run> {
-    let mut run = Run::default();
-    let mut rps = None;
-    let mut p99 = None;
-    for line in out.lines() {
-        let t = line.trim();
-        if let Some(v) = t.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse::<f64>().ok();
-        } else if let Some(v) = t.strip_prefix("99%") {
-            p99 = wrk_ms(v.trim());
-        } else if let Some(v) = t.strip_prefix("Socket errors:") {
-            // connect 0, read 0, write 0, timeout 0
-            run.errors += v
-                .split(',')
-                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
-            run.errors += v.trim().parse::<u64>().unwrap_or(0);
-        }
-    }
-    run.requests_per_s = rps.context("no Requests/sec in wrk's output")?;
-    run.p99_ms = p99.context("no 99% latency in wrk's output")?;
-    Ok(run)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 struct Bench<'a> {
     fabric: &'a Fabric,
     client: Client,
@@ -302,33 +248,15 @@ impl Bench<'_> {
 
     /// One measurement: a wrk per target at once, for `seconds`; requests/s summed, p99 the
     /// worst.
-    async fn wrk(&self, targets: &[String], close: bool, seconds: u32) -> Result<Run> {
-        let per = (self.args.connections / targets.len()).max(1);
-        let runs = futures::future::join_all(targets.iter().map(|url| {
-            let mut argv: Vec<String> = ["wrk", "-t1", "--latency"]
-                .into_iter()
-                .map(String::from)
-                .collect();
-            argv.push(format!("-c{per}"));
-            argv.push(format!("-d{seconds}s"));
-            if close {
-                argv.extend(["-H".into(), "Connection: close".into()]);
-            }
-            argv.push(url.clone());
-            async move {
-                let out = self.client_exec(&argv, seconds + 60).await?;
-                parse_wrk(&out).with_context(|| format!("wrk {url}: {out}"))
-            }
-        }))
-        .await;
-        let mut total = Run::default();
-        for r in runs {
-            let r = r?;
-            total.requests_per_s += r.requests_per_s;
-            total.p99_ms = total.p99_ms.max(r.p99_ms);
-            total.errors += r.errors;
-        }
-        Ok(total)
+    async fn wrk(&self, targets: &[String], close: bool, seconds: u32) -> Result<WrkRun> {
+        wrk(
+            targets,
+            self.args.connections,
+            close,
+            seconds,
+            |argv| async move { self.client_exec(&argv, seconds + 60).await },
+        )
+        .await
     }
 
     /// Creates Services `svc-<have>..svc-<n-1>` selecting the backends; returns the ClusterIP
@@ -430,7 +358,7 @@ impl Bench<'_> {
                 .client_exec(&argv, 30)
                 .await
                 .with_context(|| format!("{mode}: GET {url} from the client pod"))?;
-            if body != "hello, ferry\n" {
+            if body != HTTPD_BODY {
                 bail!("{mode}: GET {url} answered {body:?}");
             }
         }
@@ -444,7 +372,7 @@ impl Bench<'_> {
         vip: Ipv4Addr,
         close: bool,
         seconds: u32,
-    ) -> Result<Run> {
+    ) -> Result<WrkRun> {
         self.portals(mode, true)?;
         let r = self.wrk(&self.targets(mode, n, vip), close, seconds).await;
         let off = self.portals(mode, false);
@@ -455,7 +383,7 @@ impl Bench<'_> {
 }
 
 /// Figures of one service count: (kind, mode) → runs.
-type Figures = BTreeMap<(usize, usize), Vec<Run>>;
+type Figures = BTreeMap<(usize, usize), Vec<WrkRun>>;
 
 pub async fn run(args: DatapathArgs) -> Result<()> {
     netns::available().map_err(anyhow::Error::msg)?;
@@ -472,85 +400,20 @@ pub async fn run(args: DatapathArgs) -> Result<()> {
     }
     let mut fabric = Fabric::new(2).context("building the multi-node harness")?;
     let cluster = Cluster::start_on(fabric.host_ip().into(), 1, &[]).await?;
-    let conntrack = raise_conntrack_max();
+    let conntrack = ConntrackMax::raise();
     let result = measure(&mut fabric, &cluster, &args).await;
-    if let Some(old) = conntrack {
-        let _ = std::fs::write(CONNTRACK_MAX, old);
-    }
-    let left = fabric.teardown();
-    drop(fabric);
-    drop(cluster);
-    if !left.is_empty() {
-        eprintln!("[bench] left after teardown (removed by force): {left:#?}");
-    }
+    drop(conntrack);
+    teardown(fabric, cluster);
     result
-}
-
-const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-
-/// kube-proxy raises nf_conntrack_max (32768 per core, at least 131072); a run of new
-/// connections at full speed leaves more TIME_WAIT entries than the default allows on a small
-/// machine. Returns the old value to restore.
-fn raise_conntrack_max() -> Option<String> {
-    let _ = Command::new("modprobe").arg("nf_conntrack").status();
-    let old = std::fs::read_to_string(CONNTRACK_MAX).ok()?;
-    if old.trim().parse::<u64>().ok()? < 1 << 20 {
-        std::fs::write(CONNTRACK_MAX, (1u64 << 20).to_string()).ok()?;
-        Some(old)
-    } else {
-        None
-    }
-}
-
-fn which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 /// The image: busybox, wrk and ferry-bench-httpd with their shared libraries.
 fn build_image(path: &Path) -> Result<()> {
-    let httpd = std::env::current_exe()?.with_file_name("ferry-bench-httpd");
-    if !httpd.is_file() {
-        bail!(
-            "{} not found: run `tests/bench/run datapath` (it builds it)",
-            httpd.display()
-        );
-    }
+    let httpd = httpd_binary("datapath")?;
     let wrk = which("wrk").context("wrk not found")?;
     let mut files = image::host_binary_files(&wrk, "bin/wrk")?;
     files.extend(image::host_binary_files(&httpd, "bin/ferry-bench-httpd")?);
     image::write_busybox_archive_with(path, IMAGE, &files)
-}
-
-async fn wait_pods_ready(c: &Client, names: &[String], fabric: &Fabric) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut pods = Vec::new();
-        for n in names {
-            let p = c.get("Pod", "default", n).await?;
-            let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-            if ready {
-                pods.push(p);
-            }
-        }
-        if pods.len() == names.len() {
-            return Ok(pods);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "pods {names:?} not Ready within 120 s:\n{}",
-                fabric.agent_logs(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &DatapathArgs) -> Result<()> {
@@ -680,14 +543,12 @@ async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &DatapathArgs) ->
             // The order rotates each round (modes, and which kind goes first), so that no mode
             // always runs first or right after another: on 2 cores, where a run sits in the
             // sequence moves figures by several percent.
-            for kk in 0..KINDS.len() {
-                let k = (kk + round) % KINDS.len();
-                let close = &KINDS[k].1;
-                for mm in 0..MODES.len() {
-                    let m = (mm + round) % MODES.len();
+            for k in rotated(KINDS.len(), round) {
+                let close = KINDS[k].1;
+                for m in rotated(MODES.len(), round) {
                     let mode = MODES[m];
                     let r = bench
-                        .measure_mode(mode, n, vip, *close, args.duration)
+                        .measure_mode(mode, n, vip, close, args.duration)
                         .await?;
                     eprintln!(
                         "[bench] {n} services, round {}, {}, {mode}: {:.0} req/s, p99 {:.2} ms{}",
@@ -695,11 +556,7 @@ async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &DatapathArgs) ->
                         KINDS[k].0,
                         r.requests_per_s,
                         r.p99_ms,
-                        if r.errors > 0 {
-                            format!(", {} errors", r.errors)
-                        } else {
-                            String::new()
-                        }
+                        errors_note(r.errors)
                     );
                     figures.entry((k, m)).or_default().push(r);
                 }
@@ -765,40 +622,9 @@ async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &DatapathArgs) ->
     Ok(())
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "not met" }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wrk_report_is_parsed() {
-        let out = "Running 5s test @ http://10.96.0.10/
-  1 threads and 16 connections
-  Thread Stats   Avg      Stdev     Max   +/- Stdev
-    Latency     1.10ms  310.00us   9.87ms   90.00%
-    Req/Sec    14.50k     1.00k   16.00k    70.00%
-  Latency Distribution
-     50%    1.02ms
-     75%    1.20ms
-     90%    1.40ms
-     99%  812.00us
-  72150 requests in 5.00s, 7.02MB read
-  Socket errors: connect 0, read 3, write 0, timeout 2
-  Non-2xx or 3xx responses: 4
-Requests/sec:  14429.71
-Transfer/sec:      1.40MB
-";
-        let r = parse_wrk(out).unwrap();
-        assert!((r.requests_per_s - 14429.71).abs() < 1e-6);
-        assert!((r.p99_ms - 0.812).abs() < 1e-9);
-        assert_eq!(r.errors, 9);
-        assert!(parse_wrk("unable to connect").is_err());
-        assert!((wrk_ms("2.01s").unwrap() - 2010.0).abs() < 1e-9);
-        assert_eq!(wrk_ms("1.5m"), Some(90_000.0));
-    }
 
     #[test]
     fn nft_layout_has_every_service_and_endpoint() {

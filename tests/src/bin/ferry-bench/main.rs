@@ -3,6 +3,7 @@
 //! one `RESULT <name> key=value ...` line. Normally run through `tests/bench/run NAME`, which
 //! builds the release binaries first. Method and figures: docs/benchmarks.md.
 
+mod common;
 mod datapath;
 mod etcd;
 mod nodeport;

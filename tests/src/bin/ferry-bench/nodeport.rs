@@ -30,16 +30,20 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ferry_agent::datapath::{services::Frontend, socklb::PinnedView};
-use ferry_api::client::Client;
 use ferry_tests::netns::{self, Fabric};
 use ferry_tests::{Cluster, image};
 use serde_json::{Value, json};
+
+use crate::common::{
+    ConntrackMax, HTTPD_BODY, KINDS, WrkRun, errors_note, httpd_binary, median, rotated,
+    wait_pods_ready, which, wrk,
+};
 
 const IMAGE: &str = "localhost/ferry-bench/nodeport:1";
 const MODES: [&str; 4] = ["xdp", "tc", "iptables", "direct"];
@@ -62,8 +66,6 @@ const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The node the client enters; the backends are on the others.
 const ENTRY: usize = 2;
 const NODES: usize = 3;
-const KINDS: [(&str, bool); 2] = [("new connection", true), ("keep-alive", false)];
-const BODY: &str = "hello, ferry\n";
 
 #[derive(Args, Debug)]
 pub struct NodeportArgs {
@@ -178,66 +180,12 @@ fn nodeport_rules(
     s
 }
 
-/// One wrk run's figures.
+/// One measurement: wrk's figures and node 2's XDP counter.
 #[derive(Clone, Copy, Debug, Default)]
 struct Run {
-    requests_per_s: f64,
-    p99_ms: f64,
-    requests: u64,
-    errors: u64,
+    wrk: WrkRun,
     /// Growth of node 2's `ns_xdp_tx` counter during the run (xdp and tc modes).
     xdp_tx: u64,
-}
-
-/// A wrk duration (`812.00us`, `1.23ms`, `2.01s`, `1.00m`) in milliseconds.
-fn wrk_ms(s: &str) -> Option<f64> {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let v: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => v / 1000.0,
-        "ms" => v,
-        "s" => v * 1000.0,
-        "m" => v * 60_000.0,
-        "h" => v * 3_600_000.0,
-        _ => return None,
-    })
-}
-
-/// Parses wrk's `--latency` report: `Requests/sec:`, the `99%` line of the latency
-/// distribution, the request count, socket errors and non-2xx responses.
-fn parse_wrk(out: &str) -> Result<Run> {
-    let mut run = Run::default();
-    let mut rps = None;
-    let mut p99 = None;
-    for line in out.lines() {
-        let t = line.trim();
-        if let Some(v) = t.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse::<f64>().ok();
-        } else if let Some(v) = t.strip_prefix("99%") {
-            p99 = wrk_ms(v.trim());
-        } else if let Some(v) = t.strip_prefix("Socket errors:") {
-            // connect 0, read 0, write 0, timeout 0
-            run.errors += v
-                .split(',')
-                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
-            run.errors += v.trim().parse::<u64>().unwrap_or(0);
-        } else if let Some((n, _)) = t.split_once(" requests in ") {
-            run.requests = n.trim().parse().unwrap_or(0);
-        }
-    }
-    run.requests_per_s = rps.context("no Requests/sec in wrk's output")?;
-    run.p99_ms = p99.context("no 99% latency in wrk's output")?;
-    Ok(run)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The value of counter `name` in `ferry datapath services` output (its `counters:` line).
@@ -253,11 +201,6 @@ fn parse_counter(out: &str, name: &str) -> Result<u64> {
         .with_context(|| format!("counter {name} in {line:?}"))
 }
 
-/// The order of round `round`'s visits: every item of `0..n`, rotated by the round.
-fn rotated(n: usize, round: usize) -> impl Iterator<Item = usize> {
-    (0..n).map(move |i| (i + round) % n)
-}
-
 /// The `--lb-acceleration` node 2's agent needs for `mode` (None: any).
 fn acceleration_for(mode: usize) -> Option<&'static str> {
     match mode {
@@ -267,57 +210,9 @@ fn acceleration_for(mode: usize) -> Option<&'static str> {
     }
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-
-/// Raises nf_conntrack_max (as kube-proxy does: a run of new connections through the
-/// iptables NodePort leaves a conntrack entry per connection in node 2's namespace, more than
-/// the default allows on a small machine) and puts the old value back when dropped.
-struct ConntrackMax(Option<String>);
-
-impl ConntrackMax {
-    fn raise() -> ConntrackMax {
-        let _ = std::process::Command::new("modprobe")
-            .arg("nf_conntrack")
-            .status();
-        let old = std::fs::read_to_string(CONNTRACK_MAX).ok();
-        let low = old
-            .as_deref()
-            .and_then(|o| o.trim().parse::<u64>().ok())
-            .is_some_and(|v| v < 1 << 20);
-        if low && std::fs::write(CONNTRACK_MAX, (1u64 << 20).to_string()).is_ok() {
-            ConntrackMax(old)
-        } else {
-            ConntrackMax(None)
-        }
-    }
-}
-
-impl Drop for ConntrackMax {
-    fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            let _ = std::fs::write(CONNTRACK_MAX, old);
-        }
-    }
-}
-
 /// The image: busybox and ferry-bench-httpd with its shared libraries.
 fn build_image(path: &Path) -> Result<()> {
-    let httpd = std::env::current_exe()?.with_file_name("ferry-bench-httpd");
-    if !httpd.is_file() {
-        bail!(
-            "{} not found: run `tests/bench/run nodeport` (it builds it)",
-            httpd.display()
-        );
-    }
+    let httpd = httpd_binary("nodeport")?;
     let files = image::host_binary_files(&httpd, "bin/ferry-bench-httpd")?;
     image::write_busybox_archive_with(path, IMAGE, &files)
 }
@@ -328,33 +223,6 @@ fn pod_ip(p: &Value) -> Result<Ipv4Addr> {
         .context("a backend pod has no podIP")?
         .parse()
         .context("a backend pod's podIP")
-}
-
-async fn wait_pods_ready(c: &Client, names: &[String], fabric: &Fabric) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut pods = Vec::new();
-        for n in names {
-            let p = c.get("Pod", "default", n).await?;
-            let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-            if ready {
-                pods.push(p);
-            }
-        }
-        if pods.len() == names.len() {
-            return Ok(pods);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "pods {names:?} not Ready within 120 s:\n{}",
-                fabric.agent_logs(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 struct Bench<'a> {
@@ -411,37 +279,16 @@ impl Bench<'_> {
 
     /// One measurement: a wrk per target at once, for `seconds`; requests/s and requests
     /// summed, p99 the worst.
-    async fn wrk(&self, mode: usize, close: bool, seconds: u32) -> Result<Run> {
-        let targets = self.targets(mode);
-        let per = (self.args.connections / targets.len()).max(1);
-        let runs = futures::future::join_all(targets.iter().map(|url| {
-            let mut argv: Vec<String> = ["wrk", "-t1", "--latency"]
-                .into_iter()
-                .map(String::from)
-                .collect();
-            argv.push(format!("-c{per}"));
-            argv.push(format!("-d{seconds}s"));
-            if close {
-                argv.extend(["-H".into(), "Connection: close".into()]);
-            }
-            argv.push(url.clone());
-            async move {
-                let out = self
-                    .client_run(&argv, Duration::from_secs(u64::from(seconds) + 60))
-                    .await?;
-                parse_wrk(&out).with_context(|| format!("wrk {url}: {out}"))
-            }
-        }))
-        .await;
-        let mut total = Run::default();
-        for r in runs {
-            let r = r?;
-            total.requests_per_s += r.requests_per_s;
-            total.p99_ms = total.p99_ms.max(r.p99_ms);
-            total.requests += r.requests;
-            total.errors += r.errors;
-        }
-        Ok(total)
+    async fn wrk(&self, mode: usize, close: bool, seconds: u32) -> Result<WrkRun> {
+        let timeout = Duration::from_secs(u64::from(seconds) + 60);
+        wrk(
+            &self.targets(mode),
+            self.args.connections,
+            close,
+            seconds,
+            |argv| async move { self.client_run(&argv, timeout).await },
+        )
+        .await
     }
 
     /// Node 2's `ns_xdp_tx` counter.
@@ -513,13 +360,16 @@ impl Bench<'_> {
             self.switch(accel).await?;
         }
         let before = self.xdp_tx()?;
-        let mut r = self.wrk(mode, close, seconds).await?;
-        r.xdp_tx = self.xdp_tx()?.saturating_sub(before);
+        let wrk = self.wrk(mode, close, seconds).await?;
+        let r = Run {
+            wrk,
+            xdp_tx: self.xdp_tx()?.saturating_sub(before),
+        };
         match mode {
-            XDP if r.xdp_tx < r.requests.max(1) => bail!(
+            XDP if r.xdp_tx < wrk.requests.max(1) => bail!(
                 "xdp: node 2's ns_xdp_tx grew by {} during {} requests: the XDP fast path did not carry them\n{}",
                 r.xdp_tx,
-                r.requests,
+                wrk.requests,
                 self.fabric.agent_log_tail(ENTRY, 20)
             ),
             TC if r.xdp_tx > 0 => bail!(
@@ -553,7 +403,7 @@ impl Bench<'_> {
                             self.fabric.agent_log_tail(ENTRY, 20)
                         )
                     })?;
-                if body != BODY {
+                if body != HTTPD_BODY {
                     bail!("{}: GET {url} answered {body:?}", MODES[mode]);
                 }
             }
@@ -727,18 +577,14 @@ async fn measure(fabric: &mut Fabric, args: &NodeportArgs) -> Result<()> {
                     round + 1,
                     KINDS[k].0,
                     MODES[m],
-                    r.requests_per_s,
-                    r.p99_ms,
+                    r.wrk.requests_per_s,
+                    r.wrk.p99_ms,
                     if m == XDP {
                         format!(", {} packets at XDP", r.xdp_tx)
                     } else {
                         String::new()
                     },
-                    if r.errors > 0 {
-                        format!(", {} errors", r.errors)
-                    } else {
-                        String::new()
-                    }
+                    errors_note(r.wrk.errors)
                 );
                 figures.entry((k, m)).or_default().push(r);
             }
@@ -748,12 +594,12 @@ async fn measure(fabric: &mut Fabric, args: &NodeportArgs) -> Result<()> {
     // (kind, mode) → (median requests/s, median p99, errors, XDP packets per request).
     let med = |k: usize, m: usize| {
         let runs = &figures[&(k, m)];
-        let requests: u64 = runs.iter().map(|r| r.requests).sum();
+        let requests: u64 = runs.iter().map(|r| r.wrk.requests).sum();
         let xdp: u64 = runs.iter().map(|r| r.xdp_tx).sum();
         (
-            median(runs.iter().map(|r| r.requests_per_s).collect()),
-            median(runs.iter().map(|r| r.p99_ms).collect()),
-            runs.iter().map(|r| r.errors).sum::<u64>(),
+            median(runs.iter().map(|r| r.wrk.requests_per_s).collect()),
+            median(runs.iter().map(|r| r.wrk.p99_ms).collect()),
+            runs.iter().map(|r| r.wrk.errors).sum::<u64>(),
             xdp as f64 / requests.max(1) as f64,
         )
     };
@@ -777,7 +623,7 @@ async fn measure(fabric: &mut Fabric, args: &NodeportArgs) -> Result<()> {
             );
         }
     }
-    let errors: u64 = figures.values().flatten().map(|r| r.errors).sum();
+    let errors: u64 = figures.values().flatten().map(|r| r.wrk.errors).sum();
     if errors > 0 {
         println!("\n{errors} socket errors or non-2xx responses over every run");
     }
@@ -809,35 +655,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wrk_report_is_parsed() {
-        let out = "Running 5s test @ http://172.30.1.12:30080/
-  1 threads and 8 connections
-  Thread Stats   Avg      Stdev     Max   +/- Stdev
-    Latency     1.10ms  310.00us   9.87ms   90.00%
-    Req/Sec    14.50k     1.00k   16.00k    70.00%
-  Latency Distribution
-     50%    1.02ms
-     75%    1.20ms
-     90%    1.40ms
-     99%  812.00us
-  72150 requests in 5.00s, 7.02MB read
-  Socket errors: connect 0, read 3, write 0, timeout 2
-  Non-2xx or 3xx responses: 4
-Requests/sec:  14429.71
-Transfer/sec:      1.40MB
-";
-        let r = parse_wrk(out).unwrap();
-        assert!((r.requests_per_s - 14429.71).abs() < 1e-6);
-        assert!((r.p99_ms - 0.812).abs() < 1e-9);
-        assert_eq!(r.requests, 72150);
-        assert_eq!(r.errors, 9);
-        assert!(parse_wrk("unable to connect to 172.30.1.12:30080").is_err());
-        assert!((wrk_ms("2.01s").unwrap() - 2010.0).abs() < 1e-9);
-        assert_eq!(wrk_ms("1.5m"), Some(90_000.0));
-        assert_eq!(wrk_ms("12"), None);
-    }
-
-    #[test]
     fn counters_line_is_parsed() {
         let out = "FRONTEND  BACKENDS\n*:30080 (NodePort)  2\ncounters: translated=3 ns_xdp_tx=1234 ns_xdp_drop=0\n";
         assert_eq!(parse_counter(out, "ns_xdp_tx").unwrap(), 1234);
@@ -849,16 +666,19 @@ Transfer/sec:      1.40MB
 
     #[test]
     fn kube_proxy_nodeport_layout() {
+        let rules = |eps: &[Ipv4Addr]| {
+            nodeport_rules(
+                "default/np:http",
+                Ipv4Addr::new(10, 128, 0, 10),
+                80,
+                30081,
+                eps,
+                8083,
+                "10.244.0.0/16",
+            )
+        };
         let eps = [Ipv4Addr::new(10, 244, 0, 5), Ipv4Addr::new(10, 244, 1, 7)];
-        let s = nodeport_rules(
-            "default/np:http",
-            Ipv4Addr::new(10, 128, 0, 10),
-            80,
-            30081,
-            &eps,
-            8083,
-            "10.244.0.0/16",
-        );
+        let s = rules(&eps);
         assert!(s.starts_with("*nat\n") && s.ends_with("COMMIT\n"));
         let id = chain_id("default/np:http/tcp");
         let (svc, ext) = (format!("KUBE-SVC-{id}"), format!("KUBE-EXT-{id}"));
@@ -893,15 +713,7 @@ Transfer/sec:      1.40MB
         assert!(s.contains("-j MASQUERADE --random-fully\n"));
         // Three endpoints: 1/3, then 1/2, then the rest.
         let three = [eps[0], eps[1], Ipv4Addr::new(10, 244, 1, 8)];
-        let s3 = nodeport_rules(
-            "default/np:http",
-            Ipv4Addr::new(10, 128, 0, 10),
-            80,
-            30081,
-            &three,
-            8083,
-            "10.244.0.0/16",
-        );
+        let s3 = rules(&three);
         assert!(
             s3.find("--probability 0.3333333333").unwrap()
                 < s3.find("--probability 0.5000000000").unwrap()
@@ -920,15 +732,10 @@ Transfer/sec:      1.40MB
     }
 
     #[test]
-    fn rounds_visit_every_mode_in_rotated_order() {
-        assert_eq!(rotated(4, 0).collect::<Vec<_>>(), [0, 1, 2, 3]);
-        assert_eq!(rotated(4, 1).collect::<Vec<_>>(), [1, 2, 3, 0]);
-        assert_eq!(rotated(4, 5).collect::<Vec<_>>(), [1, 2, 3, 0]);
+    fn modes_get_their_acceleration() {
         assert_eq!(acceleration_for(XDP), Some("native"));
         assert_eq!(acceleration_for(TC), Some("disabled"));
         assert_eq!(acceleration_for(IPTABLES), Some("disabled"));
         assert_eq!(acceleration_for(DIRECT), None);
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![]), 0.0);
     }
 }

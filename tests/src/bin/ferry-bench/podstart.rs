@@ -27,6 +27,8 @@ use ferry_tests::{Cluster, image};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::common::{wait_default_namespace, watch_pods};
+
 const IMAGE: &str = "localhost/ferry-bench/busybox:1";
 /// Kubernetes' pod startup SLO (p99, stateless pods, image pull excluded).
 const SLO_P99_MS: f64 = 5000.0;
@@ -207,17 +209,6 @@ async fn wait_agents_running_pods(fabric: &Fabric, timeout: Duration) -> Result<
     }
 }
 
-async fn wait_default_namespace(c: &Client) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match c.get("Namespace", "", "default").await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => bail!("no default namespace after 30 s: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 pub async fn run(args: PodstartArgs) -> Result<()> {
     check_args(&args)?;
     if let Some(why) = unavailable() {
@@ -311,16 +302,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let total = args.pods;
-    let list = admin.list("Pod", &ListOptions::default()).await?;
-    let rv = list
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let mut watch = admin
-        .watch("Pod", &ListOptions::default(), &rv, false)
-        .await
-        .context("watching pods")?;
+    let mut watch = watch_pods(&admin).await?;
     let watcher = tokio::spawn(async move {
         let mut seen: Vec<Seen> = vec![Seen::default(); total];
         let mut ready = 0usize;

@@ -28,6 +28,8 @@ use ferry_agent::datapath::{
     socklb::SockLb,
 };
 
+use crate::common::met;
+
 /// The goal: 10,000 services programmed in at most 1 s.
 const GOAL_SECONDS: f64 = 1.0;
 
@@ -238,11 +240,7 @@ pub async fn run(args: ProgrammingArgs) -> Result<()> {
     println!(
         "\nFerry/iptables time ratio {:.3} (goal: Ferry ≤ {GOAL_SECONDS} s: {})",
         first.as_secs_f64() / ipt.as_secs_f64(),
-        if first.as_secs_f64() <= GOAL_SECONDS {
-            "met"
-        } else {
-            "not met"
-        }
+        met(first.as_secs_f64() <= GOAL_SECONDS)
     );
     println!(
         "RESULT programming services={n} endpoints={m} seconds={:.3} iptables_seconds={:.3}",

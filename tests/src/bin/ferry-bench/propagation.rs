@@ -22,6 +22,8 @@ use ferry_tests::Cluster;
 use ferry_tests::netns::{self, Fabric};
 use serde_json::json;
 
+use crate::common::{met, teardown};
+
 /// The goal: p99 at most 100 ms.
 const GOAL_P99_MS: f64 = 100.0;
 
@@ -48,12 +50,7 @@ pub async fn run(args: PropagationArgs) -> Result<()> {
     let mut fabric = Fabric::new(args.nodes).context("building the multi-node harness")?;
     let cluster = Cluster::start_on(fabric.host_ip().into(), 1, &[]).await?;
     let result = measure(&mut fabric, &cluster, &args).await;
-    let left = fabric.teardown();
-    drop(fabric);
-    drop(cluster);
-    if !left.is_empty() {
-        eprintln!("[bench] left after teardown (removed by force): {left:#?}");
-    }
+    teardown(fabric, cluster);
     result
 }
 
@@ -157,10 +154,7 @@ async fn measure(fabric: &mut Fabric, cluster: &Cluster, args: &PropagationArgs)
     println!("| p50 | p99 | max |");
     println!("|---:|---:|---:|");
     println!("| {p50:.1} ms | {p99:.1} ms | {max:.1} ms |");
-    println!(
-        "goal p99 ≤ {GOAL_P99_MS} ms: {}",
-        if p99 <= GOAL_P99_MS { "met" } else { "not met" }
-    );
+    println!("goal p99 ≤ {GOAL_P99_MS} ms: {}", met(p99 <= GOAL_P99_MS));
     println!(
         "RESULT propagation nodes={} p50_ms={p50:.1} p99_ms={p99:.1}",
         args.nodes

@@ -21,6 +21,8 @@ use ferry_tests::Cluster;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
+use crate::common::{wait_default_namespace, watch_pods};
+
 /// Allocatable of every simulated node: 10,000 pods fit on 1,000 nodes (110 pods each).
 const NODE_CPU: &str = "32";
 const NODE_MEMORY: &str = "128Gi";
@@ -173,17 +175,6 @@ fn pod(name: &str) -> Value {
 }
 
 /// Waits until the default namespace exists (the member creates it shortly after start).
-async fn wait_default_namespace(c: &Client) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match c.get("Namespace", "", "default").await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => bail!("no default namespace after 30 s: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 async fn run_one(args: &SchedulerArgs, nodes: usize) -> Result<Run> {
     println!("\n[ferry] {nodes} nodes: starting a 1-member cluster");
     let cluster = Cluster::start(
@@ -239,16 +230,7 @@ async fn run_one(args: &SchedulerArgs, nodes: usize) -> Result<Run> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The watch starts at the revision before the first pod create.
-    let pods_list = admin.list("Pod", &ListOptions::default()).await?;
-    let rv = pods_list
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let mut watch = admin
-        .watch("Pod", &ListOptions::default(), &rv, false)
-        .await
-        .context("watching pods")?;
+    let mut watch = watch_pods(&admin).await?;
     let total = args.pods;
     let watcher = tokio::spawn(async move {
         let mut bound: Vec<Option<Instant>> = vec![None; total];
