@@ -305,6 +305,7 @@ fn node_dns() -> crate::network::DnsConfig {
 
 async fn start_pods(
     client: &Client,
+    ca_pem: &str,
     opts: &AgentOptions,
     ip: Option<IpAddr>,
     pod_cidr: &str,
@@ -354,6 +355,7 @@ async fn start_pods(
             auth: None,
         },
         cluster_dns,
+        ca_pem: ca_pem.to_string(),
     }))
 }
 
@@ -538,7 +540,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             }
             Err(e) => tracing::error!("service load balancing is off on this node: {e}"),
         }
-        match start_pods(&client, &opts, ip, &pod_cidr).await {
+        match start_pods(&client, &tls.ca_pem, &opts, ip, &pod_cidr).await {
             Ok(shared) => {
                 tracing::info!(pod_cidr = %pod_cidr, port = opts.port, "running this node's pods");
                 // Service discovery DNS on the pod bridge's gateway address.

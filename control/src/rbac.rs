@@ -59,6 +59,13 @@ fn node_authorize(node: &str, a: &Attributes) -> Result<(), String> {
         ("", "configmaps" | "secrets" | "persistentvolumeclaims") => {
             a.verb == "get" && !a.name.is_empty()
         }
+        // The accounts its pods run as, and tokens for them bound to those pods (the API
+        // server checks both).
+        ("", "serviceaccounts") => {
+            !a.name.is_empty()
+                && ((a.verb == "get" && a.subresource.is_empty())
+                    || (a.verb == "create" && a.subresource == "token"))
+        }
         ("", "persistentvolumes") => {
             matches!(a.verb.as_str(), "get" | "update")
                 && a.subresource.is_empty()
@@ -447,6 +454,13 @@ pub fn pod_references(pod: &serde_json::Value, kind: &str, name: &str) -> bool {
         "PersistentVolumeClaim" => volumes
             .iter()
             .any(|v| eq(&v["persistentVolumeClaim"]["claimName"])),
+        "ServiceAccount" => {
+            spec["serviceAccountName"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default")
+                == name
+        }
         _ => false,
     }
 }

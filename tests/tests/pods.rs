@@ -7,7 +7,7 @@
 //! container; an OOM kill reported as OOMKilled; a pod that succeeds; init containers in order
 //! sharing an emptyDir; kill -9 of the agent leaving the pods running and re-adopted; a preStop
 //! hook running before SIGTERM; graceful deletion that removes the pod's namespace and
-//! directory.
+//! directory. Separately: the ServiceAccount token every pod finds at Kubernetes' path.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -587,5 +587,88 @@ async fn pods_run_under_runc_with_probes_volumes_and_adoption() -> Result<()> {
     )
     .await?;
     assert!(http_get(&ip, 8080, "/index.html").is_none());
+    Ok(())
+}
+
+/// Every pod gets its ServiceAccount's credentials at Kubernetes' path: a token bound to the
+/// pod (which authenticates as the account, and dies with the pod), the cluster CA and the
+/// namespace; `automountServiceAccountToken: false` leaves them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_their_service_account_token() -> Result<()> {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP pods: {why}");
+        return Ok(());
+    }
+    let cidr = format!("10.{}.0.0/16", 150 + (std::process::id() + 7) % 50);
+    let cluster = Cluster::start(1, &["--cluster-cidr", &cidr]).await?;
+    let c = cluster.client();
+    let agent = TestAgent::start(&cluster, "satoken")?;
+    let archive = agent.dir().join("busybox.tar");
+    image::write_busybox_archive(&archive, IMAGE)?;
+    agent.import_image(&archive)?;
+    let sleeper = |name: &str, automount: Option<bool>| {
+        let mut spec = json!({"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "3600"]}]});
+        if let Some(a) = automount {
+            spec["automountServiceAccountToken"] = json!(a);
+        }
+        pod(&agent, name, spec)
+    };
+    c.create("Pod", "default", &sleeper("with-token", None))
+        .await?;
+    c.create("Pod", "default", &sleeper("without-token", Some(false)))
+        .await?;
+    for name in ["with-token", "without-token"] {
+        wait_for(
+            &format!("{name} to be Ready"),
+            Duration::from_secs(60),
+            &agent,
+            async || get_pod(&c, name).await.filter(|p| cond(p, "Ready")),
+        )
+        .await?;
+    }
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let read = async |file: &str| {
+        ferry_tests::exec_in_pod(&c, "with-token", &["cat", &format!("{dir}/{file}")], 10).await
+    };
+    let token = read("token").await?;
+    assert_eq!(read("namespace").await?, "default");
+    let cfg = cluster.config.clone().expect("admin config");
+    assert_eq!(
+        read("ca.crt").await?.trim(),
+        cfg.certificate_authority_data.trim()
+    );
+    let p = get_pod(&c, "with-token").await.expect("pod");
+    assert_eq!(p["spec"]["serviceAccountName"], "default", "admission");
+    // The token is the account's, for the API.
+    let tls = ferry_api::client::TlsConfig {
+        ca_pem: cfg.certificate_authority_data.clone(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    };
+    let as_pod = Client::new(&cluster.members[0].addr, &tls)?.with_token(token.trim())?;
+    let who = as_pod
+        .access_review("get", "pods", "default", "", "")
+        .await?;
+    assert_eq!(who.user, "system:serviceaccount:default:default");
+    let err = ferry_tests::exec_in_pod(&c, "without-token", &["ls", dir], 10)
+        .await
+        .expect_err("no token without automount");
+    assert!(err.to_string().contains("exited with"), "{err}");
+    // Bound to its pod: gone with it.
+    c.delete("Pod", "default", "with-token", "").await?;
+    wait_for(
+        "with-token to be gone",
+        Duration::from_secs(30),
+        &agent,
+        async || get_pod(&c, "with-token").await.is_none().then_some(()),
+    )
+    .await?;
+    let err = as_pod
+        .access_review("get", "pods", "default", "", "")
+        .await
+        .expect_err("the pod is gone");
+    assert!(err.message.contains("no longer exists"), "{err}");
+    c.delete("Pod", "default", "without-token", "").await?;
     Ok(())
 }

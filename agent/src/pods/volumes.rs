@@ -458,6 +458,49 @@ pub fn prepare(
     })
 }
 
+/// Where containers find their pod's ServiceAccount credentials, as in Kubernetes.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The ServiceAccount volume's directory under `volumes/` (not a valid volume name, so no
+/// volume of the pod can collide with it).
+pub const SERVICE_ACCOUNT_VOLUME: &str = "kube-api-access.ferry";
+
+/// What a pod's ServiceAccount volume holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccountFiles {
+    pub token: String,
+    pub ca_pem: String,
+    pub namespace: String,
+}
+
+/// Writes the pod's ServiceAccount volume: `token`, `ca.crt` and `namespace` (mode 0644 as
+/// the kubelet's default projected volume), on a tmpfs, through the atomic writer so a
+/// renewed token replaces the old one in place.
+pub fn prepare_service_account(
+    volumes_dir: &Path,
+    files: &ServiceAccountFiles,
+) -> Result<Prepared, VolumeError> {
+    let name = SERVICE_ACCOUNT_VOLUME;
+    let dir = volumes_dir.join(name);
+    ensure_tmpfs(name, &dir, None)?;
+    let file = |data: &str| FileContent {
+        data: data.as_bytes().to_vec(),
+        mode: 0o644,
+    };
+    let content: BTreeMap<PathBuf, FileContent> = [
+        (PathBuf::from("token"), file(&files.token)),
+        (PathBuf::from("ca.crt"), file(&files.ca_pem)),
+        (PathBuf::from("namespace"), file(&files.namespace)),
+    ]
+    .into_iter()
+    .collect();
+    write_atomic(name, &dir, &content)?;
+    Ok(Prepared {
+        name: name.into(),
+        path: dir,
+        readonly: true,
+    })
+}
+
 /// Unmounts whatever this module mounted under `volumes_dir` (tmpfs), so the directory can be
 /// removed. Errors other than "not mounted" are returned.
 pub fn unmount_all(volumes_dir: &Path) -> io::Result<()> {

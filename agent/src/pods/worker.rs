@@ -60,6 +60,14 @@ pub struct Shared {
     pub pull: crate::image::PullOptions,
     /// The nameserver of `dnsPolicy: ClusterFirst` pods: this agent's DNS server (`dns`).
     pub cluster_dns: Option<IpAddr>,
+    /// The cluster CA (PEM), for pods' `ca.crt` (`volumes::SERVICE_ACCOUNT_DIR`).
+    pub ca_pem: String,
+}
+
+/// A pod's ServiceAccount token, and when to ask for a fresh one.
+struct SaToken {
+    token: String,
+    refresh_at: SystemTime,
 }
 
 /// Identity of the pod a worker owns.
@@ -92,6 +100,7 @@ pub struct Worker {
     probes: Arc<ProbeResults>,
     probers: HashMap<String, Vec<JoinHandle<()>>>,
     prepared: Vec<volumes::Prepared>,
+    sa_token: Option<SaToken>,
     volumes_at: Option<Instant>,
     volume_error: Option<String>,
     written: Option<Value>,
@@ -123,6 +132,7 @@ impl Worker {
             probes: Arc::new(ProbeResults::default()),
             probers: HashMap::new(),
             prepared: Vec::new(),
+            sa_token: None,
             volumes_at: None,
             volume_error: None,
             written: None,
@@ -517,6 +527,16 @@ impl Worker {
             return;
         }
         self.volumes_at = Some(Instant::now());
+        let account = match self.service_account_files(spec).await {
+            Ok(files) => files,
+            Err(e) => {
+                if self.volume_error.as_deref() != Some(&e) {
+                    self.event("Warning", "FailedMount", e.clone());
+                }
+                self.volume_error = Some(e);
+                return;
+            }
+        };
         let sources = self.fetch_sources(pod).await;
         let claims = self.fetch_claims(spec).await;
         let dir = self.dir.join("volumes");
@@ -539,9 +559,14 @@ impl Worker {
                     _ => sources.secrets.get(name).cloned().flatten(),
                 }
             };
-            vols.iter()
+            let mut prepared = vols
+                .iter()
                 .map(|v| volumes::prepare(&dir, v, &lookup, &claim))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(files) = account {
+                prepared.push(volumes::prepare_service_account(&dir, &files)?);
+            }
+            Ok::<_, volumes::VolumeError>(prepared)
         })
         .await;
         match result {
@@ -557,6 +582,69 @@ impl Worker {
             }
             Err(e) => self.volume_error = Some(e.to_string()),
         }
+    }
+
+    /// The files of the pod's ServiceAccount volume (`token`, `ca.crt`, `namespace`), or `None`
+    /// when the pod does not mount one: `automountServiceAccountToken` false on the pod, or
+    /// unset on the pod and false on its account. The token is bound to the pod, lives an
+    /// hour and is renewed after 80% of that, as the kubelet does.
+    async fn service_account_files(
+        &mut self,
+        spec: &PodSpec,
+    ) -> Result<Option<volumes::ServiceAccountFiles>, String> {
+        if spec.automount_service_account_token == Some(false) {
+            return Ok(None);
+        }
+        let account = spec
+            .service_account_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let ns = self.pod.namespace.clone();
+        let fresh = self
+            .sa_token
+            .as_ref()
+            .is_some_and(|t| SystemTime::now() < t.refresh_at);
+        if !fresh {
+            let client = &self.shared.client;
+            let sa = client
+                .get("ServiceAccount", &ns, &account)
+                .await
+                .map_err(|e| {
+                    if e.is_not_found() {
+                        format!("serviceaccount {ns}/{account} not found: the pod waits for it")
+                    } else {
+                        format!("reading serviceaccount {ns}/{account}: {}", e.message)
+                    }
+                })?;
+            if spec.automount_service_account_token.is_none()
+                && sa["automountServiceAccountToken"] == false
+            {
+                return Ok(None);
+            }
+            let lifetime = 3607;
+            let t = client
+                .create_service_account_token(&ns, &account, &[], lifetime, &self.pod.name)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "requesting a token for serviceaccount {ns}/{account}: {}",
+                        e.message
+                    )
+                })?;
+            self.sa_token = Some(SaToken {
+                token: t.token,
+                refresh_at: SystemTime::now() + Duration::from_secs(lifetime as u64 * 8 / 10),
+            });
+        }
+        Ok(self
+            .sa_token
+            .as_ref()
+            .map(|t| volumes::ServiceAccountFiles {
+                token: t.token.clone(),
+                ca_pem: self.shared.ca_pem.clone(),
+                namespace: ns,
+            }))
     }
 
     /// Where the pod's persistentVolumeClaim volumes live on this node: each claim and the
@@ -993,6 +1081,23 @@ impl Worker {
                     }
                 }
             }
+        }
+        // The ServiceAccount volume, where the container does not mount something there itself.
+        if let Some(p) = self
+            .prepared
+            .iter()
+            .find(|p| p.name == volumes::SERVICE_ACCOUNT_VOLUME)
+            && !c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|vm| Path::new(&vm.mount_path) == Path::new(volumes::SERVICE_ACCOUNT_DIR))
+        {
+            m.push(BindMount {
+                source: p.path.clone(),
+                destination: PathBuf::from(volumes::SERVICE_ACCOUNT_DIR),
+                readonly: true,
+            });
         }
         for vm in c.volume_mounts.iter().flatten() {
             let p = self

@@ -292,10 +292,26 @@ impl ApiServer {
             ApiError::Internal("this member cannot issue service account tokens".into())
         })?;
         let sa = self.get(None, "ServiceAccount", ns, &req.name).await?;
+        // A node agent gets tokens only bound to pods it runs (Kubernetes' node authorizer).
+        let node = user.and_then(rbac::node_of);
+        if node.is_some() && req.bound_pod.is_empty() {
+            return Err(ApiError::Forbidden(format!(
+                "node {:?} may only request service account tokens bound to its own pods",
+                node.unwrap_or_default()
+            )));
+        }
         let pod = if req.bound_pod.is_empty() {
             None
         } else {
             let pod = self.get(None, "Pod", ns, &req.bound_pod).await?;
+            if let Some(node) = node
+                && pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node)
+            {
+                return Err(ApiError::Forbidden(format!(
+                    "node {node:?} may only request service account tokens bound to its own pods: pod {ns}/{} is not bound to it",
+                    req.bound_pod
+                )));
+            }
             let runs_as = objects::meta_str(&pod, "name");
             let account = pod
                 .pointer("/spec/serviceAccountName")
@@ -351,7 +367,10 @@ impl ApiServer {
         if info.kind == "PersistentVolume" {
             return self.node_may_read_volume(node, name).await;
         }
-        if !matches!(info.kind, "ConfigMap" | "Secret" | "PersistentVolumeClaim") {
+        if !matches!(
+            info.kind,
+            "ConfigMap" | "Secret" | "PersistentVolumeClaim" | "ServiceAccount"
+        ) {
             return Ok(());
         }
         let pods = kinds::lookup("Pod").expect("Pod is a known kind");

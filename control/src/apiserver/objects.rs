@@ -155,6 +155,19 @@ pub fn prepare_create(info: &KindInfo, obj: &mut Value) {
         }
         "Pod" => {
             root.insert("status".into(), serde_json::json!({"phase": "Pending"}));
+            // Kubernetes' ServiceAccount admission: a pod runs as `default` unless it names an
+            // account.
+            if let Some(spec) = root.get_mut("spec").and_then(Value::as_object_mut) {
+                let named = spec
+                    .get("serviceAccountName")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| spec.get("serviceAccount").and_then(Value::as_str))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("default")
+                    .to_string();
+                spec.insert("serviceAccountName".into(), Value::from(named));
+            }
         }
         // Kubernetes' StorageObjectInUseProtection admission: a claim in use is not deleted
         // under its pods, nor a volume under its claim (the volume binding controller removes
