@@ -502,7 +502,9 @@ fn maglev_agrees(fabric: &Fabric, lb_ip: &str) -> Result<()> {
         Ok(())
     };
     let mut pods = BTreeSet::new();
-    for sport in 40_001..40_009u16 {
+    // Source ports above the kernel's ephemeral range (32768-60999): no earlier connection of
+    // this test (nc, curl) can have left a flow with the same tuple on a node or a pod.
+    for sport in 61_001..61_009u16 {
         let mut picked = Vec::new();
         for node in [0, 1] {
             route(node)?;
