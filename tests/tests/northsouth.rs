@@ -574,7 +574,7 @@ fn maglev_agrees(fabric: &Fabric, lb_ip: &str) -> Result<()> {
         .filter(|l| {
             l.starts_with("forward ")
                 && l.contains(&format!("-> {lb_ip}:80 "))
-                && (40_001..40_009).any(|p| l.contains(&format!(":{p} -> ")))
+                && (61_001..61_009).any(|p| l.contains(&format!(":{p} -> ")))
         })
         .collect();
     assert_eq!(ours.len(), 8, "forward entries of the 8 flows:\n{flows}");
