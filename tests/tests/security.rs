@@ -658,6 +658,18 @@ async fn bearer_tokens_authenticate_users_without_certificates() -> Result<()> {
     Ok(())
 }
 
+/// ServiceAccount `apps/robot`.
+async fn create_robot(admin: &Client) -> Result<()> {
+    admin
+        .create(
+            "ServiceAccount",
+            "apps",
+            &serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
+        )
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_tokens_authenticate_until_their_account_goes() -> Result<()> {
     use serde_json::json;
@@ -690,13 +702,7 @@ async fn service_account_tokens_authenticate_until_their_account_goes() -> Resul
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    admin
-        .create(
-            "ServiceAccount",
-            "apps",
-            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
-        )
-        .await?;
+    create_robot(&admin).await?;
     // `ferry create token` as the administrator.
     let out = cluster
         .ferry_ok(&["create", "token", "robot", "-n", "apps"])
@@ -780,13 +786,7 @@ async fn service_account_tokens_authenticate_until_their_account_goes() -> Resul
     // Deleting the account kills its tokens at once; a new account of the same name (another
     // uid) does not revive them.
     admin.delete("ServiceAccount", "apps", "robot", "").await?;
-    admin
-        .create(
-            "ServiceAccount",
-            "apps",
-            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
-        )
-        .await?;
+    create_robot(&admin).await?;
     let err = robot
         .list("cm", &ListOptions::default())
         .await

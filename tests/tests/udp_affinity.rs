@@ -171,52 +171,46 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
     .with_context(|| fabric.agent_logs(20))?;
     assert_eq!(pods, BTreeSet::from(["echo-0".into(), "echo-1".into()]));
 
-    // UDP from outside to each node's NodePort: replies come from that node's address.
+    // UDP from outside to each node's NodePort: replies come from that node's address; also
+    // datagrams bigger than the MTU (fragments after the first carry no ports and are
+    // translated like their first one; the echo's replies are as big).
     for i in 0..2 {
         let node_ip = fabric.node(i).ip.to_string();
-        let out = retry(30, || async {
-            let o = fabric.client_exec(&[
-                NETCHECK,
-                "udp-ask",
-                &node_ip,
-                &node_port.to_string(),
-                "6",
-            ])?;
-            let out = String::from_utf8_lossy(&o.stdout).into_owned();
-            if !o.status.success() {
-                bail!("{}{}", out, String::from_utf8_lossy(&o.stderr));
+        let ask = |size: &'static str| {
+            let node_ip = node_ip.clone();
+            let fabric = &*fabric;
+            async move {
+                retry(30, || async {
+                    let o = fabric.client_exec(&[
+                        NETCHECK,
+                        "udp-ask",
+                        &node_ip,
+                        &node_port.to_string(),
+                        "6",
+                        size,
+                    ])?;
+                    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+                    if !o.status.success() {
+                        bail!("{}{}", out, String::from_utf8_lossy(&o.stderr));
+                    }
+                    Ok(out)
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "{size}-byte datagrams to the UDP NodePort on node {i}:\n{}",
+                        fabric.agent_log_tail(i, 20)
+                    )
+                })
             }
-            Ok(out)
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "UDP NodePort on node {i}:\n{}",
-                fabric.agent_log_tail(i, 20)
-            )
-        })?;
+        };
+        let out = ask("0").await?;
         let pods = replies(&out, &format!("{node_ip}:{node_port}"))?;
         assert!(
             pods.iter().all(|p| p.starts_with("echo-")),
             "NodePort {node_ip}:{node_port}: {out}"
         );
-        // Datagrams bigger than the MTU: fragments after the first carry no ports, and are
-        // translated like their first one; the echo's replies are as big.
-        let o = fabric.client_exec(&[
-            NETCHECK,
-            "udp-ask",
-            &node_ip,
-            &node_port.to_string(),
-            "6",
-            "4000",
-        ])?;
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "4,000-byte datagrams to NodePort {node_ip}:{node_port}: {out}{}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            fabric.agent_log_tail(i, 20)
-        );
+        let out = ask("4000").await?;
         replies(&out, &format!("{node_ip}:{node_port}"))?;
         assert_eq!(
             out.lines().filter(|l| l.contains(" 4000 from ")).count(),

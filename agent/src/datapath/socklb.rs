@@ -141,11 +141,7 @@ fn drop_incompatible_pins(pin_dir: &Path) {
 /// link, so the TC way of attaching beside it cannot work here).
 fn attach_xdp(ebpf: &mut Ebpf, pin_dir: &Path, ifname: &str) -> Result<(), DatapathError> {
     let name = PROG_XDP_UPLINK;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::MissingProgram { program: name })?
-        .try_into()
-        .map_err(|e| DatapathError::program(name, "type", e))?;
+    let prog: &mut Xdp = program(ebpf, name)?;
     prog.load()
         .map_err(|e| DatapathError::program(name, "load", e))?;
     let path = pin_dir.join("links").join(name);
@@ -168,6 +164,17 @@ fn attach_xdp(ebpf: &mut Ebpf, pin_dir: &Path, ifname: &str) -> Result<(), Datap
     link.pin(&path)
         .map(drop)
         .map_err(|e| DatapathError::pin(name, &path, e.to_string()))
+}
+
+/// Program `name` of the object, as its type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(|e| DatapathError::program(name, "type", e))
 }
 
 /// Detaches the program whose link is pinned at `links/<name>`, if any.
@@ -303,11 +310,7 @@ impl SockLb {
         let cgroup_dir =
             fs::File::open(cgroup).map_err(|e| DatapathError::io("opening cgroup", cgroup, e))?;
         for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram { program: name })?
-                .try_into()
-                .map_err(|e| DatapathError::program(name, "type", e))?;
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| DatapathError::program(name, "load", e))?;
             // A BPF link: always one of several on the cgroup (link_create takes no flags).
@@ -343,11 +346,7 @@ impl SockLb {
                 .set(0, cfg, 0)
                 .map_err(|e| DatapathError::map(NODE_CONFIG_MAP, "write", e))?;
             for (name, direction) in TC_PROGRAMS {
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .ok_or(DatapathError::MissingProgram { program: name })?
-                    .try_into()
-                    .map_err(|e| DatapathError::program(name, "type", e))?;
+                let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
                 prog.load()
                     .map_err(|e| DatapathError::program(name, "load", e))?;
                 let id = prog

@@ -515,64 +515,71 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
     Some(p)
 }
 
+/// Replaces the IPv4 address at `off` (`old` to `new`), fixing the IP header checksum at
+/// `ip_csum` and, when given, an L4 checksum at `l4.0` (`l4.1`: `bpf_l4_csum_replace` flags
+/// other than the size).
+#[inline(always)]
+fn set_addr(
+    ctx: &TcContext,
+    ip_csum: usize,
+    off: usize,
+    old: u32,
+    new: u32,
+    l4: Option<(usize, u64)>,
+) -> Result<(), i64> {
+    if new == old {
+        return Ok(());
+    }
+    ctx.l3_csum_replace(ip_csum, u64::from(old), u64::from(new), 4)?;
+    if let Some((csum, flags)) = l4 {
+        ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 4)?;
+    }
+    ctx.store(off, &new, 0)
+}
+
+/// Replaces the port at `off` (`old` to `new`), fixing the checksum at `csum` (`flags` as in
+/// [`set_addr`]).
+#[inline(always)]
+fn set_port(
+    ctx: &TcContext,
+    off: usize,
+    old: u16,
+    new: u16,
+    csum: usize,
+    flags: u64,
+) -> Result<(), i64> {
+    if new == old {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 2)?;
+    ctx.store(off, &new, 0)
+}
+
 /// Rewrites the packet's tuple to `v`, fixing the IP and L4 checksums incrementally (a
 /// fragment after the first has only the IP header to rewrite: the first one's L4 checksum
 /// covers the whole datagram).
 #[inline(always)]
 fn rewrite(ctx: &TcContext, p: &Pkt, v: &NatValue) -> Result<(), i64> {
-    if p.later_fragment {
-        if v.saddr != p.saddr {
-            ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(p.saddr), u64::from(v.saddr), 4)?;
-            ctx.store(IP_SRC_OFF, &v.saddr, 0)?;
+    let l4 = (!p.later_fragment).then(|| {
+        if p.proto == ipproto::TCP {
+            (p.l4 + 16, 0)
+        } else {
+            (p.l4 + 6, BPF_F_MARK_MANGLED_0)
         }
-        if v.daddr != p.daddr {
-            ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(p.daddr), u64::from(v.daddr), 4)?;
-            ctx.store(IP_DST_OFF, &v.daddr, 0)?;
-        }
-        return Ok(());
-    }
-    let (csum_off, mangled) = if p.proto == ipproto::TCP {
-        (p.l4 + 16, 0)
-    } else {
-        (p.l4 + 6, BPF_F_MARK_MANGLED_0)
-    };
-    if v.saddr != p.saddr {
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(p.saddr), u64::from(v.saddr), 4)?;
-        ctx.l4_csum_replace(
-            csum_off,
-            u64::from(p.saddr),
-            u64::from(v.saddr),
-            BPF_F_PSEUDO_HDR | mangled | 4,
+    });
+    let pseudo = l4.map(|(csum, flags)| (csum, flags | BPF_F_PSEUDO_HDR));
+    set_addr(ctx, IP_CSUM_OFF, IP_SRC_OFF, p.saddr, v.saddr, pseudo)?;
+    set_addr(ctx, IP_CSUM_OFF, IP_DST_OFF, p.daddr, v.daddr, pseudo)?;
+    if let Some((csum, flags)) = l4 {
+        set_port(ctx, p.l4, p.sport, v.sport, csum, flags)?;
+        set_port(
+            ctx,
+            p.l4 + L4_DST_PORT_OFFSET,
+            p.dport,
+            v.dport,
+            csum,
+            flags,
         )?;
-        ctx.store(IP_SRC_OFF, &v.saddr, 0)?;
-    }
-    if v.daddr != p.daddr {
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(p.daddr), u64::from(v.daddr), 4)?;
-        ctx.l4_csum_replace(
-            csum_off,
-            u64::from(p.daddr),
-            u64::from(v.daddr),
-            BPF_F_PSEUDO_HDR | mangled | 4,
-        )?;
-        ctx.store(IP_DST_OFF, &v.daddr, 0)?;
-    }
-    if v.sport != p.sport {
-        ctx.l4_csum_replace(
-            csum_off,
-            u64::from(p.sport),
-            u64::from(v.sport),
-            mangled | 2,
-        )?;
-        ctx.store(p.l4, &v.sport, 0)?;
-    }
-    if v.dport != p.dport {
-        ctx.l4_csum_replace(
-            csum_off,
-            u64::from(p.dport),
-            u64::from(v.dport),
-            mangled | 2,
-        )?;
-        ctx.store(p.l4 + L4_DST_PORT_OFFSET, &v.dport, 0)?;
     }
     Ok(())
 }
@@ -979,45 +986,13 @@ fn rewrite_icmp(
     old_dst: u32,
     new_dst: u32,
 ) -> Result<(), i64> {
-    if new_src != old_src {
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_src), u64::from(new_src), 4)?;
-        ctx.store(IP_SRC_OFF, &new_src, 0)?;
-    }
-    if new_dst != old_dst {
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_dst), u64::from(new_dst), 4)?;
-        ctx.store(IP_DST_OFF, &new_dst, 0)?;
-    }
+    set_addr(ctx, IP_CSUM_OFF, IP_SRC_OFF, old_src, new_src, None)?;
+    set_addr(ctx, IP_CSUM_OFF, IP_DST_OFF, old_dst, new_dst, None)?;
     let old_inner_csum: u16 = ctx.load(INNER_IP_CSUM)?;
-    if to.saddr != quoted.saddr {
-        ctx.l3_csum_replace(
-            INNER_IP_CSUM,
-            u64::from(quoted.saddr),
-            u64::from(to.saddr),
-            4,
-        )?;
-        ctx.l4_csum_replace(
-            ICMP_CSUM_OFF,
-            u64::from(quoted.saddr),
-            u64::from(to.saddr),
-            4,
-        )?;
-        ctx.store(INNER_SRC, &to.saddr, 0)?;
-    }
-    if to.daddr != quoted.daddr {
-        ctx.l3_csum_replace(
-            INNER_IP_CSUM,
-            u64::from(quoted.daddr),
-            u64::from(to.daddr),
-            4,
-        )?;
-        ctx.l4_csum_replace(
-            ICMP_CSUM_OFF,
-            u64::from(quoted.daddr),
-            u64::from(to.daddr),
-            4,
-        )?;
-        ctx.store(INNER_DST, &to.daddr, 0)?;
-    }
+    let icmp = Some((ICMP_CSUM_OFF, 0));
+    set_addr(ctx, INNER_IP_CSUM, INNER_SRC, quoted.saddr, to.saddr, icmp)?;
+    set_addr(ctx, INNER_IP_CSUM, INNER_DST, quoted.daddr, to.daddr, icmp)?;
+    // The ICMP checksum covers the quoted IP checksum too.
     let new_inner_csum: u16 = ctx.load(INNER_IP_CSUM)?;
     if new_inner_csum != old_inner_csum {
         ctx.l4_csum_replace(
@@ -1027,24 +1002,15 @@ fn rewrite_icmp(
             2,
         )?;
     }
-    if to.sport != quoted.sport {
-        ctx.l4_csum_replace(
-            ICMP_CSUM_OFF,
-            u64::from(quoted.sport),
-            u64::from(to.sport),
-            2,
-        )?;
-        ctx.store(INNER_L4, &to.sport, 0)?;
-    }
-    if to.dport != quoted.dport {
-        ctx.l4_csum_replace(
-            ICMP_CSUM_OFF,
-            u64::from(quoted.dport),
-            u64::from(to.dport),
-            2,
-        )?;
-        ctx.store(INNER_L4 + L4_DST_PORT_OFFSET, &to.dport, 0)?;
-    }
+    set_port(ctx, INNER_L4, quoted.sport, to.sport, ICMP_CSUM_OFF, 0)?;
+    set_port(
+        ctx,
+        INNER_L4 + L4_DST_PORT_OFFSET,
+        quoted.dport,
+        to.dport,
+        ICMP_CSUM_OFF,
+        0,
+    )?;
     Ok(())
 }
 
@@ -1572,28 +1538,24 @@ pub fn ferry_xdp_uplink(ctx: XdpContext) -> u32 {
     };
     // A reply at the uplink is always one from a remote backend (local backends' replies
     // leave through `ferry_to_uplink`).
+    // Sent (counted under `stat` too), or passed to TC.
+    let send = |v: &NatValue, stat: NsStat| match xdp_transmit(&ctx, &p, v) {
+        Some(verdict) => {
+            count_ns(stat);
+            verdict
+        }
+        None => XDP_PASS,
+    };
     let key = nat_key(&p, nat_dir::REPLY);
     if let Some(v) = nat_lookup(&key, &p) {
-        return match xdp_transmit(&ctx, &p, &v) {
-            Some(verdict) => {
-                count_ns(NsStat::Reply);
-                verdict
-            }
-            None => XDP_PASS,
-        };
+        return send(&v, NsStat::Reply);
     }
     let key = nat_key(&p, nat_dir::FORWARD);
     if let Some(v) = nat_lookup(&key, &p) {
         if v.flags & nat_flags::REMOTE == 0 {
             return XDP_PASS;
         }
-        return match xdp_transmit(&ctx, &p, &v) {
-            Some(verdict) => {
-                count_ns(NsStat::Forward);
-                verdict
-            }
-            None => XDP_PASS,
-        };
+        return send(&v, NsStat::Forward);
     }
     if !starts_flow(&p) {
         return XDP_PASS;
@@ -1631,14 +1593,8 @@ pub fn ferry_xdp_uplink(ctx: XdpContext) -> u32 {
         return XDP_DROP;
     };
     count_svc(svc.rev_nat_id, 1, 0, 0);
-    match xdp_transmit(&ctx, &p, &fwd) {
-        Some(verdict) => {
-            count_ns(NsStat::NewRemote);
-            verdict
-        }
-        // The entries are in place: TC translates the packet as a known flow.
-        None => XDP_PASS,
-    }
+    // Passed: the entries are in place, TC translates the packet as a known flow.
+    send(&fwd, NsStat::NewRemote)
 }
 
 #[cfg(target_arch = "bpf")]
