@@ -423,6 +423,16 @@ async fn status(client: &Client, a: StatusArgs) -> Result<()> {
     }
 }
 
+/// `rollout history --revision N`: the revision's pod template, as kubectl prints it.
+fn print_template(qualified: &str, rev: i64, template: Option<&Value>) -> Result<()> {
+    println!("{qualified} with revision #{rev}");
+    println!("Pod Template:");
+    for line in output::yaml(template.unwrap_or(&Value::Null))?.lines() {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
 /// The ControllerRevisions of a DaemonSet or StatefulSet, oldest first.
 async fn set_revisions(client: &Client, set: &Value, ns: &str) -> Result<Vec<Value>> {
     let l = client
@@ -454,13 +464,7 @@ async fn set_history(
             .iter()
             .find(|r| history::number(r) == rev)
             .with_context(|| format!("unable to find the specified revision {rev}"))?;
-        println!("{qualified} with revision #{rev}");
-        println!("Pod Template:");
-        let template = history::template(r).cloned().unwrap_or(Value::Null);
-        for line in output::yaml(&template)?.lines() {
-            println!("  {line}");
-        }
-        return Ok(());
+        return print_template(&qualified, rev, history::template(r));
     }
     println!("{qualified}");
     println!("{:<10}CHANGE-CAUSE", "REVISION");
@@ -536,13 +540,7 @@ async fn history(client: &Client, a: HistoryArgs) -> Result<()> {
             .iter()
             .find(|r| dc::revision_of(r) == rev)
             .with_context(|| format!("unable to find the specified revision {rev}"))?;
-        println!("{qualified} with revision #{rev}");
-        println!("Pod Template:");
-        let template = rs.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-        for line in output::yaml(&template)?.lines() {
-            println!("  {line}");
-        }
-        return Ok(());
+        return print_template(&qualified, rev, rs.pointer("/spec/template"));
     }
     let blue_green = s(&d, "/spec/strategy/type") == "BlueGreen";
     let active = dc::annotation(&d, ACTIVE_HASH).unwrap_or("");

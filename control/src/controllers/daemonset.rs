@@ -261,27 +261,18 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
         // The revision history first: `rollout undo` finds the template it runs now even
         // before its pods exist.
         let hash = revision(ds);
-        let live: BTreeSet<String> = in_ns
-            .iter()
-            .filter(|p| controller_uid(p) == Some(s(ds, "/metadata/uid")))
-            .filter_map(|p| p.pointer(&format!("/metadata/labels/{REVISION_LABEL}")))
-            .filter_map(Value::as_str)
-            .map(|h| format!("{name}-{h}"))
-            .collect();
-        let history = super::history::plan(
+        let live = super::history::live_revisions(ds, in_ns, |h| format!("{name}-{h}"));
+        let revisions = revisions_by_ns.get(ns).map(Vec::as_slice);
+        super::history::sync(
+            api,
             "DaemonSet",
             ds,
             &format!("{name}-{hash}"),
             &hash,
-            revisions_by_ns
-                .get(ns)
-                .map(Vec::as_slice)
-                .unwrap_or_default(),
+            revisions.unwrap_or_default(),
             &live,
-        );
-        if let Err(e) = super::history::apply(api, ds, &history).await {
-            tracing::warn!(daemonset = name, namespace = ns, "revision history: {e}");
-        }
+        )
+        .await;
         let plan = plan(ds, &nodes, in_ns, chrono::Utc::now());
         let creates = plan
             .create

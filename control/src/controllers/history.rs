@@ -131,6 +131,48 @@ pub fn template(revision: &Value) -> Option<&Value> {
     revision.pointer("/data/spec/template")
 }
 
+/// Brings the history of `set` (`kind`, current revision `name` with template hash `hash`) up
+/// to date among `revisions` (its namespace's), keeping the revisions named in `live`. A
+/// failure is logged: the set's pods do not wait for their history.
+pub async fn sync<A: ferry_api::client::Api>(
+    api: &A,
+    kind: &str,
+    set: &Value,
+    name: &str,
+    hash: &str,
+    revisions: &[&Value],
+    live: &BTreeSet<String>,
+) {
+    let p = plan(kind, set, name, hash, revisions, live);
+    if let Err(e) = apply(api, set, &p).await {
+        tracing::warn!(
+            kind,
+            set = s(set, "/metadata/name"),
+            namespace = s(set, "/metadata/namespace"),
+            "revision history: {e}"
+        );
+    }
+}
+
+/// The revision names the pods of `set` (uid) among `pods` run, from their
+/// `controller-revision-hash` label mapped through `name_of`.
+pub fn live_revisions(
+    set: &Value,
+    pods: &[&Value],
+    name_of: impl Fn(&str) -> String,
+) -> BTreeSet<String> {
+    let uid = s(set, "/metadata/uid");
+    pods.iter()
+        .filter(|p| super::deployment::controller_uid(p) == Some(uid))
+        .filter_map(|p| {
+            p.pointer("/metadata/labels")
+                .and_then(|l| l.get(super::daemonset::REVISION_LABEL))
+        })
+        .filter_map(Value::as_str)
+        .map(name_of)
+        .collect()
+}
+
 /// Applies `plan` for `set`; the first failure is returned (the rest is still tried).
 pub async fn apply<A: ferry_api::client::Api>(
     api: &A,

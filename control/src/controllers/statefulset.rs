@@ -351,30 +351,21 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
         // The revision history first: `rollout undo` finds the template it runs now even
         // before its pods exist.
         let update_rev = revision(sts);
-        let mut live: BTreeSet<String> = in_ns
-            .iter()
-            .filter(|p| super::deployment::controller_uid(p) == Some(s(sts, "/metadata/uid")))
-            .filter_map(|p| p.pointer(&format!("/metadata/labels/{REVISION_LABEL}")))
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect();
+        let mut live = super::history::live_revisions(sts, in_ns, str::to_string);
         live.insert(s(sts, "/status/currentRevision").to_string());
-        let history = super::history::plan(
+        let revisions = revisions_by_ns.get(ns).map(Vec::as_slice);
+        super::history::sync(
+            api,
             "StatefulSet",
             sts,
             &update_rev,
             update_rev
                 .strip_prefix(&format!("{name}-"))
                 .unwrap_or(&update_rev),
-            revisions_by_ns
-                .get(ns)
-                .map(Vec::as_slice)
-                .unwrap_or_default(),
+            revisions.unwrap_or_default(),
             &live,
-        );
-        if let Err(e) = super::history::apply(api, sts, &history).await {
-            tracing::warn!(statefulset = name, namespace = ns, "revision history: {e}");
-        }
+        )
+        .await;
         let plan = plan(sts, in_ns, &claims, chrono::Utc::now());
         let ev = |reason: &'static str, message: String| async move {
             super::record_event(
