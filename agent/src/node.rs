@@ -339,6 +339,8 @@ async fn start_pods(
     let pods_dir = opts.data_dir.join("pods");
     std::fs::create_dir_all(&pods_dir)
         .map_err(|e| cfg(format!("creating {}: {e}", pods_dir.display())))?;
+    let tokens_dir = opts.data_dir.join(crate::pods::volumes::TOKEN_STORE);
+    crate::pods::volumes::ensure_token_store(&tokens_dir).map_err(|e| cfg(e.to_string()))?;
     Ok(std::sync::Arc::new(crate::pods::Shared {
         client: client.clone(),
         node_name: opts.node_name.clone(),
@@ -356,6 +358,7 @@ async fn start_pods(
         },
         cluster_dns,
         ca_pem: ca_pem.to_string(),
+        tokens_dir,
     }))
 }
 
@@ -616,6 +619,18 @@ pub async fn cleanup(opts: &AgentOptions) -> Result<(), AgentError> {
                 problems.push(format!("{}: {err}", dir.display()));
             }
         }
+    }
+    let tokens_dir = opts.data_dir.join(crate::pods::volumes::TOKEN_STORE);
+    if crate::pods::volumes::is_mountpoint(&tokens_dir)
+        && let Err(err) = nix::mount::umount2(&tokens_dir, nix::mount::MntFlags::MNT_DETACH)
+    {
+        problems.push(format!("{}: {err}", tokens_dir.display()));
+    }
+    match std::fs::remove_dir_all(&tokens_dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            problems.push(format!("{}: {err}", tokens_dir.display()));
+        }
+        _ => {}
     }
     let ipam_path = opts.data_dir.join("network/ipam.json");
     let cidr = std::fs::read(&ipam_path)

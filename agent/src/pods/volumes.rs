@@ -460,9 +460,18 @@ pub fn prepare(
 
 /// Where containers find their pod's ServiceAccount credentials, as in Kubernetes.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// The ServiceAccount volume's directory under `volumes/` (not a valid volume name, so no
-/// volume of the pod can collide with it).
+/// The name of the prepared ServiceAccount volume (not a valid volume name, so no volume of the
+/// pod can collide with it).
 pub const SERVICE_ACCOUNT_VOLUME: &str = "kube-api-access.ferry";
+/// Under the agent's data directory: one tmpfs holding every pod's ServiceAccount files (a
+/// directory per pod uid). One mount for all pods, not one each: every mount costs each later
+/// container start (runc reads the whole mount table).
+pub const TOKEN_STORE: &str = "pod-tokens";
+
+/// Mounts the token store (a 16 MiB tmpfs) at `dir` unless it is mounted.
+pub fn ensure_token_store(dir: &Path) -> Result<(), VolumeError> {
+    ensure_tmpfs(TOKEN_STORE, dir, Some(16 << 20))
+}
 
 /// What a pod's ServiceAccount volume holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -472,16 +481,16 @@ pub struct ServiceAccountFiles {
     pub namespace: String,
 }
 
-/// Writes the pod's ServiceAccount volume: `token`, `ca.crt` and `namespace` (mode 0644 as
-/// the kubelet's default projected volume), on a tmpfs, through the atomic writer so a
-/// renewed token replaces the old one in place.
+/// Writes the pod's ServiceAccount volume into `dir` (its directory in the token store):
+/// `token`, `ca.crt` and `namespace` (mode 0644 as the kubelet's default projected volume),
+/// through the atomic writer so a renewed token replaces the old one in place.
 pub fn prepare_service_account(
-    volumes_dir: &Path,
+    dir: &Path,
     files: &ServiceAccountFiles,
 ) -> Result<Prepared, VolumeError> {
     let name = SERVICE_ACCOUNT_VOLUME;
-    let dir = volumes_dir.join(name);
-    ensure_tmpfs(name, &dir, None)?;
+    let dir = dir.to_path_buf();
+    fs::create_dir_all(&dir).map_err(io_err(name, "creating", &dir))?;
     let file = |data: &str| FileContent {
         data: data.as_bytes().to_vec(),
         mode: 0o644,

@@ -62,6 +62,9 @@ pub struct Shared {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster CA (PEM), for pods' `ca.crt` (`volumes::SERVICE_ACCOUNT_DIR`).
     pub ca_pem: String,
+    /// `<data dir>/pod-tokens`: the tmpfs with every pod's ServiceAccount files, one directory
+    /// per pod uid (`volumes::TOKEN_STORE`).
+    pub tokens_dir: PathBuf,
 }
 
 /// A pod's ServiceAccount token, and when to ask for a fresh one.
@@ -540,6 +543,7 @@ impl Worker {
         let sources = self.fetch_sources(pod).await;
         let claims = self.fetch_claims(spec).await;
         let dir = self.dir.join("volumes");
+        let token_dir = self.shared.tokens_dir.join(&self.pod.uid);
         let vols = spec.volumes.clone().unwrap_or_default();
         let result = tokio::task::spawn_blocking(move || {
             let claim = |name: &str| -> Result<std::path::PathBuf, String> {
@@ -564,7 +568,7 @@ impl Worker {
                 .map(|v| volumes::prepare(&dir, v, &lookup, &claim))
                 .collect::<Result<Vec<_>, _>>()?;
             if let Some(files) = account {
-                prepared.push(volumes::prepare_service_account(&dir, &files)?);
+                prepared.push(volumes::prepare_service_account(&token_dir, &files)?);
             }
             Ok::<_, volumes::VolumeError>(prepared)
         })
@@ -1295,8 +1299,13 @@ impl Worker {
             self.remove_instance(i).await;
         }
         let dir = self.dir.clone();
+        let token_dir = self.shared.tokens_dir.join(&self.pod.uid);
         let r = tokio::task::spawn_blocking(move || {
             volumes::unmount_all(&dir.join("volumes")).map_err(|e| e.to_string())?;
+            match std::fs::remove_dir_all(&token_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+                _ => {}
+            }
             if let Ok(entries) = std::fs::read_dir(dir.join("containers")) {
                 for e in entries.flatten() {
                     rootfs::remove(&e.path()).map_err(|e| e.to_string())?;
