@@ -42,6 +42,8 @@ enum Bench {
     /// Endpoint propagation: an EndpointSlice change until every node's eBPF maps hold it, on
     /// 3 nodes with real agents (root).
     Propagation(propagation::PropagationArgs),
+    /// Service datapath: HTTP through a Ferry ClusterIP against the pod IP and kube-proxy's
+    /// iptables and nftables layouts, at 10, 1,000 and 10,000 services (root).
     Datapath(datapath::DatapathArgs),
     /// NodePort from outside to backends on other nodes: Ferry with the XDP fast path, Ferry at
     /// TC only, kube-proxy's iptables NodePort and the pod IPs directly, on 3 nodes (root).
