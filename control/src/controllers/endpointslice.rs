@@ -209,12 +209,7 @@ pub async fn run<A: Api + Clone + 'static>(
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(50),
     };
-    let mut turns = super::Turns::new("endpointslice", node, pace);
-    while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
-            turns.failed(e);
-        }
-    }
+    super::run_passes("endpointslice", node, pace, || reconcile_all(&api)).await;
 }
 
 #[cfg(test)]

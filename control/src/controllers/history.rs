@@ -224,6 +224,18 @@ mod tests {
         v
     }
 
+    /// The plan for DaemonSet `set(None)` running `name` (hash `hash`), no pods.
+    fn plan_of(name: &str, hash: &str, revisions: &[&Value]) -> HistoryPlan {
+        plan(
+            "DaemonSet",
+            &set(None),
+            name,
+            hash,
+            revisions,
+            &BTreeSet::new(),
+        )
+    }
+
     fn rev(name: &str, number: i64, owner: &str) -> Value {
         json!({"metadata": {"name": name, "ownerReferences": [{"uid": owner, "controller": true}]},
             "revision": number})
@@ -233,14 +245,7 @@ mod tests {
     fn a_new_template_becomes_the_highest_revision() {
         let a = rev("agent-a", 1, "u1");
         let other = rev("other-x", 7, "u2");
-        let p = plan(
-            "DaemonSet",
-            &set(None),
-            "agent-b",
-            "b",
-            &[&a, &other],
-            &BTreeSet::new(),
-        );
+        let p = plan_of("agent-b", "b", &[&a, &other]);
         let r = p.create.expect("a new revision");
         assert_eq!(r["revision"], 2);
         assert_eq!(r["metadata"]["name"], "agent-b");
@@ -263,25 +268,11 @@ mod tests {
     fn a_template_back_from_the_past_is_renumbered() {
         let a = rev("agent-a", 1, "u1");
         let b = rev("agent-b", 2, "u1");
-        let p = plan(
-            "DaemonSet",
-            &set(None),
-            "agent-a",
-            "a",
-            &[&a, &b],
-            &BTreeSet::new(),
-        );
+        let p = plan_of("agent-a", "a", &[&a, &b]);
         assert_eq!(p.create, None);
         assert_eq!(p.renumber, Some(("agent-a".into(), 3)));
         // Already the highest: nothing to do.
-        let p = plan(
-            "DaemonSet",
-            &set(None),
-            "agent-b",
-            "b",
-            &[&a, &b],
-            &BTreeSet::new(),
-        );
+        let p = plan_of("agent-b", "b", &[&a, &b]);
         assert_eq!(p, HistoryPlan::default());
     }
 

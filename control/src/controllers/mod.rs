@@ -172,6 +172,26 @@ impl Turns {
     }
 }
 
+/// Runs `pass` on the leader whenever the store changes, paced by `pace`, until the member
+/// stops: the loop of every controller whose pass needs nothing but the API.
+pub(crate) async fn run_passes<F, Fut, T, E>(
+    name: &'static str,
+    node: std::sync::Arc<crate::node::Node>,
+    pace: Pace,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut turns = Turns::new(name, node, pace);
+    while turns.next().await {
+        if let Err(e) = pass().await {
+            turns.failed(e);
+        }
+    }
+}
+
 /// What the leader's control loops need to know.
 pub struct Settings {
     pub pod_cidrs: crate::nodeipam::CidrPlan,

@@ -122,12 +122,7 @@ pub async fn run<A: Api + Clone + 'static>(
         idle: Duration::from_secs(5),
         throttle: Duration::from_millis(300),
     };
-    let mut turns = super::Turns::new("namespace", node, pace);
-    while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
-            turns.failed(e);
-        }
-    }
+    super::run_passes("namespace", node, pace, || reconcile_all(&api)).await;
 }
 
 #[cfg(test)]

@@ -61,12 +61,7 @@ pub async fn run<A: Api + Clone + 'static>(
         idle: Duration::from_secs(30),
         throttle: Duration::from_millis(300),
     };
-    let mut turns = super::Turns::new("serviceaccount", node, pace);
-    while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
-            turns.failed(e);
-        }
-    }
+    super::run_passes("serviceaccount", node, pace, || reconcile_all(&api)).await;
 }
 
 #[cfg(test)]

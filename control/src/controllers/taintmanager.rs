@@ -150,12 +150,7 @@ pub async fn run<A: Api + Clone + 'static>(
         idle: Duration::from_secs(1),
         throttle: Duration::from_millis(200),
     };
-    let mut turns = super::Turns::new("taint-eviction", node, pace);
-    while turns.next().await {
-        if let Err(e) = reconcile_all(&api).await {
-            turns.failed(e);
-        }
-    }
+    super::run_passes("taint-eviction", node, pace, || reconcile_all(&api)).await;
 }
 
 #[cfg(test)]
