@@ -252,10 +252,7 @@ async fn rbac_allows_and_denies_what_bindings_say() -> Result<()> {
     assert!(who.contains("alice") && who.contains("dev-team"), "{who}");
 
     // No bindings: everything is refused, with Kubernetes' wording.
-    let ns_default = ListOptions {
-        namespace: Some("default".into()),
-        ..Default::default()
-    };
+    let ns_default = in_namespace("default");
     let err = alice
         .list("cm", &ns_default)
         .await
@@ -296,13 +293,7 @@ async fn rbac_allows_and_denies_what_bindings_say() -> Result<()> {
     assert_eq!(err.code, Code::PermissionDenied);
     assert!(
         alice
-            .list(
-                "cm",
-                &ListOptions {
-                    namespace: Some("ferry-system".into()),
-                    ..Default::default()
-                }
-            )
+            .list("cm", &in_namespace("ferry-system"))
             .await
             .is_err()
     );
@@ -658,6 +649,14 @@ async fn bearer_tokens_authenticate_users_without_certificates() -> Result<()> {
     Ok(())
 }
 
+/// Listing options for one namespace.
+fn in_namespace(ns: &str) -> ListOptions {
+    ListOptions {
+        namespace: Some(ns.into()),
+        ..Default::default()
+    }
+}
+
 /// ServiceAccount `apps/robot`.
 async fn create_robot(admin: &Client) -> Result<()> {
     admin
@@ -731,17 +730,7 @@ async fn service_account_tokens_authenticate_until_their_account_goes() -> Resul
         }))
         .await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while robot
-        .list(
-            "cm",
-            &ListOptions {
-                namespace: Some("apps".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .is_err()
-    {
+    while robot.list("cm", &in_namespace("apps")).await.is_err() {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "the binding never took effect for the robot"
