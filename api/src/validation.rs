@@ -124,12 +124,26 @@ pub fn validate(kind: &KindInfo, obj: &Value) -> Result<(), FieldErrors> {
                         );
                         if let Some(ru) = &u.rolling_update {
                             let p = "spec.updateStrategy.rollingUpdate";
-                            v.int_or_percent(
+                            let unavail = v.int_or_percent(
                                 ru.max_unavailable.as_ref(),
                                 &child(p, "maxUnavailable"),
                                 true,
                             );
-                            v.int_or_percent(ru.max_surge.as_ref(), &child(p, "maxSurge"), false);
+                            let surge = v.int_or_percent(
+                                ru.max_surge.as_ref(),
+                                &child(p, "maxSurge"),
+                                true,
+                            );
+                            // Unset maxSurge is 0 (the default); unset maxUnavailable is 1.
+                            if matches!(surge, None | Some((_, 0)))
+                                && matches!(unavail, Some((_, 0)))
+                            {
+                                v.push(FieldError::invalid(
+                                    child(p, "maxUnavailable"),
+                                    0,
+                                    "may not be 0 when `maxSurge` is 0",
+                                ));
+                            }
                         }
                     }
                 }
@@ -2577,6 +2591,29 @@ spec: {holderIdentity: node-1, leaseDurationSeconds: 15}
                 json!({"clusterIP": "10.0.0.300", "ports": [{"port": 1}]})
             )),
             "spec.clusterIP"
+        ));
+    }
+
+    #[test]
+    fn daemonset_surge_and_unavailable_are_not_both_zero() {
+        let ds = |ru: Value| {
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "d"},
+                "spec": {"selector": {"matchLabels": {"a": "b"}},
+                    "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": ru},
+                    "template": {"metadata": {"labels": {"a": "b"}},
+                        "spec": {"containers": [{"name": "c", "image": "x"}]}}}})
+        };
+        assert_eq!(
+            check(ds(json!({"maxSurge": 1, "maxUnavailable": 0}))),
+            Vec::<String>::new()
+        );
+        assert!(has(
+            &check(ds(json!({"maxSurge": 0, "maxUnavailable": 0}))),
+            "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0"
+        ));
+        assert!(has(
+            &check(ds(json!({"maxSurge": "150%"}))),
+            "spec.updateStrategy.rollingUpdate.maxSurge: Invalid value"
         ));
     }
 

@@ -264,6 +264,47 @@ async fn daemonset_follows_nodes_and_rolls_out() -> Result<()> {
         .await?;
     assert!(out.contains("skipped rollback"), "{out}");
 
+    // maxSurge 1, maxUnavailable 0: each node gets its new pod before the old one goes, so
+    // every node keeps a ready pod throughout.
+    c.patch(
+        "DaemonSet",
+        "default",
+        "agent",
+        &json!({"spec": {"updateStrategy": {"type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {"spec": {"containers": [{"name": "c", "image": "agent:v4"}]}}}}),
+    )
+    .await?;
+    let mut surged = false;
+    until("the surge rollout", 60, async || {
+        let live: Vec<Value> = list(&c, "Pod", "app=agent")
+            .await?
+            .into_iter()
+            .filter(|p| !terminating(p))
+            .collect();
+        for n in ["n1", "n4"] {
+            let on = live.iter().filter(|p| s(p, "/spec/nodeName") == n);
+            if !on.clone().any(is_ready) {
+                bail!("node {n} without a ready pod during the surge: {live:?}");
+            }
+            surged |= on.count() == 2;
+        }
+        Ok(live.len() == 2 && ready_on(&c, &["n1", "n4"], "agent:v4").await?)
+    })
+    .await?;
+    assert!(surged, "no node ever ran its old and new pods side by side");
+    c.patch(
+        "DaemonSet",
+        "default",
+        "agent",
+        &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "agent:v1"}]}}}}),
+    )
+    .await?;
+    until("back to v1", 60, async || {
+        ready_on(&c, &["n1", "n4"], "agent:v1").await
+    })
+    .await?;
+
     // OnDelete: a template change waits for the pod to be deleted.
     c.patch(
         "DaemonSet",

@@ -11,7 +11,9 @@
 //!
 //! Updates: `RollingUpdate` deletes old-revision pods, unavailable ones first, while no more than
 //! `maxUnavailable` (default 1, of the desired count, rounded up) nodes lack an available pod; the
-//! replacement is created on the next pass (`maxSurge` is not supported: it is treated as 0).
+//! replacement is created on the next pass. With `maxSurge` (a number or a percentage of the
+//! desired count, rounded up) a node instead gets the new pod beside its old one, at most
+//! `maxSurge` nodes at a time, and the old pod goes once the new one is available.
 //! `OnDelete` replaces a pod only after someone deletes it. [`plan`] is pure.
 
 use std::borrow::Borrow;
@@ -139,9 +141,28 @@ pub fn plan<N: Borrow<Value>, P: Borrow<Value>>(
         .collect();
     let mut out = Plan::default();
     let name = |p: &Value| s(p, "/metadata/name").to_string();
+    let pod_rev = |p: &Value| {
+        p.pointer(&format!("/metadata/labels/{REVISION_LABEL}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let desired = eligible.len() as i64;
+    let rolling = s(ds, "/spec/updateStrategy/type") != "OnDelete";
+    // maxSurge (RollingUpdate): a node may run a new pod beside its old one until the new one
+    // is available.
+    let max_surge = if rolling {
+        ds.pointer("/spec/updateStrategy/rollingUpdate/maxSurge")
+            .and_then(|v| scaled_value(v, desired, true).ok())
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let mut misscheduled = 0;
-    // Per eligible node: its one kept pod.
+    // Per eligible node: its one kept pod (the new-revision one while surging)...
     let mut kept: BTreeMap<&str, &Value> = BTreeMap::new();
+    // ...and, while a new pod surges on the node, the old pod it replaces.
+    let mut surging: BTreeMap<&str, &Value> = BTreeMap::new();
     for (node, list) in &mut by_node {
         if !eligible.contains(*node) {
             misscheduled += list.len();
@@ -152,9 +173,25 @@ pub fn plan<N: Borrow<Value>, P: Borrow<Value>>(
         let (failed, live): (Vec<&Value>, Vec<&Value>) =
             list.iter().partition(|p| s(p, "/status/phase") == "Failed");
         out.delete.extend(failed.iter().map(|p| name(p)));
-        if let Some((first, dups)) = live.split_first() {
-            kept.insert(node, first);
-            out.delete.extend(dups.iter().map(|p| name(p)));
+        let (new, old): (Vec<&Value>, Vec<&Value>) = live.iter().partition(|p| pod_rev(p) == rev);
+        match (new.split_first(), old.split_first()) {
+            (Some((fresh, dups)), Some((first_old, older))) if max_surge > 0 => {
+                kept.insert(node, fresh);
+                out.delete.extend(dups.iter().map(|p| name(p)));
+                if is_available(fresh, min_ready, now) {
+                    // The surge is over on this node: the old pods go.
+                    out.delete.extend(old.iter().map(|p| name(p)));
+                } else {
+                    surging.insert(node, first_old);
+                    out.delete.extend(older.iter().map(|p| name(p)));
+                }
+            }
+            _ => {
+                if let Some((first, dups)) = live.split_first() {
+                    kept.insert(node, first);
+                    out.delete.extend(dups.iter().map(|p| name(p)));
+                }
+            }
         }
     }
     for node in &eligible {
@@ -162,18 +199,27 @@ pub fn plan<N: Borrow<Value>, P: Borrow<Value>>(
             out.create.push(node.clone());
         }
     }
-    let pod_rev = |p: &Value| {
-        p.pointer(&format!("/metadata/labels/{REVISION_LABEL}"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    let desired = eligible.len() as i64;
     let available = kept
         .values()
         .filter(|p| is_available(p, min_ready, now))
         .count() as i64;
-    if s(ds, "/spec/updateStrategy/type") != "OnDelete" {
+    if rolling && max_surge > 0 {
+        // Surge: an old pod that is not available is replaced at once; an available one gets
+        // a new pod beside it while fewer than maxSurge nodes are surging, and goes once that
+        // one is available (above).
+        let mut in_flight = surging.len() as i64;
+        for (node, p) in &kept {
+            if pod_rev(p) == rev {
+                continue;
+            }
+            if !is_available(p, min_ready, now) {
+                out.delete.push(name(p));
+            } else if in_flight < max_surge {
+                out.create.push((*node).to_string());
+                in_flight += 1;
+            }
+        }
+    } else if rolling {
         let max_unavailable = ds
             .pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable")
             .map(|v| scaled_value(v, desired, true).unwrap_or(1))
@@ -469,6 +515,43 @@ mod tests {
             plan(&d, &tainted("NoExecute"), &running, now()).delete,
             vec!["agent-a"]
         );
+    }
+
+    #[test]
+    fn max_surge_starts_the_new_pod_before_the_old_one_goes() {
+        let mut d = ds(json!({}));
+        d["spec"]["updateStrategy"] =
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+        let rev = revision(&d);
+        let nodes = vec![
+            node("a", json!({}), json!([])),
+            node("b", json!({}), json!([])),
+        ];
+        let (old_a, old_b) = (
+            pod("old-a", "a", "old", true),
+            pod("old-b", "b", "old", true),
+        );
+        // One node at a time gets a new pod beside its old one; nothing is deleted yet.
+        let p = plan(&d, &nodes, &[&old_a, &old_b], now());
+        assert_eq!(p.create, vec!["a"]);
+        assert!(p.delete.is_empty());
+        // While the new pod is not available, the old one stays and no other node surges.
+        let mut new_a = pod("new-a", "a", &rev, false);
+        new_a["metadata"]["creationTimestamp"] = json!("2026-01-01T00:01:00Z");
+        let p = plan(&d, &nodes, &[&old_a, &new_a, &old_b], now());
+        assert!(p.create.is_empty(), "{p:?}");
+        assert!(p.delete.is_empty(), "{p:?}");
+        assert_eq!(p.status["updatedNumberScheduled"], 1);
+        // Available: the old pod goes, and the next node surges.
+        let new_a = pod("new-a", "a", &rev, true);
+        let p = plan(&d, &nodes, &[&old_a, &new_a, &old_b], now());
+        assert_eq!(p.delete, vec!["old-a"]);
+        assert_eq!(p.create, vec!["b"]);
+        // An old pod that is not available is replaced without surging.
+        let sick = pod("old-b", "b", "old", false);
+        let p = plan(&d, &nodes, &[&new_a, &sick], now());
+        assert_eq!(p.delete, vec!["old-b"]);
+        assert!(p.create.is_empty());
     }
 
     #[test]
