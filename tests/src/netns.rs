@@ -1278,6 +1278,30 @@ impl Fabric {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Node `i`'s datapath counter `name` (e.g. `ns_xdp_tx`), as `ferry datapath services`
+    /// prints it on its `counters:` line.
+    pub fn datapath_counter(&self, i: usize, name: &str) -> Result<u64> {
+        let out = self.node_check(
+            i,
+            &[
+                ferry_bin().to_str().context("ferry path")?,
+                "datapath",
+                "services",
+                "--node-name",
+                &self.nodes[i].name,
+            ],
+        )?;
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("counters: "))
+            .with_context(|| format!("no counters in:\n{out}"))?;
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .with_context(|| format!("no counter {name} in {line:?}"))?
+            .parse()
+            .context("counter value")
+    }
+
     /// Runs `argv` in the external client's namespace.
     pub fn client_exec(&self, argv: &[&str]) -> Result<Output> {
         self.exec_in(&self.client_ns, argv)

@@ -111,29 +111,6 @@ fn who_from(fabric: &Fabric, ip: &str, port: u16, sport: u16) -> Option<String> 
     line.starts_with("web-").then_some(line)
 }
 
-/// Node `i`'s datapath counter `name` (as `ferry datapath services` prints it).
-fn counter(fabric: &Fabric, i: usize, name: &str) -> Result<u64> {
-    let out = fabric.node_check(
-        i,
-        &[
-            ferry_tests::ferry_bin().to_str().context("ferry path")?,
-            "datapath",
-            "services",
-            "--node-name",
-            &fabric.node(i).name,
-        ],
-    )?;
-    let line = out
-        .lines()
-        .find_map(|l| l.strip_prefix("counters: "))
-        .with_context(|| format!("no counters in:\n{out}"))?;
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .with_context(|| format!("no counter {name} in {line:?}"))?
-        .parse()
-        .context("counter value")
-}
-
 /// Path MTU discovery through a translated flow: with the backends' pod links at MTU 1400,
 /// full-size segments from the client to node 2's NodePort (SNAT-ed to the other nodes) make
 /// the backend's node answer "fragmentation needed" to node 2, about the translated packet;
@@ -162,8 +139,8 @@ async fn path_mtu(fabric: &Fabric, c: &Client, node_port: u16, tunnel: &str) -> 
     let result = (|| -> Result<()> {
         let body = fabric.dir().join("upload");
         std::fs::write(&body, vec![b'x'; 30_000])?;
-        let icmp = counter(fabric, 2, "ns_icmp_error")?;
-        let own = counter(fabric, 2, "ns_frag_needed")?;
+        let icmp = fabric.datapath_counter(2, "ns_icmp_error")?;
+        let own = fabric.datapath_counter(2, "ns_frag_needed")?;
         let url = format!("http://{}:{node_port}/cgi-bin/size", fabric.node(2).ip);
         let out = fabric.client_exec(&[
             "curl",
@@ -176,9 +153,9 @@ async fn path_mtu(fabric: &Fabric, c: &Client, node_port: u16, tunnel: &str) -> 
         ])?;
         let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert_eq!(got, "30000", "a 30,000-byte upload through node 2: {out:?}");
-        let icmp = counter(fabric, 2, "ns_icmp_error")? - icmp;
+        let icmp = fabric.datapath_counter(2, "ns_icmp_error")? - icmp;
         assert!(icmp >= 1, "node 2 translated {icmp} ICMP errors");
-        let own = counter(fabric, 2, "ns_frag_needed")? - own;
+        let own = fabric.datapath_counter(2, "ns_frag_needed")? - own;
         if tunnel == "vxlan" {
             assert!(own >= 1, "node 2 sent {own} fragmentation-needed errors");
         }
@@ -210,9 +187,9 @@ async fn xdp_fast_path(fabric: &mut Fabric, lb_ip: &str, tunnel: &str) -> Result
     // which come back to node 2's address over the plain network (the forward direction
     // leaves through the tunnel device, so XDP passes it to TC).
     let least = if tunnel == "vxlan" { 5 * 3 } else { 5 * 6 };
-    let before = counter(fabric, 2, "ns_xdp_tx")?;
+    let before = fabric.datapath_counter(2, "ns_xdp_tx")?;
     fetch(fabric)?;
-    let after = counter(fabric, 2, "ns_xdp_tx")?;
+    let after = fabric.datapath_counter(2, "ns_xdp_tx")?;
     assert!(
         after >= before + least,
         "the XDP fast path carried {} packets of 5 requests",
@@ -238,9 +215,9 @@ async fn xdp_fast_path(fabric: &mut Fabric, lb_ip: &str, tunnel: &str) -> Result
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let before = counter(fabric, 2, "ns_xdp_tx")?;
+    let before = fabric.datapath_counter(2, "ns_xdp_tx")?;
     fetch(fabric).context("after node 2's agent restarted")?;
-    let after = counter(fabric, 2, "ns_xdp_tx")?;
+    let after = fabric.datapath_counter(2, "ns_xdp_tx")?;
     assert!(
         after >= before + least,
         "after the restart the XDP fast path carried {} packets of 5 requests",
@@ -695,7 +672,7 @@ async fn traffic_policies(fabric: &Fabric, c: &Client, client_ip: &str) -> Resul
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let node2 = fabric.node(2).ip.to_string();
-    let dropped = counter(fabric, 2, "ns_xdp_drop")?;
+    let dropped = fabric.datapath_counter(2, "ns_xdp_drop")?;
     for _ in 0..3 {
         assert_eq!(
             who(fabric, &node2, node_port),
@@ -704,7 +681,7 @@ async fn traffic_policies(fabric: &Fabric, c: &Client, client_ip: &str) -> Resul
         );
     }
     // Before any socket buffer exists: by the XDP fast path, every SYN.
-    let dropped = counter(fabric, 2, "ns_xdp_drop")? - dropped;
+    let dropped = fabric.datapath_counter(2, "ns_xdp_drop")? - dropped;
     assert!(dropped >= 3, "XDP dropped {dropped} SYNs of 3 connections");
     // internalTrafficPolicy: Local: a pod reaching the ClusterIP gets its own node's endpoint.
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or("").to_owned();
