@@ -52,6 +52,10 @@ pub struct AgentOptions {
     pub uplink: String,
     /// The XDP fast path for north-south traffic on the uplink.
     pub lb_acceleration: crate::datapath::socklb::Acceleration,
+    /// The cluster's pod network (the servers' `--cluster-cidr`): pods' traffic to anywhere
+    /// else is masqueraded to the node's address when `masquerade` is set.
+    pub cluster_cidr: String,
+    pub masquerade: bool,
     /// Resolvers the cluster DNS forwards other names to (default: the node's; `dns`).
     pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
@@ -80,6 +84,8 @@ impl AgentOptions {
             bpf_pin_dir: None,
             uplink: "auto".into(),
             lb_acceleration: Default::default(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            masquerade: true,
             dns_upstreams: Vec::new(),
         }
     }
@@ -429,6 +435,21 @@ fn uplink_for(
         pod_net: net,
         pod_prefix: prefix,
         acceleration: opts.lb_acceleration,
+        masquerade: if opts.masquerade {
+            Some(
+                opts.cluster_cidr
+                    .split_once('/')
+                    .and_then(|(n, p)| Some((n.parse().ok()?, p.parse().ok()?)))
+                    .ok_or_else(|| {
+                        AgentError::Config(format!(
+                            "--cluster-cidr {:?}: expected ADDRESS/PREFIX, e.g. 10.244.0.0/16",
+                            opts.cluster_cidr
+                        ))
+                    })?,
+            )
+        } else {
+            None
+        },
     }))
 }
 

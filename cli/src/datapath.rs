@@ -58,6 +58,9 @@ fn conntrack(node_name: &str, dir: &std::path::Path) -> Result<()> {
         if f.closing {
             flags.push("closing");
         }
+        if f.masquerade {
+            flags.push("masquerade");
+        }
         println!(
             "{:<7} {:<5} {:<45} {:<45} {:>5}s  {}",
             if f.reply { "reply" } else { "forward" },

@@ -382,6 +382,15 @@ struct AgentArgs {
     /// best-effort (native where the driver can, else TC only with a warning).
     #[arg(long, default_value = "disabled", value_parser = ["disabled", "native", "best-effort"])]
     lb_acceleration: String,
+    /// The cluster's pod network, as the servers' --cluster-cidr: this node's pods' traffic to
+    /// anywhere else leaves with the node's address (masquerade).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Masquerade pods' traffic leaving the cluster's pod network (--masquerade=false: pods
+    /// keep their addresses, and the network must route pod CIDRs back).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", require_equals = true)]
+    masquerade: bool,
     /// A resolver (IP:PORT) the cluster DNS forwards names outside the cluster domain to
     /// (repeatable; default: the node's non-loopback resolvers from /etc/resolv.conf).
     #[arg(long = "dns-upstream", value_name = "IP:PORT")]
@@ -588,6 +597,8 @@ async fn run(cli: Cli) -> Result<()> {
             bpf_pin_dir: a.bpf_pin_dir.clone(),
             uplink: a.uplink.clone(),
             lb_acceleration: a.lb_acceleration.parse().map_err(anyhow::Error::msg)?,
+            cluster_cidr: a.cluster_cidr.clone(),
+            masquerade: a.masquerade,
             dns_upstreams: a.dns_upstreams.clone(),
         };
         if a.cleanup {
@@ -1134,6 +1145,7 @@ async fn up(a: &UpArgs) -> Result<()> {
         pod_bridge: a.pod_bridge.clone(),
         port: a.agent_port,
         cgroup_root: a.cgroup_root.clone(),
+        cluster_cidr: a.cluster_cidr.clone(),
         ..ferry_agent::AgentOptions::new("", "", "")
     };
     println!(

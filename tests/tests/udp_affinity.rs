@@ -7,6 +7,8 @@
 //! - from the external client, datagrams to the UDP NodePort of either node come back from that
 //!   node's address and port (TC translation, local and remote backends), also datagrams of
 //!   4,000 bytes, which travel in fragments both ways (`FERRY_FRAG4`);
+//! - masquerade: the client pod reaching a UDP echo in the external client's namespace (no
+//!   route to pod addresses there) is seen from node 0's address and gets its replies;
 //! - `sessionAffinity: ClientIP`: every connection of the client pod to the service reaches
 //!   the same pod, while the same pods behind a Service without affinity are both reached.
 
@@ -84,6 +86,16 @@ fn replies(out: &str, from: &str) -> Result<BTreeSet<String>> {
         pods.insert(reply.split(' ').next().unwrap_or("").to_string());
     }
     Ok(pods)
+}
+
+/// A child process killed (and reaped) when dropped, also when the test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn scenario(fabric: &mut Fabric) -> Result<()> {
@@ -171,6 +183,48 @@ async fn scenario(fabric: &mut Fabric) -> Result<()> {
     .await
     .with_context(|| fabric.agent_logs(20))?;
     assert_eq!(pods, BTreeSet::from(["echo-0".into(), "echo-1".into()]));
+
+    // Masquerade: a pod reaching outside the cluster (an echo in the external client's
+    // namespace, which has no route to pod addresses) is seen from its node's address, and
+    // gets the reply.
+    let client_ns = format!("/run/netns/{}", fabric.client_netns());
+    let mut outside = Killed(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={client_ns}"))
+            .args([NETCHECK, "udp-echo", "9999"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let client_ip = fabric.client_ip().to_string();
+    let out = retry(30, || async {
+        ferry_tests::exec_in_pod(
+            &c,
+            "client",
+            &["ferry-netcheck", "udp-ask", &client_ip, "9999", "3"],
+            30,
+        )
+        .await
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "a pod reaching {client_ip}:9999:\n{}",
+            fabric.agent_log_tail(0, 20)
+        )
+    })?;
+    let node0 = fabric.node(0).ip.to_string();
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        let peer = line.split(' ').nth(1).unwrap_or("");
+        assert!(
+            peer.starts_with(&format!("{node0}:")),
+            "the outside echo saw {peer}, not node 0's address: {out}"
+        );
+        assert!(line.ends_with(&format!(" from {client_ip}:9999")), "{out}");
+    }
+    assert!(fabric.datapath_counter(0, "ns_masquerade")? >= 1);
+    let _ = outside.0.kill();
+    let _ = outside.0.wait();
 
     // UDP from outside to each node's NodePort: replies come from that node's address; also
     // datagrams bigger than the MTU (fragments after the first carry no ports and are

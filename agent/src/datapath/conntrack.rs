@@ -109,6 +109,8 @@ pub struct Flow {
     /// The backend is on another node.
     pub remote: bool,
     pub closing: bool,
+    /// A pod's own connection to outside, masqueraded.
+    pub masquerade: bool,
     /// Seconds since a packet last used the entry.
     pub idle_s: u32,
 }
@@ -133,6 +135,7 @@ pub fn dump_pinned(pin_dir: &std::path::Path) -> Result<Vec<Flow>, DatapathError
             to: (ep(v.saddr, v.sport), ep(v.daddr, v.dport)),
             remote: v.flags & nat_flags::REMOTE != 0,
             closing: v.flags & nat_flags::CLOSING != 0,
+            masquerade: v.flags & nat_flags::MASQ != 0,
             idle_s: now.saturating_sub(v.seen),
         })
         .collect();
@@ -159,7 +162,9 @@ pub fn sweep(
         if expired(&key, &value, now, t) {
             report.expired += 1;
             gone.push(key);
-        } else if !backends.contains(&backend_of(&key, &value)) {
+        } else if value.flags & nat_flags::MASQ == 0
+            && !backends.contains(&backend_of(&key, &value))
+        {
             report.orphaned += 1;
             gone.push(key);
         }

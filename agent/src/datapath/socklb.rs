@@ -29,9 +29,10 @@ use aya::{
 use ferry_ebpf_common::{
     AFFINITY4_MAP, BACKENDS4_MAP, Backend4, L2_ANNOUNCE4_MAP, L2Announce, MAGLEV4_MAP,
     Maglev4Value, NAT4_MAP, NODE_CONFIG_MAP, NODE_IPS4_MAP, NS_STATS_MAP, NatKey, NatValue,
-    NodeConfig, NsStat, PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4, PROG_RECVMSG4,
-    PROG_SENDMSG4, PROG_TO_UPLINK, PROG_XDP_UPLINK, SOCK_REVNAT4_MAP, SOCK_STATS_MAP,
-    SVC_STATS_MAP, SVC4_MAP, SockStat, Svc4Key, Svc4Value, SvcStats, svc_flags, svc_scope,
+    NodeConfig, NsStat, PEER_IPS4_MAP, PROG_CONNECT4, PROG_FROM_UPLINK, PROG_GETPEERNAME4,
+    PROG_RECVMSG4, PROG_SENDMSG4, PROG_TO_UPLINK, PROG_XDP_UPLINK, SOCK_REVNAT4_MAP,
+    SOCK_STATS_MAP, SVC_STATS_MAP, SVC4_MAP, SockStat, Svc4Key, Svc4Value, SvcStats, svc_flags,
+    svc_scope,
 };
 
 use super::{
@@ -39,7 +40,8 @@ use super::{
     services::{BackendAddr, Entry, Frontend},
 };
 
-const PINNED_MAPS: [&str; 12] = [
+const PINNED_MAPS: [&str; 13] = [
+    PEER_IPS4_MAP,
     SVC4_MAP,
     L2_ANNOUNCE4_MAP,
     SVC_STATS_MAP,
@@ -69,6 +71,9 @@ pub struct Uplink {
     pub pod_prefix: u8,
     /// Whether the XDP fast path runs in front of the TC programs.
     pub acceleration: Acceleration,
+    /// The cluster's pod network: this node's pods' traffic to anywhere outside it is
+    /// masqueraded to `node_ip` (`None`: never).
+    pub masquerade: Option<(Ipv4Addr, u8)>,
 }
 
 /// The XDP fast path for north-south traffic (`--lb-acceleration`, as Cilium's
@@ -102,7 +107,7 @@ impl std::str::FromStr for Acceleration {
 /// counts now: a
 /// pinned copy of another layout is removed before loading (its entries are lost; a program
 /// would misread them), with a warning.
-const CHECKED_LAYOUTS: [(&str, usize, usize, u32); 2] = [
+const CHECKED_LAYOUTS: [(&str, usize, usize, u32); 3] = [
     (
         NAT4_MAP,
         std::mem::size_of::<NatKey>(),
@@ -114,6 +119,12 @@ const CHECKED_LAYOUTS: [(&str, usize, usize, u32); 2] = [
         std::mem::size_of::<u32>(),
         std::mem::size_of::<u64>(),
         NsStat::COUNT,
+    ),
+    (
+        NODE_CONFIG_MAP,
+        std::mem::size_of::<u32>(),
+        std::mem::size_of::<NodeConfig>(),
+        1,
     ),
 ];
 
@@ -175,6 +186,24 @@ where
         .ok_or(DatapathError::MissingProgram { program: name })?
         .try_into()
         .map_err(|e| DatapathError::program(name, "type", e))
+}
+
+/// Makes address set `map` (`name`) hold exactly `ips`.
+fn set_addresses(
+    map: &mut HashMap<MapData, u32, u32>,
+    name: &'static str,
+    ips: &[Ipv4Addr],
+) -> Result<(), DatapathError> {
+    let want: BTreeSet<u32> = ips.iter().map(|ip| be(*ip)).collect();
+    let have: BTreeSet<u32> = map.keys().flatten().collect();
+    for ip in want.difference(&have) {
+        map.insert(ip, 1, 0)
+            .map_err(|e| DatapathError::map(name, "insert", e))?;
+    }
+    for ip in have.difference(&want) {
+        let _ = map.remove(ip);
+    }
+    Ok(())
 }
 
 /// Detaches the program whose link is pinned at `links/<name>`, if any.
@@ -263,6 +292,8 @@ pub struct SockLb {
     svc: HashMap<MapData, Svc4Key, Svc4Value>,
     backends: HashMap<MapData, u32, Backend4>,
     node_ips: HashMap<MapData, u32, u32>,
+    /// Every node's address (never masqueraded to).
+    peer_ips: HashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
     maglev: HashMap<MapData, Svc4Key, Maglev4Value>,
     svc_stats: PerCpuHashMap<MapData, u32, SvcStats>,
@@ -336,11 +367,24 @@ impl SockLb {
                 0 => 0,
                 p => u32::MAX << (32 - u32::from(p.min(32))),
             };
+            let (cluster_net, cluster_mask) = match up.masquerade {
+                Some((net, prefix)) => {
+                    let m = match prefix {
+                        0 => 0,
+                        p => u32::MAX << (32 - u32::from(p.min(32))),
+                    };
+                    ((u32::from(net) & m).to_be(), m.to_be())
+                }
+                None => (0, 0),
+            };
             let cfg = NodeConfig {
                 node_ip: be(up.node_ip),
                 pod_net: (u32::from(up.pod_net) & mask).to_be(),
                 pod_mask: mask.to_be(),
                 ready: 1,
+                cluster_net,
+                cluster_mask,
+                masquerade: u32::from(up.masquerade.is_some()),
             };
             config
                 .set(0, cfg, 0)
@@ -382,6 +426,8 @@ impl SockLb {
             .map_err(|e| DatapathError::map(SVC4_MAP, "open", e))?;
         let backends = HashMap::try_from(take(&mut ebpf, BACKENDS4_MAP)?)
             .map_err(|e| DatapathError::map(BACKENDS4_MAP, "open", e))?;
+        let peer_ips = HashMap::try_from(take(&mut ebpf, PEER_IPS4_MAP)?)
+            .map_err(|e| DatapathError::map(PEER_IPS4_MAP, "open", e))?;
         let node_ips = HashMap::try_from(take(&mut ebpf, NODE_IPS4_MAP)?)
             .map_err(|e| DatapathError::map(NODE_IPS4_MAP, "open", e))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, SOCK_STATS_MAP)?)
@@ -400,6 +446,7 @@ impl SockLb {
             svc,
             backends,
             node_ips,
+            peer_ips,
             stats,
             maglev,
             svc_stats,
@@ -479,17 +526,12 @@ impl SockLb {
 
     /// This node's own addresses: NodePort frontends answer on them (and on loopback).
     pub fn set_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<(), DatapathError> {
-        let want: BTreeSet<u32> = ips.iter().map(|ip| be(*ip)).collect();
-        let have: BTreeSet<u32> = self.node_ips.keys().flatten().collect();
-        for ip in want.difference(&have) {
-            self.node_ips
-                .insert(ip, 1, 0)
-                .map_err(|e| DatapathError::map(NODE_IPS4_MAP, "insert", e))?;
-        }
-        for ip in have.difference(&want) {
-            let _ = self.node_ips.remove(ip);
-        }
-        Ok(())
+        set_addresses(&mut self.node_ips, NODE_IPS4_MAP, ips)
+    }
+
+    /// Every node's address, which pods' traffic is never masqueraded to.
+    pub fn set_peer_ips(&mut self, ips: &[Ipv4Addr]) -> Result<(), DatapathError> {
+        set_addresses(&mut self.peer_ips, PEER_IPS4_MAP, ips)
     }
 
     fn key(f: &Frontend, slot: u16) -> Svc4Key {
@@ -899,6 +941,7 @@ pub fn dump_pinned(pin_dir: &Path) -> Result<Dump, DatapathError> {
                     NsStat::XdpDrop => "ns_xdp_drop",
                     NsStat::IcmpError => "ns_icmp_error",
                     NsStat::FragNeeded => "ns_frag_needed",
+                    NsStat::Masquerade => "ns_masquerade",
                 },
                 total,
             );

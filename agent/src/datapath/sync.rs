@@ -101,9 +101,23 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
                 ifname,
             )
         });
+        // Every node's addresses: pods' traffic to them is never masqueraded.
+        let peers: Vec<std::net::Ipv4Addr> = lock(&nodes.cache)
+            .values()
+            .flat_map(|n| {
+                n.pointer("/status/addresses")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|a| a["address"].as_str().and_then(|s| s.parse().ok()))
+            .collect();
         let lb2 = lb.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut lb = lb2.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = lb.set_peer_ips(&peers) {
+                tracing::warn!("writing the nodes' addresses: {e}");
+            }
             let report = lb.sync(&desired);
             if let Some((addrs, mac, ifname)) = announce {
                 match lb.set_l2_announcements(&addrs, mac) {

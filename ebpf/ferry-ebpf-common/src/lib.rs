@@ -155,6 +155,11 @@ pub const BACKENDS4_MAX_ENTRIES: u32 = 131072;
 pub const SOCK_REVNAT4_MAX_ENTRIES: u32 = 262144;
 pub const AFFINITY4_MAX_ENTRIES: u32 = 65536;
 pub const NODE_IPS4_MAX_ENTRIES: u32 = 256;
+/// Hash map `u32` (network order) -> `u32` (1): the addresses of every node of the cluster.
+/// Nodes route the pod network, so traffic of pods to them is never masqueraded (it may be a
+/// pod's reply to a request another node SNAT-ed to its own address).
+pub const PEER_IPS4_MAP: &str = "FERRY_PEER_IPS4";
+pub const PEER_IPS4_MAX_ENTRIES: u32 = 4096;
 
 /// The socket programs, by attach type.
 pub const PROG_CONNECT4: &str = "ferry_connect4";
@@ -375,6 +380,9 @@ pub mod nat_flags {
     /// A TCP FIN or RST passed (cleared by a new SYN): the agent's sweep expires the entry
     /// sooner.
     pub const CLOSING: u16 = 2;
+    /// A pod's own connection to outside the cluster, SNAT-ed to the node's address
+    /// (masquerade): no service backend behind it.
+    pub const MASQ: u16 = 4;
 }
 
 /// `Frag4Key` -> `Frag4Ports` (LRU, not pinned): the ports of IPv4 datagrams being received
@@ -446,6 +454,11 @@ pub struct NodeConfig {
     pub pod_mask: u32,
     /// Set once the agent wrote this entry; the programs pass everything before.
     pub ready: u32,
+    /// The cluster's pod network (all nodes' pod CIDRs): traffic of this node's pods to
+    /// anywhere else leaving through the uplink is masqueraded, when `masquerade` is set.
+    pub cluster_net: u32,
+    pub cluster_mask: u32,
+    pub masquerade: u32,
 }
 
 /// Index into [`NS_STATS_MAP`].
@@ -478,10 +491,12 @@ pub enum NsStat {
     /// A client's packet too big for the route to its backend (e.g. into a VXLAN tunnel),
     /// answered with "fragmentation needed" from the frontend address.
     FragNeeded = 10,
+    /// A new connection of a pod to outside the cluster, masqueraded to the node's address.
+    Masquerade = 11,
 }
 
 impl NsStat {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [NsStat; Self::COUNT as usize] = [
         NsStat::NewLocal,
         NsStat::NewRemote,
@@ -494,6 +509,7 @@ impl NsStat {
         NsStat::XdpDrop,
         NsStat::IcmpError,
         NsStat::FragNeeded,
+        NsStat::Masquerade,
     ];
 }
 
@@ -502,7 +518,7 @@ const _: () = assert!(core::mem::size_of::<SvcStats>() == 24);
 const _: () = assert!(core::mem::size_of::<L2Announce>() == 8);
 const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NatValue>() == 20);
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 28);
 const _: () = assert!(core::mem::size_of::<NsStat>() == 4);
 
 const _: () = assert!(core::mem::size_of::<Svc4Key>() == 12);

@@ -27,9 +27,9 @@ use ferry_ebpf_common::{
     DENY_PORTS_MAX_ENTRIES, DenyKey, DenyValue, DropReason, FRAG4_MAX_ENTRIES, Frag4Key,
     Frag4Ports, L2_ANNOUNCE4_MAX_ENTRIES, L2Announce, MAGLEV_TABLE_SIZE, MAGLEV4_MAX_ENTRIES,
     Maglev4Value, NAT4_MAX_ENTRIES, NODE_IPS4_MAX_ENTRIES, NatKey, NatValue, NodeConfig, NsStat,
-    PacketCounter, SOCK_REVNAT4_MAX_ENTRIES, SVC_STATS_MAX_ENTRIES, SVC4_MAX_ENTRIES, SockRevKey,
-    SockRevValue, SockStat, Svc4Key, Svc4Value, SvcStats, Verdict, ipproto, nat_dir, nat_flags,
-    svc_flags, svc_scope,
+    PEER_IPS4_MAX_ENTRIES, PacketCounter, SOCK_REVNAT4_MAX_ENTRIES, SVC_STATS_MAX_ENTRIES,
+    SVC4_MAX_ENTRIES, SockRevKey, SockRevValue, SockStat, Svc4Key, Svc4Value, SvcStats, Verdict,
+    ipproto, nat_dir, nat_flags, svc_flags, svc_scope,
 };
 
 #[map]
@@ -390,6 +390,9 @@ static FERRY_NAT4: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(N
 #[map]
 static FERRY_NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
+#[map]
+static FERRY_PEER_IPS4: HashMap<u32, u32> = HashMap::with_max_entries(PEER_IPS4_MAX_ENTRIES, 0);
+
 /// BPF_F_NO_PREALLOC: 16 KiB values, allocated only for the frontends that have a table.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -469,16 +472,19 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
     let saddr: u32 = ctx.load(IP_SRC_OFF).ok()?;
     let daddr: u32 = ctx.load(IP_DST_OFF).ok()?;
     let l4 = ETH_HLEN + ihl;
-    let fragment = (frag & (IP_MF | IP_OFFSET_MASK) != 0).then(|| Frag4Key {
+    // Built whether or not the packet is a fragment: an `Option` here leaves the payload of
+    // `None` uninitialized, and the verifier refuses a register LLVM copies from it.
+    let is_fragment = frag & (IP_MF | IP_OFFSET_MASK) != 0;
+    let fragment = Frag4Key {
         saddr,
         daddr,
         id: ctx.load(ETH_HLEN + 4).unwrap_or(0),
         proto,
         _pad: 0,
-    });
+    };
     if frag & IP_OFFSET_MASK != 0 {
         // SAFETY: a live map value, copied out.
-        let ports = unsafe { *FERRY_FRAG4.get_ptr(&fragment?)? };
+        let ports = unsafe { *FERRY_FRAG4.get_ptr(&fragment)? };
         return Some(Pkt {
             saddr,
             daddr,
@@ -505,12 +511,12 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
         tcp_flags,
         later_fragment: false,
     };
-    if let Some(key) = fragment {
+    if is_fragment {
         let ports = Frag4Ports {
             sport: p.sport,
             dport: p.dport,
         };
-        let _ = FERRY_FRAG4.insert(&key, &ports, 0);
+        let _ = FERRY_FRAG4.insert(&fragment, &ports, 0);
     }
     Some(p)
 }
@@ -1034,6 +1040,14 @@ pub fn ferry_from_uplink(ctx: TcContext) -> i32 {
     };
     let key = nat_key(&p, nat_dir::REPLY);
     if let Some(v) = nat_lookup(&key, &p) {
+        if v.flags & nat_flags::MASQ != 0 {
+            // A reply to a pod's own connection: back to the pod, through the stack.
+            if rewrite(&ctx, &p, &v).is_err() {
+                count_drop(DropReason::Malformed);
+                return TC_ACT_SHOT;
+            }
+            return TC_ACT_OK;
+        }
         count_ns(NsStat::Reply);
         count_svc(v.svc, 0, 1, u64::from(ctx.len()));
         return translate_out(&ctx, &p, &v);
@@ -1328,7 +1342,9 @@ fn maglev_pick(master: &Svc4Key, svc: &Svc4Value, hash: u32) -> Option<u32> {
 }
 
 /// TCX egress of the uplink: replies of local backends to outside clients leave with the
-/// frontend's address, and so do ICMP errors about their flows (see [`icmp_error`]).
+/// frontend's address, and so do ICMP errors about their flows (see [`icmp_error`]); this
+/// node's pods' own connections to outside the cluster leave with the node's address
+/// (masquerade, [`masquerade`]).
 #[classifier]
 pub fn ferry_to_uplink(ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx) else {
@@ -1342,8 +1358,111 @@ pub fn ferry_to_uplink(ctx: TcContext) -> i32 {
         }
         count_ns(NsStat::Reply);
         count_svc(v.svc, 0, 1, u64::from(ctx.len()));
+        return TC_ACT_OK;
+    }
+    masquerade(&ctx, &p)
+}
+
+/// A packet of one of this node's pods leaving for outside the cluster's pod network and the
+/// cluster's nodes (`FERRY_PEER_IPS4`: they route the pod network, and a packet to one may be
+/// the reply to a request it SNAT-ed): its
+/// source becomes the node's address (the pod's port kept when free), so the reply comes back
+/// here, where `ferry_from_uplink` turns it back. Packets of flows without an entry that do not
+/// start one (a TCP segment other than a SYN) pass as they are.
+#[inline(always)]
+fn masquerade(ctx: &TcContext, p: &Pkt) -> i32 {
+    let Some(cfg) = FERRY_NODE_CONFIG.get(0) else {
+        return TC_ACT_OK;
+    };
+    if cfg.ready == 0
+        || cfg.masquerade == 0
+        || p.saddr & cfg.pod_mask != cfg.pod_net
+        || p.daddr & cfg.cluster_mask == cfg.cluster_net
+        || FERRY_PEER_IPS4.get_ptr(&p.daddr).is_some()
+    {
+        return TC_ACT_OK;
+    }
+    let cfg = *cfg;
+    let key = nat_key(p, nat_dir::FORWARD);
+    let fwd = match nat_lookup(&key, p) {
+        Some(v) => v,
+        None => {
+            if !starts_flow(p) || p.later_fragment {
+                return TC_ACT_OK;
+            }
+            match install_masquerade(p, &key, &cfg) {
+                Some(v) => v,
+                None => {
+                    count_ns(NsStat::NatExhausted);
+                    count_drop(DropReason::NatExhausted);
+                    return TC_ACT_SHOT;
+                }
+            }
+        }
+    };
+    if rewrite(ctx, p, &fwd).is_err() {
+        count_drop(DropReason::Malformed);
+        return TC_ACT_SHOT;
     }
     TC_ACT_OK
+}
+
+/// Records a pod's new connection to outside: the node's address and a free source port
+/// (the pod's own when free), both directions; the forward translation, or `None` when no
+/// port is free.
+#[inline(always)]
+fn install_masquerade(p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> Option<NatValue> {
+    let hash = flow_hash(p);
+    // Replies (from the destination to the node's port) go back to the pod.
+    let back = NatValue {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        flags: nat_flags::MASQ,
+        svc: 0,
+        seen: now_s(),
+    };
+    let mut rkey = NatKey {
+        saddr: p.daddr,
+        daddr: cfg.node_ip,
+        sport: p.dport,
+        dport: p.sport,
+        proto: p.proto,
+        dir: nat_dir::REPLY,
+        _pad: 0,
+    };
+    let mut found = false;
+    let mut i = 0;
+    while i < SNAT_TRIES {
+        if i > 0 {
+            let port = SNAT_PORT_MIN + hash.wrapping_add(i.wrapping_mul(7919)) % SNAT_PORT_SPAN;
+            rkey.dport = (port as u16).to_be();
+        }
+        if FERRY_NAT4
+            .insert(&rkey, &back, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            found = true;
+            break;
+        }
+        i += 1;
+    }
+    if !found {
+        return None;
+    }
+    let fwd = NatValue {
+        saddr: cfg.node_ip,
+        daddr: p.daddr,
+        sport: rkey.dport,
+        dport: p.dport,
+        flags: nat_flags::MASQ,
+        svc: 0,
+        seen: now_s(),
+    };
+    let _ = FERRY_NAT4.insert(key, &fwd, 0);
+    count_ns(NsStat::Masquerade);
+    Some(fwd)
 }
 
 // ---------------------------------------------------------------------------------------------
