@@ -275,11 +275,17 @@ mod tests {
         let (mut orphan, mut orphan_value) = entry(ipproto::TCP, nat_dir::FORWARD, 0, now);
         orphan.sport = 2222u16.to_be();
         orphan_value.daddr = u32::from(Ipv4Addr::new(10, 244, 9, 9)).to_be();
+        // A pod's masqueraded connection to outside: no backend, yet not orphaned.
+        let (mut masq, mut masq_value) = entry(ipproto::TCP, nat_dir::FORWARD, 0, now);
+        masq.sport = 3333u16.to_be();
+        masq_value.daddr = u32::from(Ipv4Addr::new(192, 0, 2, 1)).to_be();
+        masq_value.flags = nat_flags::MASQ;
         for (k, v) in [
             (fresh_reply, fresh_value),
             (fresh_fwd, fresh_value),
             (idle, idle_value),
             (orphan, orphan_value),
+            (masq, masq_value),
         ] {
             nat.insert(k, v, 0).expect("insert");
         }
@@ -287,11 +293,12 @@ mod tests {
         assert_eq!(
             report,
             SweepReport {
-                scanned: 4,
+                scanned: 5,
                 expired: 1,
                 orphaned: 1
             }
         );
+        assert!(nat.get(&masq, 0).is_ok());
         assert!(nat.get(&fresh_reply, 0).is_ok());
         assert!(nat.get(&fresh_fwd, 0).is_ok());
         assert!(nat.get(&idle, 0).is_err());
