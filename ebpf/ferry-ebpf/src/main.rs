@@ -1243,23 +1243,7 @@ fn install_remote(
         dir: nat_dir::REPLY,
         _pad: 0,
     };
-    let mut found = false;
-    let mut i = 0;
-    while i < SNAT_TRIES {
-        if i > 0 {
-            let port = SNAT_PORT_MIN + hash.wrapping_add(i.wrapping_mul(7919)) % SNAT_PORT_SPAN;
-            rkey.dport = (port as u16).to_be();
-        }
-        if FERRY_NAT4
-            .insert(&rkey, &back, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            found = true;
-            break;
-        }
-        i += 1;
-    }
-    if !found {
+    if !claim_snat_port(&mut rkey, &back, hash) {
         return None;
     }
     let fwd = NatValue {
@@ -1273,6 +1257,28 @@ fn install_remote(
     };
     let _ = FERRY_NAT4.insert(key, &fwd, 0);
     Some(fwd)
+}
+
+/// Inserts the reply entry `rkey` -> `back` of a SNAT-ed flow, keeping `rkey.dport` (the
+/// client's port) when free, else trying ports of 32768-65535 picked from `hash`; whether one
+/// was free (`rkey` then holds it).
+#[inline(always)]
+fn claim_snat_port(rkey: &mut NatKey, back: &NatValue, hash: u32) -> bool {
+    let mut i = 0;
+    while i < SNAT_TRIES {
+        if i > 0 {
+            let port = SNAT_PORT_MIN + hash.wrapping_add(i.wrapping_mul(7919)) % SNAT_PORT_SPAN;
+            rkey.dport = (port as u16).to_be();
+        }
+        if FERRY_NAT4
+            .insert(&*rkey, back, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[inline(always)]
@@ -1432,23 +1438,7 @@ fn install_masquerade(p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> Option<NatValu
         dir: nat_dir::REPLY,
         _pad: 0,
     };
-    let mut found = false;
-    let mut i = 0;
-    while i < SNAT_TRIES {
-        if i > 0 {
-            let port = SNAT_PORT_MIN + hash.wrapping_add(i.wrapping_mul(7919)) % SNAT_PORT_SPAN;
-            rkey.dport = (port as u16).to_be();
-        }
-        if FERRY_NAT4
-            .insert(&rkey, &back, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            found = true;
-            break;
-        }
-        i += 1;
-    }
-    if !found {
+    if !claim_snat_port(&mut rkey, &back, hash) {
         return None;
     }
     let fwd = NatValue {
