@@ -134,7 +134,11 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// The user of the request's bearer token, if it has one: a token shaped like a JWT is
+    /// tried as a ServiceAccount token first; the static token file decides otherwise (and when
+    /// it knows the token), as Kubernetes' union of token authenticators does.
     fn bearer<T>(&self, req: &Request<T>) -> Option<Result<UserInfo, Status>> {
+        let r#static = self.tokens.user(req);
         if let Some(sa) = &self.service_accounts
             && let Some(token) = req
                 .metadata()
@@ -144,9 +148,12 @@ impl Authenticator {
                 .map(str::trim)
                 .filter(|t| t.matches('.').count() == 2)
         {
-            return Some(sa.authenticate(token).map_err(Status::unauthenticated));
+            return Some(match (sa.authenticate(token), r#static) {
+                (Ok(user), _) | (Err(_), Some(Ok(user))) => Ok(user),
+                (Err(e), _) => Err(Status::unauthenticated(e)),
+            });
         }
-        self.tokens.user(req)
+        r#static
     }
 }
 

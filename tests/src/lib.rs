@@ -272,6 +272,17 @@ impl Cluster {
         Client::new(&self.addrs(), &self.tls()).expect("client")
     }
 
+    /// A client of member 0 that authenticates with bearer `token` only (no certificate; the
+    /// server verified against the cluster CA).
+    pub fn bearer_client(&self, token: &str) -> Result<Client> {
+        let tls = ferry_api::client::TlsConfig {
+            ca_pem: self.tls().ca_pem,
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        };
+        Ok(Client::new(&self.members[0].addr, &tls)?.with_token(token)?)
+    }
+
     /// An admin client bound to one member.
     pub fn member_client(&self, i: usize) -> Client {
         Client::new(&self.members[i].addr, &self.tls()).expect("client")

@@ -1278,19 +1278,24 @@ impl Fabric {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Node `i`'s datapath counter `name` (e.g. `ns_xdp_tx`), as `ferry datapath services`
-    /// prints it on its `counters:` line.
-    pub fn datapath_counter(&self, i: usize, name: &str) -> Result<u64> {
-        let out = self.node_check(
+    /// `ferry datapath <what> --node-name <node i>` run in node `i`: its output.
+    pub fn datapath(&self, i: usize, what: &str) -> Result<String> {
+        self.node_check(
             i,
             &[
                 ferry_bin().to_str().context("ferry path")?,
                 "datapath",
-                "services",
+                what,
                 "--node-name",
                 &self.nodes[i].name,
             ],
-        )?;
+        )
+    }
+
+    /// Node `i`'s datapath counter `name` (e.g. `ns_xdp_tx`), as `ferry datapath services`
+    /// prints it on its `counters:` line.
+    pub fn datapath_counter(&self, i: usize, name: &str) -> Result<u64> {
+        let out = self.datapath(i, "services")?;
         let line = out
             .lines()
             .find_map(|l| l.strip_prefix("counters: "))

@@ -505,16 +505,7 @@ fn maglev_agrees(fabric: &Fabric, lb_ip: &str) -> Result<()> {
         pods.insert(pod(&picked[0]));
     }
     assert_eq!(pods.len(), 2, "8 flows all went to {pods:?}");
-    let listed = fabric.node_check(
-        0,
-        &[
-            &ferry_tests::ferry_bin().display().to_string(),
-            "datapath",
-            "services",
-            "--node-name",
-            &fabric.node(0).name,
-        ],
-    )?;
+    let listed = fabric.datapath(0, "services")?;
     let line = listed
         .lines()
         .find(|l| l.starts_with(&format!("{lb_ip}:80 ")))
@@ -536,16 +527,7 @@ fn maglev_agrees(fabric: &Fabric, lb_ip: &str) -> Result<()> {
     );
     // Connection tracking: the 8 finished flows through node 0 are stamped as recently used
     // and marked closing (their FINs passed), which is what the agent's sweep relies on.
-    let flows = fabric.node_check(
-        0,
-        &[
-            &ferry_tests::ferry_bin().display().to_string(),
-            "datapath",
-            "conntrack",
-            "--node-name",
-            &fabric.node(0).name,
-        ],
-    )?;
+    let flows = fabric.datapath(0, "conntrack")?;
     let ours: Vec<&str> = flows
         .lines()
         .filter(|l| {
@@ -648,16 +630,7 @@ async fn traffic_policies(fabric: &Fabric, c: &Client, client_ip: &str) -> Resul
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, body) = health_check(fabric, 2, hc_port);
-        let listed = fabric.node_check(
-            2,
-            &[
-                &ferry_tests::ferry_bin().display().to_string(),
-                "datapath",
-                "services",
-                "--node-name",
-                &fabric.node(2).name,
-            ],
-        )?;
+        let listed = fabric.datapath(2, "services")?;
         let external = listed
             .lines()
             .any(|l| l.starts_with(&format!("*:{node_port} (NodePort) external")));

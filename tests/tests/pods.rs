@@ -641,12 +641,7 @@ async fn pods_get_their_service_account_token() -> Result<()> {
     let p = get_pod(&c, "with-token").await.expect("pod");
     assert_eq!(p["spec"]["serviceAccountName"], "default", "admission");
     // The token is the account's, for the API.
-    let tls = ferry_api::client::TlsConfig {
-        ca_pem: cfg.certificate_authority_data.clone(),
-        cert_pem: String::new(),
-        key_pem: String::new(),
-    };
-    let as_pod = Client::new(&cluster.members[0].addr, &tls)?.with_token(token.trim())?;
+    let as_pod = cluster.bearer_client(token.trim())?;
     let who = as_pod
         .access_review("get", "pods", "default", "", "")
         .await?;

@@ -597,13 +597,8 @@ async fn bearer_tokens_authenticate_users_without_certificates() -> Result<()> {
     let file_arg = file.display().to_string();
     let cluster = Cluster::start(1, &["--token-auth-file", &file_arg]).await?;
     let cfg = cluster.config.clone().context("credentials")?;
-    let ca_only = TlsConfig {
-        ca_pem: cfg.certificate_authority_data.clone(),
-        cert_pem: String::new(),
-        key_pem: String::new(),
-    };
     let addr = cluster.members[0].addr.clone();
-    let dave = Client::new(&addr, &ca_only)?.with_token("dave-s3cret-token-0001")?;
+    let dave = cluster.bearer_client("dave-s3cret-token-0001")?;
     let who = dave
         .access_review("list", "deployments", "default", "", "")
         .await?;
@@ -627,8 +622,8 @@ async fn bearer_tokens_authenticate_users_without_certificates() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let err = Client::new(&addr, &ca_only)?
-        .with_token("wrong")?
+    let err = cluster
+        .bearer_client("wrong")?
         .list("cm", &ListOptions::default())
         .await
         .expect_err("bad token");
@@ -674,13 +669,6 @@ async fn service_account_tokens_authenticate_until_their_account_goes() -> Resul
     use serde_json::json;
     let cluster = Cluster::start(1, &[]).await?;
     let admin = cluster.client();
-    let cfg = cluster.config.clone().context("credentials")?;
-    let ca_only = TlsConfig {
-        ca_pem: cfg.certificate_authority_data.clone(),
-        cert_pem: String::new(),
-        key_pem: String::new(),
-    };
-    let addr = cluster.members[0].addr.clone();
     // Every namespace gets a `default` account.
     admin
         .create(
@@ -707,7 +695,7 @@ async fn service_account_tokens_authenticate_until_their_account_goes() -> Resul
         .ferry_ok(&["create", "token", "robot", "-n", "apps"])
         .await?;
     let token = out.trim().to_string();
-    let robot = Client::new(&addr, &ca_only)?.with_token(&token)?;
+    let robot = cluster.bearer_client(&token)?;
     let who = robot
         .access_review("list", "configmaps", "apps", "", "")
         .await?;
@@ -757,8 +745,8 @@ async fn service_account_tokens_authenticate_until_their_account_goes() -> Resul
     let other = admin
         .create_service_account_token("apps", "robot", &["vault".into()], 0, "")
         .await?;
-    let err = Client::new(&addr, &ca_only)?
-        .with_token(&other.token)?
+    let err = cluster
+        .bearer_client(&other.token)?
         .list("cm", &ListOptions::default())
         .await
         .expect_err("wrong audience");
@@ -766,8 +754,8 @@ async fn service_account_tokens_authenticate_until_their_account_goes() -> Resul
     let mut forged = token.clone();
     forged.pop();
     forged.push(if token.ends_with('A') { 'B' } else { 'A' });
-    let err = Client::new(&addr, &ca_only)?
-        .with_token(&forged)?
+    let err = cluster
+        .bearer_client(&forged)?
         .list("cm", &ListOptions::default())
         .await
         .expect_err("forged");

@@ -73,6 +73,8 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
     services.wait_synced().await;
     slices.wait_synced().await;
     let mut first = true;
+    // The node addresses last written to the map.
+    let mut written_peers: Vec<std::net::Ipv4Addr> = Vec::new();
     let mut health_checks = health::HealthChecks::default();
     let _sweeper = AbortOnDrop(tokio::spawn(sweep_conntrack(lb.clone())));
     loop {
@@ -101,8 +103,9 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
                 ifname,
             )
         });
-        // Every node's addresses: pods' traffic to them is never masqueraded.
-        let peers: Vec<std::net::Ipv4Addr> = lock(&nodes.cache)
+        // Every node's addresses: pods' traffic to them is never masqueraded (written when
+        // they change, not on every service change).
+        let mut peers: Vec<std::net::Ipv4Addr> = lock(&nodes.cache)
             .values()
             .flat_map(|n| {
                 n.pointer("/status/addresses")
@@ -112,12 +115,22 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
             })
             .filter_map(|a| a["address"].as_str().and_then(|s| s.parse().ok()))
             .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let new_peers = (peers != written_peers).then(|| peers.clone());
         let lb2 = lb.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut lb = lb2.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = lb.set_peer_ips(&peers) {
-                tracing::warn!("writing the nodes' addresses: {e}");
-            }
+            let peers_ok = match new_peers {
+                Some(peers) => match lb.set_peer_ips(&peers) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("writing the nodes' addresses: {e}");
+                        false
+                    }
+                },
+                None => true,
+            };
             let report = lb.sync(&desired);
             if let Some((addrs, mac, ifname)) = announce {
                 match lb.set_l2_announcements(&addrs, mac) {
@@ -134,11 +147,14 @@ pub async fn run(client: Client, opts: SyncOptions) -> Result<(), DatapathError>
                     Err(e) => tracing::error!("announcing LoadBalancer addresses: {e}"),
                 }
             }
-            report
+            report.map(|r| (r, peers_ok))
         })
         .await;
         match r {
-            Ok(Ok(report)) => {
+            Ok(Ok((report, peers_ok))) => {
+                if peers_ok {
+                    written_peers = peers;
+                }
                 if first || report.writes + report.deletes > 0 {
                     tracing::info!(
                         frontends = report.frontends,

@@ -314,7 +314,6 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             "DaemonSet",
             ds,
             &format!("{name}-{hash}"),
-            &hash,
             revisions.unwrap_or_default(),
             &live,
         )

@@ -54,13 +54,12 @@ pub fn number(revision: &Value) -> i64 {
 }
 
 /// The decision for `set` (`kind` DaemonSet or StatefulSet) whose current template is revision
-/// `name` with hash `hash`, given the revisions of its namespace and the revision names its
+/// `name` (`<set>-<template hash>`), given the revisions of its namespace and the revision names its
 /// pods (and, for a StatefulSet, its current revision) still use.
 pub fn plan(
     kind: &str,
     set: &Value,
     name: &str,
-    hash: &str,
     revisions: &[&Value],
     live: &BTreeSet<String>,
 ) -> HistoryPlan {
@@ -72,7 +71,7 @@ pub fn plan(
             out.renumber = Some((name.to_string(), highest + 1));
         }
         Some(_) => {}
-        None => out.create = Some(revision_for(kind, set, name, hash, highest + 1)),
+        None => out.create = Some(revision_for(kind, set, name, highest + 1)),
     }
     let limit = set
         .pointer("/spec/revisionHistoryLimit")
@@ -93,8 +92,13 @@ pub fn plan(
     out
 }
 
-/// The ControllerRevision recording `set`'s current template as number `number`.
-pub fn revision_for(kind: &str, set: &Value, name: &str, hash: &str, number: i64) -> Value {
+/// The ControllerRevision `name` (`<set>-<template hash>`) recording `set`'s current template
+/// as number `number`.
+pub fn revision_for(kind: &str, set: &Value, name: &str, number: i64) -> Value {
+    let hash = name
+        .strip_prefix(s(set, "/metadata/name"))
+        .and_then(|h| h.strip_prefix('-'))
+        .unwrap_or(name);
     let mut labels = set
         .pointer("/spec/template/metadata/labels")
         .cloned()
@@ -131,7 +135,7 @@ pub fn template(revision: &Value) -> Option<&Value> {
     revision.pointer("/data/spec/template")
 }
 
-/// Brings the history of `set` (`kind`, current revision `name` with template hash `hash`) up
+/// Brings the history of `set` (`kind`, current revision `name`) up
 /// to date among `revisions` (its namespace's), keeping the revisions named in `live`. A
 /// failure is logged: the set's pods do not wait for their history.
 pub async fn sync<A: ferry_api::client::Api>(
@@ -139,11 +143,10 @@ pub async fn sync<A: ferry_api::client::Api>(
     kind: &str,
     set: &Value,
     name: &str,
-    hash: &str,
     revisions: &[&Value],
     live: &BTreeSet<String>,
 ) {
-    let p = plan(kind, set, name, hash, revisions, live);
+    let p = plan(kind, set, name, revisions, live);
     if let Err(e) = apply(api, set, &p).await {
         tracing::warn!(
             kind,
@@ -225,15 +228,8 @@ mod tests {
     }
 
     /// The plan for DaemonSet `set(None)` running `name` (hash `hash`), no pods.
-    fn plan_of(name: &str, hash: &str, revisions: &[&Value]) -> HistoryPlan {
-        plan(
-            "DaemonSet",
-            &set(None),
-            name,
-            hash,
-            revisions,
-            &BTreeSet::new(),
-        )
+    fn plan_of(name: &str, revisions: &[&Value]) -> HistoryPlan {
+        plan("DaemonSet", &set(None), name, revisions, &BTreeSet::new())
     }
 
     fn rev(name: &str, number: i64, owner: &str) -> Value {
@@ -245,7 +241,7 @@ mod tests {
     fn a_new_template_becomes_the_highest_revision() {
         let a = rev("agent-a", 1, "u1");
         let other = rev("other-x", 7, "u2");
-        let p = plan_of("agent-b", "b", &[&a, &other]);
+        let p = plan_of("agent-b", &[&a, &other]);
         let r = p.create.expect("a new revision");
         assert_eq!(r["revision"], 2);
         assert_eq!(r["metadata"]["name"], "agent-b");
@@ -268,11 +264,11 @@ mod tests {
     fn a_template_back_from_the_past_is_renumbered() {
         let a = rev("agent-a", 1, "u1");
         let b = rev("agent-b", 2, "u1");
-        let p = plan_of("agent-a", "a", &[&a, &b]);
+        let p = plan_of("agent-a", &[&a, &b]);
         assert_eq!(p.create, None);
         assert_eq!(p.renumber, Some(("agent-a".into(), 3)));
         // Already the highest: nothing to do.
-        let p = plan_of("agent-b", "b", &[&a, &b]);
+        let p = plan_of("agent-b", &[&a, &b]);
         assert_eq!(p, HistoryPlan::default());
     }
 
@@ -284,11 +280,11 @@ mod tests {
         let refs: Vec<&Value> = revs.iter().collect();
         // Current is agent-5; agent-1 still runs on a pod; limit 2 keeps two more.
         let live = BTreeSet::from(["agent-1".to_string()]);
-        let p = plan("DaemonSet", &set(Some(2)), "agent-5", "5", &refs, &live);
+        let p = plan("DaemonSet", &set(Some(2)), "agent-5", &refs, &live);
         assert_eq!(p.delete, vec!["agent-2".to_string()]);
-        let p = plan("DaemonSet", &set(Some(0)), "agent-5", "5", &refs, &live);
+        let p = plan("DaemonSet", &set(Some(0)), "agent-5", &refs, &live);
         assert_eq!(p.delete, vec!["agent-2", "agent-3", "agent-4"]);
-        let p = plan("DaemonSet", &set(None), "agent-5", "5", &refs, &live);
+        let p = plan("DaemonSet", &set(None), "agent-5", &refs, &live);
         assert!(p.delete.is_empty(), "default limit 10");
     }
 }

@@ -359,9 +359,6 @@ pub async fn reconcile_all<A: Api + Clone + 'static>(
             "StatefulSet",
             sts,
             &update_rev,
-            update_rev
-                .strip_prefix(&format!("{name}-"))
-                .unwrap_or(&update_rev),
             revisions.unwrap_or_default(),
             &live,
         )

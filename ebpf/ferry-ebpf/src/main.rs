@@ -1619,7 +1619,18 @@ fn xdp_next_hop(ctx: &XdpContext, v: &NatValue, proto: u8) -> Option<([u8; 6], [
 /// untouched) when it must take the TC path.
 #[inline(always)]
 fn xdp_transmit(ctx: &XdpContext, p: &Pkt, v: &NatValue) -> Option<u32> {
-    let (dmac, smac) = xdp_next_hop(ctx, v, p.proto)?;
+    let macs = xdp_next_hop(ctx, v, p.proto)?;
+    xdp_emit(ctx, p, v, macs)
+}
+
+/// [`xdp_transmit`] with the next hop's Ethernet addresses already looked up.
+#[inline(always)]
+fn xdp_emit(
+    ctx: &XdpContext,
+    p: &Pkt,
+    v: &NatValue,
+    (dmac, smac): ([u8; 6], [u8; 6]),
+) -> Option<u32> {
     xdp_rewrite(ctx, p, v)?;
     let eth = xdp_ptr::<[u8; 12]>(ctx, 0)?;
     let mut macs = [0u8; 12];
@@ -1693,17 +1704,24 @@ pub fn ferry_xdp_uplink(ctx: XdpContext) -> u32 {
         svc: 0,
         seen: 0,
     };
-    if xdp_next_hop(&ctx, &probe, p.proto).is_none() {
+    // The route does not depend on the SNAT port picked below: this lookup serves the send.
+    let Some(macs) = xdp_next_hop(&ctx, &probe, p.proto) else {
         return XDP_PASS;
-    }
+    };
     let Some(fwd) = install_remote(&p, &key, &svc, &be, &cfg) else {
         count_ns(NsStat::NatExhausted);
         count_drop(DropReason::NatExhausted);
         return XDP_DROP;
     };
     count_svc(svc.rev_nat_id, 1, 0, 0);
-    // Passed: the entries are in place, TC translates the packet as a known flow.
-    send(&fwd, NsStat::NewRemote)
+    match xdp_emit(&ctx, &p, &fwd, macs) {
+        Some(verdict) => {
+            count_ns(NsStat::NewRemote);
+            verdict
+        }
+        // Passed: the entries are in place, TC translates the packet as a known flow.
+        None => XDP_PASS,
+    }
 }
 
 #[cfg(target_arch = "bpf")]
