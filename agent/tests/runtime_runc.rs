@@ -23,7 +23,7 @@ use std::{
 
 use ferry_agent::runtime::{
     BindMount, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, NetworkNamespace,
-    Resources, Runc, RuncOptions, RuntimeError,
+    OverlayDirs, Resources, Runc, RuncOptions, RuntimeError,
 };
 use nix::unistd::Uid;
 
@@ -213,6 +213,7 @@ fn containers_under_runc() {
         .prefix(&format!("{prefix}-"))
         .tempdir()
         .unwrap();
+    let dir_path = dir.path().to_path_buf();
     let state_dir = dir.path().join("state");
     let rootfs = dir.path().join("rootfs");
     let logs = dir.path().join("logs");
@@ -302,6 +303,32 @@ fn containers_under_runc() {
     let mut net = spec("net", "cat /proc/net/dev");
     net.network = NetworkNamespace::Join(Path::new("/run/netns").join(&netns));
     rt.run(&net).unwrap();
+
+    // An overlay root over the shared image: writes land in the upper layer only, bind mounts
+    // still go on top, and nothing is mounted on the node. A read-only one refuses writes.
+    let layer = dir_path.join("layer");
+    let mut overlay = spec(
+        "overlay",
+        "echo written >/written && cat /written && cat /etc/hostname && \
+         grep ' / / ' /proc/self/mountinfo",
+    );
+    overlay.readonly_rootfs = false;
+    overlay.overlay = Some(OverlayDirs {
+        upper: layer.join("upper"),
+        work: layer.join("work"),
+    });
+    overlay.mounts = vec![BindMount {
+        source: etc.join("hostname"),
+        destination: "/etc/hostname".into(),
+        readonly: true,
+    }];
+    rt.run(&overlay).unwrap();
+    let mut ro_overlay = spec("ro-overlay", "echo x >/written || echo refused");
+    ro_overlay.overlay = Some(OverlayDirs {
+        upper: dir_path.join("ro-layer/upper"),
+        work: dir_path.join("ro-layer/work"),
+    });
+    rt.run(&ro_overlay).unwrap();
 
     // runc's reason for a start failure comes back.
     let bad = ContainerSpec {
@@ -403,12 +430,43 @@ fn containers_under_runc() {
         .collect();
     assert_eq!(ifaces, ["lo"], "{log:?}");
 
+    // --- overlay
+    let info = wait_exited(rt, &id("overlay"));
+    let log = fs::read_to_string(&overlay.log_path).unwrap();
+    assert_eq!(exit_of(&info), (Some(0), false), "{log}");
+    assert!(log.contains("written\nweb-0\n"), "{log:?}");
+    assert!(
+        log.contains(" - overlay overlay "),
+        "root is not the overlay: {log:?}"
+    );
+    assert_eq!(read_trimmed(&layer.join("upper/written")), "written");
+    assert!(!rootfs.join("written").exists(), "the image was written");
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains(&*layer.to_string_lossy()),
+        "the overlay shows on the node: {host_mounts}"
+    );
+    let info = wait_exited(rt, &id("ro-overlay"));
+    assert_eq!(exit_of(&info), (Some(0), false));
+    wait_log(&ro_overlay.log_path, "refused");
+    assert!(!dir_path.join("ro-layer/upper/written").exists());
+
     // --- list (adoption) and delete
     let listed = rt.list(&prefix).unwrap();
     let ids: Vec<&str> = listed.iter().map(|c| c.id.as_str()).collect();
-    let mut expected = ["bad", "hello", "net", "oom", "pids", "sleeper", "trapper"]
-        .map(&id)
-        .to_vec();
+    let mut expected = [
+        "bad",
+        "hello",
+        "net",
+        "oom",
+        "overlay",
+        "pids",
+        "ro-overlay",
+        "sleeper",
+        "trapper",
+    ]
+    .map(&id)
+    .to_vec();
     expected.sort();
     assert_eq!(ids, expected);
     assert!(rt.list("no-such-prefix").unwrap().is_empty());

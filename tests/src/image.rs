@@ -84,7 +84,11 @@ pub fn host_binary_files(binary: &Path, dest: &str) -> Result<Vec<(String, PathB
 fn layer(busybox: &[u8], extra: &[(String, PathBuf)]) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     let mut dirs: BTreeSet<String> = BTreeSet::new();
-    for dir in ["bin/", "etc/", "tmp/", "www/", "root/"] {
+    // Docker Hub's busybox has the mount points (dev, proc, sys) and var; runc then needs not
+    // create them in every container's upper layer.
+    for dir in [
+        "bin/", "dev/", "etc/", "proc/", "root/", "sys/", "tmp/", "var/", "www/",
+    ] {
         let mut h = header(dir, tar::EntryType::Directory, 0o755, 0);
         h.set_cksum();
         b.append(&h, std::io::empty())?;

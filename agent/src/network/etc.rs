@@ -2,14 +2,12 @@
 //! Rendering is pure; [`write_pod_etc`] writes them atomically into the pod's directory.
 
 use std::{
+    fs,
     net::{IpAddr, Ipv4Addr},
     path::Path,
 };
 
-use super::{
-    error::{NetworkError, Result},
-    ipam::write_atomically,
-};
+use super::error::{NetworkError, Result};
 
 /// What goes into the pod's `resolv.conf`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,13 +94,26 @@ pub fn render_resolv_conf(dns: &DnsConfig) -> Result<String> {
     Ok(out)
 }
 
-/// Writes `hostname`, `hosts` and `resolv.conf` into `dir` (created if missing).
+/// Writes `hostname`, `hosts` and `resolv.conf` into `dir` (created if missing). Each replaces
+/// its file atomically (a reader sees the old or the new text) but is not fsynced: they are
+/// derived data, written again whenever the pod network is set up, and a machine crash ends
+/// every container that could read them.
 pub fn write_pod_etc(dir: &Path, hostname: &str, ip: Ipv4Addr, dns: &DnsConfig) -> Result<()> {
     validate_hostname(hostname)?;
     let resolv = render_resolv_conf(dns)?;
-    write_atomically(&dir.join("hostname"), render_hostname(hostname).as_bytes())?;
-    write_atomically(&dir.join("hosts"), render_hosts(hostname, ip).as_bytes())?;
-    write_atomically(&dir.join("resolv.conf"), resolv.as_bytes())
+    fs::create_dir_all(dir).map_err(|e| NetworkError::io("creating directory", dir, e))?;
+    for (name, text) in [
+        ("hostname", render_hostname(hostname)),
+        ("hosts", render_hosts(hostname, ip)),
+        ("resolv.conf", resolv),
+    ] {
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| NetworkError::io("writing", &path, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

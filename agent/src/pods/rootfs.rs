@@ -1,49 +1,25 @@
-//! A container's writable root filesystem: an overlay mount whose lower layer is the image's
+//! A container's writable root filesystem: an overlay whose lower layer is the image's
 //! assembled root filesystem (shared, never written) and whose upper layer belongs to this
-//! container instance alone, under `<dir>/{upper,work,merged}`. A restarted container gets a
-//! fresh upper layer, as in Kubernetes.
+//! container instance alone, under `<dir>/{upper,work}`. The runtime mounts it inside the
+//! container's own mount namespace (see [`crate::runtime::OverlayDirs`]); nothing is mounted on
+//! the node. A restarted container gets a fresh upper layer, as in Kubernetes.
 
-use std::{fs, io, path::Path, path::PathBuf};
+use std::{fs, io, path::Path};
 
 use super::volumes::is_mountpoint;
+use crate::runtime::OverlayDirs;
 
-/// Mounts the overlay for an instance (idempotent) and returns the merged directory.
-pub fn mount(image_rootfs: &Path, dir: &Path) -> io::Result<PathBuf> {
-    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-    for d in [&upper, &work, &merged] {
-        fs::create_dir_all(d)?;
+/// The writable layer of the instance whose directory is `dir` (created by the runtime).
+pub fn layer(dir: &Path) -> OverlayDirs {
+    OverlayDirs {
+        upper: dir.join("upper"),
+        work: dir.join("work"),
     }
-    if is_mountpoint(&merged) {
-        return Ok(merged);
-    }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        image_rootfs.display(),
-        upper.display(),
-        work.display()
-    );
-    if opts.contains(',')
-        && [image_rootfs, &upper, &work]
-            .iter()
-            .any(|p| p.to_string_lossy().contains([',', ':']))
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "overlay paths must not contain ',' or ':'",
-        ));
-    }
-    nix::mount::mount(
-        Some("overlay"),
-        &merged,
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .map_err(io::Error::from)?;
-    Ok(merged)
 }
 
-/// Unmounts and removes an instance's root filesystem (idempotent).
+/// Removes an instance's root filesystem (idempotent). Agents before the overlay moved into the
+/// container's namespace mounted it at `<dir>/merged` on the node: such a mount is detached
+/// first.
 pub fn remove(dir: &Path) -> io::Result<()> {
     let merged = dir.join("merged");
     if is_mountpoint(&merged) {

@@ -957,7 +957,8 @@ impl Worker {
         };
         let cspec = ContainerSpec {
             id: id.clone(),
-            rootfs: PathBuf::new(),
+            rootfs: image_rootfs,
+            overlay: Some(rootfs::layer(&instance_dir)),
             readonly_rootfs: readonly,
             args,
             env,
@@ -981,12 +982,7 @@ impl Worker {
         };
         let runtime = self.shared.runtime.clone();
         let started = tokio::task::spawn_blocking(move || {
-            let merged = rootfs::mount(&image_rootfs, &instance_dir)
-                .map_err(|e| format!("mounting the container's root filesystem: {e}"))?;
-            let spec = ContainerSpec {
-                rootfs: merged,
-                ..cspec
-            };
+            let spec = cspec;
             match runtime.run(&spec) {
                 Ok(_) => Ok(()),
                 Err(e) => {

@@ -29,10 +29,15 @@
 //!   bind mounts); copy-on-write snapshots come with image pulling;
 //! - panic on bad input: a bad spec is [`RuntimeError::InvalidSpec`].
 //!
-//! Root filesystem: the directory is used in place as the container's root. With
-//! [`ContainerSpec::readonly_rootfs`] it is mounted read-only, which is what makes one unpacked
-//! image shareable between containers; a writable root writes into the directory itself, so
-//! the caller must then give each container its own copy.
+//! Root filesystem: without [`ContainerSpec::overlay`] the directory is used in place as the
+//! container's root; a writable root writes into the directory itself, so the caller must then
+//! give each container its own copy. With it, the directory is the read-only lower layer of an
+//! overlay that runc mounts as the container's `/` inside the container's mount namespace (an
+//! OCI mount at `/` on an empty `root.path`), which is what lets one unpacked image serve every
+//! container. The overlay never appears in the node's mount table: a node's table does not grow
+//! with its containers, and every `runc` invocation (which reads `/proc/self/mountinfo`
+//! several times) stays as cheap with 100 containers as with one. With
+//! [`ContainerSpec::readonly_rootfs`] the root is mounted read-only either way.
 
 pub mod cgroup;
 pub mod error;
@@ -115,8 +120,13 @@ pub struct ExecOutput {
 pub struct ContainerSpec {
     /// Unique per runtime: 1 to 128 bytes of `[A-Za-z0-9_.+-]`, not starting with `.`.
     pub id: String,
-    /// Root filesystem directory (an unpacked image), absolute.
+    /// Root filesystem directory (an unpacked image), absolute. With [`ContainerSpec::overlay`]
+    /// it is the overlay's read-only lower layer and is never written.
     pub rootfs: PathBuf,
+    /// A copy-on-write root: the runtime mounts an overlay of `rootfs` with these directories
+    /// on top, inside the container's own mount namespace, so the node's mount table does not
+    /// grow with every container (and it goes away with the container's last process).
+    pub overlay: Option<OverlayDirs>,
     /// Mount the root filesystem read-only (see the module docs).
     pub readonly_rootfs: bool,
     /// Command and arguments; the first element is resolved with the container's `PATH`.
@@ -141,6 +151,15 @@ pub struct ContainerSpec {
     /// Free-form labels kept with the container (also as OCI annotations), for adoption: the
     /// pod sync loop records which pod and container spec a container belongs to.
     pub labels: BTreeMap<String, String>,
+}
+
+/// The writable layer of an overlay root filesystem: `upper` holds what the container writes,
+/// `work` is overlayfs' scratch directory on the same file system. Both absolute; created by
+/// the runtime if missing; owned by the caller, which removes them after the container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayDirs {
+    pub upper: PathBuf,
+    pub work: PathBuf,
 }
 
 /// Which network namespace a container runs in.

@@ -392,11 +392,14 @@ impl ContainerRuntime for Runc {
     fn run(&self, spec: &ContainerSpec) -> Result<ContainerInfo> {
         let id = spec.id.as_str();
         let cgroups_path = self.cgroups_path(id);
+        let bundle = self.bundle_dir(id);
+        let overlay_root = bundle.join("rootfs");
         let config = spec::build(
             spec,
             &SpecContext {
                 cgroups_path: &cgroups_path,
                 swap_accounting: self.swap_accounting,
+                overlay_root: &overlay_root,
             },
         )?;
         if !spec.rootfs.is_dir() {
@@ -409,13 +412,17 @@ impl ContainerRuntime for Runc {
         if self.runc_knows(id) {
             return Err(RuntimeError::AlreadyExists { id: id.to_owned() });
         }
-        let bundle = self.bundle_dir(id);
         match fs::create_dir(&bundle) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(RuntimeError::AlreadyExists { id: id.to_owned() });
             }
             Err(e) => return Err(Self::io(id, "creating bundle", &bundle)(e)),
+        }
+        if let Some(o) = &spec.overlay {
+            for dir in [&overlay_root, &o.upper, &o.work] {
+                fs::create_dir_all(dir).map_err(Self::io(id, "creating", dir))?;
+            }
         }
         // Opened here for a clear error; the monitor reopens it for appending.
         fs::OpenOptions::new()

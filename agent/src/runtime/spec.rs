@@ -73,6 +73,9 @@ pub struct SpecContext<'a> {
     /// Whether the memory cgroup accounts swap (`memory.memsw.*` exists on cgroup v1); only
     /// then is the swap limit set (runc fails on a missing file).
     pub swap_accounting: bool,
+    /// The OCI `root.path` when the spec has an overlay root: an empty directory the overlay is
+    /// mounted on inside the container's mount namespace. Unused otherwise.
+    pub overlay_root: &'a Path,
 }
 
 /// Checks `spec` and builds its OCI runtime spec.
@@ -194,7 +197,30 @@ pub fn build(spec: &ContainerSpec, ctx: &SpecContext<'_>) -> Result<Spec> {
         .build()
         .map_err(oci)?;
 
-    let mut mounts = default_mounts().map_err(oci)?;
+    let mut mounts = Vec::new();
+    let root_path = match &spec.overlay {
+        Some(o) => {
+            // First, so that /proc, /dev and the bind mounts land on the overlay. runc mounts
+            // it on root.path after its own bind mount of that directory, then pivots into it.
+            mounts.push(
+                MountBuilder::default()
+                    .destination("/")
+                    .typ("overlay")
+                    .source("overlay")
+                    .options(vec![format!(
+                        "lowerdir={},upperdir={},workdir={}",
+                        spec.rootfs.display(),
+                        o.upper.display(),
+                        o.work.display()
+                    )])
+                    .build()
+                    .map_err(oci)?,
+            );
+            ctx.overlay_root.to_path_buf()
+        }
+        None => spec.rootfs.clone(),
+    };
+    mounts.extend(default_mounts().map_err(oci)?);
     for bind in &spec.mounts {
         let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
         if bind.readonly {
@@ -221,7 +247,7 @@ pub fn build(spec: &ContainerSpec, ctx: &SpecContext<'_>) -> Result<Spec> {
         .version("1.0.2-dev")
         .root(
             RootBuilder::default()
-                .path(spec.rootfs.clone())
+                .path(root_path)
                 .readonly(spec.readonly_rootfs)
                 .build()
                 .map_err(oci)?,
@@ -315,6 +341,25 @@ fn validate(spec: &ContainerSpec) -> Result<()> {
     let id = spec.id.as_str();
     if !spec.rootfs.is_absolute() {
         return Err(invalid(id, "rootfs", "must be an absolute path"));
+    }
+    if let Some(o) = &spec.overlay {
+        for p in [&spec.rootfs, &o.upper, &o.work] {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    id,
+                    "overlay",
+                    &format!("{}: must be an absolute path", p.display()),
+                ));
+            }
+            // They are joined into one option string: `,` separates options, `:` lower layers.
+            if p.to_string_lossy().contains([',', ':']) {
+                return Err(invalid(
+                    id,
+                    "overlay",
+                    &format!("{}: must not contain ',' or ':'", p.display()),
+                ));
+            }
+        }
     }
     if spec.args.is_empty() || spec.args[0].is_empty() {
         return Err(invalid(id, "args", "must name a command"));
@@ -414,6 +459,7 @@ mod tests {
         SpecContext {
             cgroups_path: Path::new("/ferry/n1/c1"),
             swap_accounting: true,
+            overlay_root: Path::new("/bundles/c1/rootfs"),
         }
     }
 
