@@ -16,7 +16,8 @@
 //! `ferry agent --cleanup` on every node) removes every container, mount and namespace.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -34,6 +35,8 @@ const IMAGE: &str = "localhost/ferry-bench/busybox:1";
 const SLO_P99_MS: f64 = 5000.0;
 /// This project's goal for p99.
 const GOAL_P99_MS: f64 = 1000.0;
+/// Sequential `runc run`s timed for the runc floor.
+const RUNC_SAMPLES: u32 = 10;
 
 #[derive(Args, Debug)]
 pub struct PodstartArgs {
@@ -272,6 +275,7 @@ async fn measure(
     cluster: &mut Option<Cluster>,
 ) -> Result<(String, String)> {
     let n = args.nodes;
+    let runc_cpu = runc_floor(fabric.dir()).context("measuring runc alone")?;
     let archive = fabric.dir().join("busybox.tar");
     image::write_busybox_archive(&archive, IMAGE)?;
     for i in 0..n {
@@ -460,6 +464,14 @@ async fn measure(
             busy as f64 * 10.0 / total as f64,
         ));
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    out.push_str(&format!(
+        "\nrunc alone: {:.1} ms of CPU per container ({RUNC_SAMPLES} sequential `runc run` of \
+         /bin/true on an overlay root, measured before the agents started), so {total} starts \
+         need at least {:.2} s of the machine's {cpus} CPUs for runc alone",
+        ms(runc_cpu),
+        runc_cpu.as_secs_f64() * total as f64 / cpus as f64,
+    ));
     out.push_str(&format!(
         "\npods per node: {}\nall {total} Ready {:.2} s after the first create; p99 {:.0} ms: {} the goal of {GOAL_P99_MS:.0} ms, {} Kubernetes' SLO of {SLO_P99_MS:.0} ms",
         per_node
@@ -472,7 +484,82 @@ async fn measure(
         if d.p99 <= GOAL_P99_MS { "meets" } else { "misses" },
         if d.p99 <= SLO_P99_MS { "meets" } else { "misses" },
     ));
-    Ok((result_line(total, n, &d), out))
+    Ok((result_line(total, n, &d, runc_cpu), out))
+}
+
+/// The CPU time runc itself takes per container on this machine: [`RUNC_SAMPLES`] sequential
+/// `runc run` of `/bin/true` (no network, no limits) on an overlay root over a busybox layer,
+/// as the agents' containers are set up; `runc`, `runc init` and the container process are
+/// counted (the children's rusage). Everything lives under `dir`; `runc run` without `--keep`
+/// deletes each container and its cgroup when it exits.
+fn runc_floor(dir: &Path) -> Result<Duration> {
+    use ferry_agent::runtime::{ContainerSpec, OverlayDirs, spec};
+    use nix::sys::resource::{UsageWho, getrusage};
+    let cpu = || -> Result<Duration> {
+        let u = getrusage(UsageWho::RUSAGE_CHILDREN)?;
+        let t = |tv: nix::sys::time::TimeVal| {
+            Duration::from_secs(tv.tv_sec() as u64) + Duration::from_micros(tv.tv_usec() as u64)
+        };
+        Ok(t(u.user_time()) + t(u.system_time()))
+    };
+    let base = dir.join("runc-floor");
+    let lower = base.join("lower");
+    for d in ["bin", "dev", "etc", "proc", "sys"] {
+        std::fs::create_dir_all(lower.join(d))?;
+    }
+    let busybox = image::busybox().context("busybox-static is not installed")?;
+    std::fs::copy(&busybox, lower.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", lower.join("bin/true"))?;
+    let state = base.join("state");
+    let mut total = Duration::ZERO;
+    for i in 0..RUNC_SAMPLES {
+        let id = format!("ferry-bench-floor-{}-{i}", std::process::id());
+        let bundle = base.join(&id);
+        let c = ContainerSpec {
+            id: id.clone(),
+            rootfs: lower.clone(),
+            overlay: Some(OverlayDirs {
+                upper: bundle.join("upper"),
+                work: bundle.join("work"),
+            }),
+            args: vec!["/bin/true".into()],
+            log_path: bundle.join("log"),
+            ..Default::default()
+        };
+        for d in ["rootfs", "upper", "work"] {
+            std::fs::create_dir_all(bundle.join(d))?;
+        }
+        let config = spec::build(
+            &c,
+            &spec::SpecContext {
+                cgroups_path: &Path::new("/").join(&id),
+                swap_accounting: false,
+                overlay_root: &bundle.join("rootfs"),
+            },
+        )?;
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)?;
+        let before = cpu()?;
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .arg("run")
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .output()
+            .context("running runc")?;
+        total += cpu()?.saturating_sub(before);
+        if !out.status.success() {
+            bail!(
+                "runc run {id}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    std::fs::remove_dir_all(&base)?;
+    Ok(total / RUNC_SAMPLES)
 }
 
 /// (busy, total) ticks of all CPUs from /proc/stat (busy excludes idle and iowait).
@@ -634,11 +721,14 @@ fn agent_stages(
     rows
 }
 
-/// `RESULT podstart pods=100 nodes=3 p50_ms=X p99_ms=X`.
-fn result_line(pods: usize, nodes: usize, d: &Dist) -> String {
+/// `RESULT podstart pods=100 nodes=3 p50_ms=X p99_ms=X runc_cpu_ms=X` (the last: runc's own
+/// CPU per container, [`runc_floor`]).
+fn result_line(pods: usize, nodes: usize, d: &Dist, runc_cpu: Duration) -> String {
     format!(
-        "RESULT podstart pods={pods} nodes={nodes} p50_ms={:.0} p99_ms={:.0}",
-        d.p50, d.p99
+        "RESULT podstart pods={pods} nodes={nodes} p50_ms={:.0} p99_ms={:.0} runc_cpu_ms={:.1}",
+        d.p50,
+        d.p99,
+        ms(runc_cpu)
     )
 }
 
@@ -654,8 +744,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            result_line(100, 3, &d),
-            "RESULT podstart pods=100 nodes=3 p50_ms=312 p99_ms=872"
+            result_line(100, 3, &d, Duration::from_micros(23_450)),
+            "RESULT podstart pods=100 nodes=3 p50_ms=312 p99_ms=872 runc_cpu_ms=23.4"
         );
     }
 
