@@ -113,7 +113,7 @@ pub struct Subject {
     pub common_name: String,
     pub organizations: Vec<String>,
     /// Hosts (IPs or DNS names) to serve as; empty for a client-only certificate. [`SERVER_NAME`]
-    /// is always added to serving certificates.
+    /// is added to the serving certificates of members (organization [`GROUP_MEMBERS`]).
     pub serve_hosts: Vec<String>,
 }
 

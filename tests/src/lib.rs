@@ -197,7 +197,7 @@ impl Cluster {
             if Instant::now() > deadline {
                 bail!(
                     "the first member wrote no credentials in {timeout:?}:\n{}",
-                    self.members[0].log_tail(30)
+                    self.members[0].log_tail(80)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -314,7 +314,7 @@ impl Cluster {
             if Instant::now() > deadline {
                 bail!(
                     "member {i} not ready after {timeout:?}; log:\n{}",
-                    self.members[i].log_tail(30)
+                    self.members[i].log_tail(80)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -335,7 +335,7 @@ impl Cluster {
                 let logs: Vec<String> = self
                     .members
                     .iter()
-                    .map(|m| format!("--- {}\n{}", m.addr, m.log_tail(15)))
+                    .map(|m| format!("--- {}\n{}", m.addr, m.log_tail(80)))
                     .collect();
                 bail!(
                     "cluster did not reach {n} voters in {timeout:?}\n{}",

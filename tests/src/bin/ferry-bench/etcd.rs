@@ -362,7 +362,13 @@ fn member_cert(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
         .issue(&Subject {
             common_name: format!("etcd-{name}"),
             organizations: Vec::new(),
-            serve_hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            // The name the driver's client verifies, as it does for Ferry's members (the CA
+            // adds it by itself only to certificates of Ferry members).
+            serve_hosts: vec![
+                "127.0.0.1".into(),
+                "localhost".into(),
+                pki::SERVER_NAME.into(),
+            ],
         })
         .with_context(|| format!("issuing the certificate of etcd member {name}"))?;
     let cert = dir.join(format!("{name}.crt"));
