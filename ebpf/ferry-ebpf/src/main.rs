@@ -1232,27 +1232,53 @@ fn install_remote(
     be: &Backend4,
     cfg: &NodeConfig,
 ) -> Option<NatValue> {
-    let hash = flow_hash(p);
     let back = reply_value(p, svc);
+    install_snat(
+        p,
+        key,
+        be.addr,
+        be.port,
+        &back,
+        nat_flags::REMOTE,
+        svc.rev_nat_id,
+        cfg,
+    )
+}
+
+/// SNATs a new flow to this node on its way to `daddr:dport`: claims a node port for the
+/// replies from there (`claim_snat_port`, which records them as `back`), records the forward
+/// translation with `flags` and `svc`, and returns it; `None` when no port is free.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn install_snat(
+    p: &Pkt,
+    key: &NatKey,
+    daddr: u32,
+    dport: u16,
+    back: &NatValue,
+    flags: u16,
+    svc: u16,
+    cfg: &NodeConfig,
+) -> Option<NatValue> {
     let mut rkey = NatKey {
-        saddr: be.addr,
+        saddr: daddr,
         daddr: cfg.node_ip,
-        sport: be.port,
+        sport: dport,
         dport: p.sport,
         proto: p.proto,
         dir: nat_dir::REPLY,
         _pad: 0,
     };
-    if !claim_snat_port(&mut rkey, &back, hash) {
+    if !claim_snat_port(&mut rkey, back, flow_hash(p)) {
         return None;
     }
     let fwd = NatValue {
         saddr: cfg.node_ip,
-        daddr: be.addr,
+        daddr,
         sport: rkey.dport,
-        dport: be.port,
-        flags: nat_flags::REMOTE,
-        svc: svc.rev_nat_id,
+        dport,
+        flags,
+        svc,
         seen: now_s(),
     };
     let _ = FERRY_NAT4.insert(key, &fwd, 0);
@@ -1418,7 +1444,6 @@ fn masquerade(ctx: &TcContext, p: &Pkt) -> i32 {
 /// port is free.
 #[inline(always)]
 fn install_masquerade(p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> Option<NatValue> {
-    let hash = flow_hash(p);
     // Replies (from the destination to the node's port) go back to the pod.
     let back = NatValue {
         saddr: p.daddr,
@@ -1429,28 +1454,7 @@ fn install_masquerade(p: &Pkt, key: &NatKey, cfg: &NodeConfig) -> Option<NatValu
         svc: 0,
         seen: now_s(),
     };
-    let mut rkey = NatKey {
-        saddr: p.daddr,
-        daddr: cfg.node_ip,
-        sport: p.dport,
-        dport: p.sport,
-        proto: p.proto,
-        dir: nat_dir::REPLY,
-        _pad: 0,
-    };
-    if !claim_snat_port(&mut rkey, &back, hash) {
-        return None;
-    }
-    let fwd = NatValue {
-        saddr: cfg.node_ip,
-        daddr: p.daddr,
-        sport: rkey.dport,
-        dport: p.dport,
-        flags: nat_flags::MASQ,
-        svc: 0,
-        seen: now_s(),
-    };
-    let _ = FERRY_NAT4.insert(key, &fwd, 0);
+    let fwd = install_snat(p, key, p.daddr, p.dport, &back, nat_flags::MASQ, 0, cfg)?;
     count_ns(NsStat::Masquerade);
     Some(fwd)
 }
