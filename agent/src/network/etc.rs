@@ -2,12 +2,14 @@
 //! Rendering is pure; [`write_pod_etc`] writes them atomically into the pod's directory.
 
 use std::{
-    fs,
     net::{IpAddr, Ipv4Addr},
     path::Path,
 };
 
-use super::error::{NetworkError, Result};
+use super::{
+    error::{NetworkError, Result},
+    ipam::replace_file,
+};
 
 /// What goes into the pod's `resolv.conf`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,19 +103,17 @@ pub fn render_resolv_conf(dns: &DnsConfig) -> Result<String> {
 pub fn write_pod_etc(dir: &Path, hostname: &str, ip: Ipv4Addr, dns: &DnsConfig) -> Result<()> {
     validate_hostname(hostname)?;
     let resolv = render_resolv_conf(dns)?;
-    fs::create_dir_all(dir).map_err(|e| NetworkError::io("creating directory", dir, e))?;
-    for (name, text) in [
-        ("hostname", render_hostname(hostname)),
-        ("hosts", render_hosts(hostname, ip)),
-        ("resolv.conf", resolv),
-    ] {
-        let path = dir.join(name);
-        let tmp = dir.join(format!("{name}.tmp"));
-        fs::write(&tmp, text)
-            .and_then(|()| fs::rename(&tmp, &path))
-            .map_err(|e| NetworkError::io("writing", &path, e))?;
-    }
-    Ok(())
+    replace_file(
+        &dir.join("hostname"),
+        render_hostname(hostname).as_bytes(),
+        false,
+    )?;
+    replace_file(
+        &dir.join("hosts"),
+        render_hosts(hostname, ip).as_bytes(),
+        false,
+    )?;
+    replace_file(&dir.join("resolv.conf"), resolv.as_bytes(), false)
 }
 
 #[cfg(test)]

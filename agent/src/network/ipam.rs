@@ -462,6 +462,13 @@ impl Ipam {
 /// Replaces `path` with `bytes` so that a crash at any point leaves either the old or the new
 /// content: write a sibling temp file, fsync it, rename it over `path`, fsync the directory.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes` through a sibling temp file renamed over it, so a reader sees
+/// the old or the new content; with `durable`, both the file and the directory are fsynced
+/// ([`write_atomically`]).
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -472,10 +479,13 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(tmp_name);
     let mut f = File::create(&tmp).map_err(|e| NetworkError::io("creating", &tmp, e))?;
     f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+        .and_then(|()| if durable { f.sync_all() } else { Ok(()) })
         .map_err(|e| NetworkError::io("writing", &tmp, e))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| NetworkError::io("renaming into place", path, e))?;
+    if !durable {
+        return Ok(());
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| NetworkError::io("syncing directory", dir, e))

@@ -981,15 +981,12 @@ impl Worker {
             labels,
         };
         let runtime = self.shared.runtime.clone();
-        let started = tokio::task::spawn_blocking(move || {
-            let spec = cspec;
-            match runtime.run(&spec) {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let _ = runtime.delete(&spec.id);
-                    let _ = rootfs::remove(&instance_dir);
-                    Err(e.to_string())
-                }
+        let started = tokio::task::spawn_blocking(move || match runtime.run(&cspec) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = runtime.delete(&cspec.id);
+                let _ = rootfs::remove(&instance_dir);
+                Err(e.to_string())
             }
         })
         .await

@@ -443,7 +443,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::runtime::{BindMount, Resources};
+    use crate::runtime::{BindMount, OverlayDirs, Resources};
 
     fn base() -> ContainerSpec {
         ContainerSpec {
@@ -465,6 +465,25 @@ mod tests {
 
     fn json(spec: &ContainerSpec) -> serde_json::Value {
         serde_json::to_value(build(spec, &ctx()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn overlay_root_is_the_first_mount_on_the_empty_root() {
+        let mut s = base();
+        s.overlay = Some(OverlayDirs {
+            upper: "/c1/upper".into(),
+            work: "/c1/work".into(),
+        });
+        let v = json(&s);
+        assert_eq!(v["root"]["path"], "/bundles/c1/rootfs");
+        let first = &v["mounts"][0];
+        assert_eq!(first["destination"], "/");
+        assert_eq!(first["type"], "overlay");
+        assert_eq!(
+            first["options"][0],
+            "lowerdir=/images/busybox,upperdir=/c1/upper,workdir=/c1/work"
+        );
+        assert_eq!(v["mounts"][1]["destination"], "/proc");
     }
 
     #[test]
@@ -632,6 +651,24 @@ mod tests {
                 }),
             ),
             ("log_path", Box::new(|s| s.log_path = "log".into())),
+            (
+                "overlay",
+                Box::new(|s| {
+                    s.overlay = Some(OverlayDirs {
+                        upper: "upper".into(),
+                        work: "/w".into(),
+                    })
+                }),
+            ),
+            (
+                "overlay",
+                Box::new(|s| {
+                    s.overlay = Some(OverlayDirs {
+                        upper: "/a,b/upper".into(),
+                        work: "/w".into(),
+                    })
+                }),
+            ),
             ("resources", Box::new(|s| s.resources.pids = Some(0))),
             (
                 "resources.memory_bytes",

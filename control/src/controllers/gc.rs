@@ -164,7 +164,6 @@ struct Facts {
 pub fn plan_with(objs: &[Obj], memo: &mut Memo) -> Vec<Action> {
     let mut facts = HashMap::with_capacity(objs.len());
     let mut relevant: Vec<&Obj> = Vec::new();
-    let mut uids: Vec<(&str, &Obj)> = Vec::with_capacity(objs.len());
     for o in objs {
         let key = Arc::as_ptr(&o.value) as usize;
         let f = memo.facts.remove(&key).unwrap_or_else(|| Facts {
@@ -181,21 +180,22 @@ pub fn plan_with(objs: &[Obj], memo: &mut Memo) -> Vec<Action> {
     if relevant.is_empty() {
         return Vec::new();
     }
-    for o in objs {
-        if let Some(f) = memo.facts.get(&(Arc::as_ptr(&o.value) as usize))
-            && !f.uid.is_empty()
-        {
-            uids.push((&f.uid, o));
-        }
-    }
     let referenced: HashSet<&str> = relevant
         .iter()
         .flat_map(|o| o.refs().iter().map(|r| s(r, "/uid")))
         .collect();
-    let by_uid: HashMap<&str, &Obj> = uids
-        .into_iter()
-        .filter(|(uid, _)| referenced.contains(uid))
-        .collect();
+    // Owners: the objects whose uid a reference names.
+    let mut by_uid: HashMap<&str, &Obj> = HashMap::new();
+    if !referenced.is_empty() {
+        for o in objs {
+            if let Some(f) = memo.facts.get(&(Arc::as_ptr(&o.value) as usize))
+                && !f.uid.is_empty()
+                && referenced.contains(&*f.uid)
+            {
+                by_uid.insert(&f.uid, o);
+            }
+        }
+    }
     let mut dependents: HashMap<&str, Vec<&Obj>> = HashMap::new();
     for o in &relevant {
         for r in o.refs() {
