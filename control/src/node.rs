@@ -493,8 +493,42 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
         .map_err(|e| Status::internal(e.to_string()))
 }
 
+/// Replies of one AppendEntries stream (see [`RaftService::append_stream`]).
+pub type AppendReplies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftInternal for RaftService {
+    type AppendStreamStream = AppendReplies;
+
+    /// AppendEntries requests on one stream, each answered in order. The reply stream itself
+    /// reads the next request and runs it when polled: no task or channel per message.
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        let inbound = req.into_inner();
+        let node = self.node.clone();
+        let replies = futures::stream::unfold(Some((inbound, node)), |state| async move {
+            let (mut inbound, node) = state?;
+            let payload = match inbound.message().await {
+                Ok(Some(p)) => p,
+                Ok(None) => return None,
+                Err(s) => return Some((Err(s), None)),
+            };
+            let rpc = match decode(&payload) {
+                Ok(rpc) => rpc,
+                Err(e) => return Some((Err(bad_payload(e)), None)),
+            };
+            let result = node.raft.append_entries(rpc).await;
+            match encode(&result) {
+                Ok(p) => Some((Ok(p), Some((inbound, node)))),
+                Err(e) => Some((Err(Status::internal(e.to_string())), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftPayload>,

@@ -77,6 +77,19 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     pool: ChannelPool,
+    /// The AppendEntries stream to this target, opened on first use and dropped on any error.
+    stream: Option<AppendStream>,
+    /// The target does not serve `AppendStream` (an older member): use unary calls.
+    unary_only: bool,
+}
+
+/// One long-lived AppendEntries stream: a request message is answered by one reply message, and
+/// openraft keeps one AppendEntries outstanding per target, so replies pair up with requests in
+/// order. A per-call unary RPC costs a new HTTP/2 stream, its headers both ways and a task on the
+/// follower; a stream message costs one DATA frame.
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<RaftPayload>,
+    replies: tonic::Streaming<RaftPayload>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -87,6 +100,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             pool: self.pool.clone(),
+            stream: None,
+            unary_only: false,
         }
     }
 }
@@ -138,6 +153,92 @@ impl Connection {
     }
 }
 
+/// How one streamed AppendEntries failed.
+enum StreamFailure {
+    /// The target has no `AppendStream` method.
+    Unimplemented,
+    Transport(String),
+}
+
+impl Connection {
+    /// Sends `payload` on the AppendEntries stream (opening it if needed) and reads its reply.
+    async fn stream_append(&mut self, payload: RaftPayload) -> Result<RaftPayload, StreamFailure> {
+        let transport = |e: &dyn std::fmt::Display| StreamFailure::Transport(e.to_string());
+        if self.stream.is_none() {
+            let (requests, rx) = tokio::sync::mpsc::channel(1);
+            // Queued before the call so that it goes out with the stream's headers.
+            requests.send(payload).await.map_err(|e| transport(&e))?;
+            let mut client = self
+                .pool
+                .raft_client(&self.addr)
+                .map_err(|e| transport(&e))?;
+            let replies = match client
+                .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    return Err(StreamFailure::Unimplemented);
+                }
+                Err(s) => return Err(transport(&s)),
+            };
+            self.stream = Some(AppendStream { requests, replies });
+        } else if let Some(stream) = &self.stream {
+            stream
+                .requests
+                .send(payload)
+                .await
+                .map_err(|_| StreamFailure::Transport("append stream closed".into()))?;
+        }
+        let stream = self.stream.as_mut().expect("opened above");
+        match stream.replies.message().await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(StreamFailure::Transport(
+                "append stream ended by the target".into(),
+            )),
+            Err(s) => Err(transport(&s)),
+        }
+    }
+
+    async fn append_streamed(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let payload = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let outcome = tokio::time::timeout(option.hard_ttl(), self.stream_append(payload)).await;
+        let failure = match outcome {
+            Ok(Ok(reply)) => {
+                let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                    match decode(&reply) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            self.stream = None;
+                            return Err(RPCError::Network(NetworkError::new(&e)));
+                        }
+                    };
+                return result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)));
+            }
+            Ok(Err(f)) => f,
+            // A late reply would pair with the next request: the stream cannot be reused.
+            Err(_) => StreamFailure::Transport(format!(
+                "no AppendEntries reply within {:?}",
+                option.hard_ttl()
+            )),
+        };
+        self.stream = None;
+        match failure {
+            StreamFailure::Unimplemented => {
+                self.unary_only = true;
+                self.call(Rpc::Append, rpc, option).await
+            }
+            StreamFailure::Transport(m) => {
+                Err(RPCError::Unreachable(Unreachable::new(&WireError(m))))
+            }
+        }
+    }
+}
+
 enum Rpc {
     Append,
     Vote,
@@ -150,7 +251,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        if self.unary_only {
+            return self.call(Rpc::Append, &rpc, &option).await;
+        }
+        self.append_streamed(&rpc, &option).await
     }
 
     async fn install_snapshot(
