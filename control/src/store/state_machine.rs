@@ -9,9 +9,10 @@
 //! [`DURABLE_EVERY`] applies, on membership changes and before a snapshot is built, so that the log
 //! is only ever purged below a durably applied index.
 
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -36,6 +37,10 @@ const KEY_COMPACTED: &str = "compacted";
 const DURABLE_EVERY: u64 = 2048;
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// The most recent history events kept in memory for watches, by count and by bytes.
+const RECENT_EVENTS: usize = 8192;
+const RECENT_BYTES: usize = 64 << 20;
 
 /// Why a history read failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +87,64 @@ struct Inner {
     history_retention: u64,
     /// Non-durable applies since the last fsync (guarded by openraft's exclusive access).
     unsynced: std::sync::atomic::AtomicU64,
+    /// The newest history events, so that watches that keep up never read the history table.
+    recent: Mutex<Recent>,
+}
+
+/// A window of the newest history events: consecutive revisions ending at the applied revision
+/// (or empty). Every watch on a member reads every event, so serving them from here instead of
+/// decoding them from `history` once per watch saves most of what watches cost under load.
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+    /// At most this many events (never more than the history retention, so that the window
+    /// never holds an event that a history read would call compacted).
+    cap: usize,
+}
+
+impl Recent {
+    fn size(ev: &Event) -> usize {
+        let kv = |k: &KeyValue| k.key.len() + k.value.len() + 32;
+        kv(&ev.kv) + ev.prev.as_ref().map_or(0, kv)
+    }
+
+    /// Appends freshly committed events, dropping the oldest beyond the bounds.
+    fn extend(&mut self, fresh: Vec<Arc<Event>>) {
+        if let (Some(back), Some(first)) = (self.events.back(), fresh.first())
+            && back.revision + 1 != first.revision
+        {
+            self.clear();
+        }
+        for ev in fresh {
+            self.bytes += Self::size(&ev);
+            self.events.push_back(ev);
+        }
+        while self.events.len() > self.cap || self.bytes > RECENT_BYTES {
+            match self.events.pop_front() {
+                Some(ev) => self.bytes -= Self::size(&ev),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+        self.bytes = 0;
+    }
+
+    /// Events after `after` (at most `limit`) and the newest revision, when the window covers
+    /// every event after `after`.
+    fn after(&self, after: u64, limit: usize) -> Option<(Vec<Arc<Event>>, u64)> {
+        let front = self.events.front()?.revision;
+        let back = self.events.back()?.revision;
+        if after.saturating_add(1) < front {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - front).unwrap_or(usize::MAX);
+        let out = self.events.iter().skip(skip).take(limit).cloned().collect();
+        Some((out, back))
+    }
 }
 
 /// The state machine. Clones share the same database; openraft drives one, the API server reads
@@ -120,6 +183,11 @@ impl StateMachine {
                 revision_tx,
                 history_retention: history_retention.max(1),
                 unsynced: Default::default(),
+                recent: Mutex::new(Recent {
+                    cap: RECENT_EVENTS
+                        .min(usize::try_from(history_retention).unwrap_or(usize::MAX)),
+                    ..Recent::default()
+                }),
             }),
         })
     }
@@ -169,7 +237,14 @@ impl StateMachine {
 
     /// History events with revision in `(after, ..]`, at most `limit` of them, and the revision
     /// the read saw (when fewer than `limit` events came back, every event up to it was returned).
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<(Vec<Event>, u64), ReadError> {
+    pub fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Arc<Event>>, u64), ReadError> {
+        if let Some(r) = self.recent().after(after, limit) {
+            return Ok(r);
+        }
         let tx = self.inner.db.begin_read().map_err(rd)?;
         let meta = tx.open_table(META).map_err(rd)?;
         let compacted = read_u64(&meta, KEY_COMPACTED).map_err(rd)?;
@@ -184,7 +259,7 @@ impl StateMachine {
         let mut out = Vec::new();
         for item in history.range((after + 1)..).map_err(rd)? {
             let (_, v) = item.map_err(rd)?;
-            out.push(postcard::from_bytes(v.value()).map_err(rd)?);
+            out.push(Arc::new(postcard::from_bytes(v.value()).map_err(rd)?));
             if out.len() >= limit {
                 break;
             }
@@ -199,6 +274,10 @@ impl StateMachine {
         read_u64(&meta, KEY_COMPACTED).map_err(rd)
     }
 
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.inner.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn snapshot_path(&self) -> PathBuf {
         self.inner.dir.join(SNAPSHOT_FILE)
     }
@@ -208,6 +287,7 @@ impl StateMachine {
         let mut results = Vec::with_capacity(entries.len());
         let mut tx = inner.db.begin_write().map_err(sm_write)?;
         let mut durable = false;
+        let mut fresh = Vec::new();
         let new_revision;
         {
             let mut kv = tx.open_table(KV).map_err(sm_write)?;
@@ -228,7 +308,8 @@ impl StateMachine {
                         results.push(CommandResult::Nothing);
                     }
                     EntryPayload::Normal(cmd) => {
-                        let r = apply_command(&mut kv, &mut history, &mut revision, cmd)?;
+                        let r =
+                            apply_command(&mut kv, &mut history, &mut revision, cmd, &mut fresh)?;
                         results.push(r);
                     }
                 }
@@ -266,6 +347,7 @@ impl StateMachine {
             tx.set_durability(Durability::None).map_err(sm_write)?;
         }
         tx.commit().map_err(sm_write)?;
+        self.recent().extend(fresh);
         inner.revision_tx.send_if_modified(|r| {
             let changed = *r != new_revision;
             *r = new_revision;
@@ -402,6 +484,8 @@ impl StateMachine {
                 .map_err(sm_write)?;
         }
         tx.commit().map_err(sm_write)?;
+        // The history before the snapshot is gone: so are the events in memory.
+        self.recent().clear();
         self.save_snapshot_file(meta, &data)?;
         self.inner.revision_tx.send_replace(snap.revision);
         Ok(())
@@ -430,6 +514,7 @@ fn apply_command(
     history: &mut redb::Table<u64, &'static [u8]>,
     revision: &mut u64,
     cmd: Command,
+    fresh: &mut Vec<Arc<Event>>,
 ) -> Result<CommandResult, StorageError> {
     let (key, precondition) = match &cmd {
         Command::Put {
@@ -445,7 +530,7 @@ fn apply_command(
                 results.push(match c {
                     // Batches are never nested; a nested one is ignored rather than recursed into.
                     Command::Batch(_) => CommandResult::Nothing,
-                    c => apply_command(kv, history, revision, c)?,
+                    c => apply_command(kv, history, revision, c, fresh)?,
                 });
             }
             return Ok(CommandResult::Batch(results));
@@ -490,6 +575,7 @@ fn apply_command(
             history
                 .insert(*revision, bytes.as_slice())
                 .map_err(sm_write)?;
+            fresh.push(Arc::new(event));
             Ok(CommandResult::Applied {
                 revision: *revision,
                 kv: new,
@@ -517,6 +603,7 @@ fn apply_command(
             history
                 .insert(*revision, bytes.as_slice())
                 .map_err(sm_write)?;
+            fresh.push(Arc::new(event));
             Ok(CommandResult::Applied {
                 revision: *revision,
                 kv: gone,
