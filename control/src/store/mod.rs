@@ -204,13 +204,16 @@ mod recent_events_tests {
             .map(|i| put(i, &format!("/cm/k{}", i % 7), &i.to_string()))
             .collect();
         sm.apply(entries).await.expect("apply");
-        let from_memory: Vec<_> = [0, 1, 17, 39, 40, 41]
-            .iter()
-            .map(|&after| {
-                let (ev, seen) = sm.events_after(after, 10).expect("memory");
-                (summary(&ev), seen)
-            })
-            .collect();
+        let read = |sm: &StateMachine| -> Vec<_> {
+            [0, 1, 17, 39, 40, 41]
+                .iter()
+                .map(|&after| {
+                    let (ev, seen) = sm.events_after(after, 10).expect("events");
+                    (summary(&ev), seen)
+                })
+                .collect()
+        };
+        let from_memory = read(&sm);
         // Force the applies to disk (a snapshot does), then read through a fresh state machine.
         let mut b = sm.get_snapshot_builder().await;
         openraft::RaftSnapshotBuilder::build_snapshot(&mut b)
@@ -218,14 +221,7 @@ mod recent_events_tests {
             .expect("snapshot");
         drop((sm, b));
         let reopened = StateMachine::open(dir.path(), 1000).expect("reopen");
-        let from_disk: Vec<_> = [0, 1, 17, 39, 40, 41]
-            .iter()
-            .map(|&after| {
-                let (ev, seen) = reopened.events_after(after, 10).expect("disk");
-                (summary(&ev), seen)
-            })
-            .collect();
-        assert_eq!(from_memory, from_disk);
+        assert_eq!(from_memory, read(&reopened));
         assert_eq!(from_memory[2].0.first().map(|e| e.0), Some(18));
         assert_eq!(
             from_memory[2].0[0].2.as_deref(),
