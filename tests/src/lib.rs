@@ -115,7 +115,18 @@ impl Member {
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let start = all.len().saturating_sub(lines);
+        // A panic's message is followed by its backtrace, which can push it out of the tail:
+        // show every panic message (with the two lines after it) first.
+        let mut out: Vec<&str> = Vec::new();
+        for (i, line) in all[..start].iter().enumerate() {
+            if line.contains("panicked at") {
+                out.extend(all[i..(i + 3).min(start)].iter().copied());
+                out.push("[...]");
+            }
+        }
+        out.extend(&all[start..]);
+        out.join("\n")
     }
 }
 
