@@ -164,12 +164,11 @@ impl Node {
             cfg.id,
             Arc::new(config),
             Network { pool: pool.clone() },
-            log.clone(),
+            log,
             sm.clone(),
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        tokio::spawn(inline_appends_unless_leader(raft.clone(), log));
         let (batch_tx, batch_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batcher(raft.clone(), batch_rx));
         Ok(Arc::new(Node {
@@ -589,25 +588,6 @@ impl RaftInternal for RaftService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(JoinResponse { id: req.id }))
-    }
-}
-
-/// Keeps the log's inline appends (see [`LogStore::set_inline_appends`]) on while this member
-/// follows and off while it leads, or is the only voter (where group commit in the writer thread
-/// is what batches concurrent writes).
-async fn inline_appends_unless_leader(raft: Raft, log: LogStore) {
-    // Server metrics change only with the vote, the role or the membership, not per write.
-    let mut metrics = raft.server_metrics();
-    loop {
-        let inline = {
-            let m = metrics.borrow_and_update();
-            let voters = m.membership_config.membership().voter_ids().count();
-            m.state != ServerState::Leader && voters > 1
-        };
-        log.set_inline_appends(inline);
-        if metrics.changed().await.is_err() {
-            return;
-        }
     }
 }
 

@@ -164,33 +164,36 @@ impl Connection {
     /// Sends `payload` on the AppendEntries stream (opening it if needed) and reads its reply.
     async fn stream_append(&mut self, payload: RaftPayload) -> Result<RaftPayload, StreamFailure> {
         let transport = |e: &dyn std::fmt::Display| StreamFailure::Transport(e.to_string());
-        if self.stream.is_none() {
-            let (requests, rx) = tokio::sync::mpsc::channel(1);
-            // Queued before the call so that it goes out with the stream's headers.
-            requests.send(payload).await.map_err(|e| transport(&e))?;
-            let mut client = self
-                .pool
-                .raft_client(&self.addr)
-                .map_err(|e| transport(&e))?;
-            let replies = match client
-                .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-            {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == tonic::Code::Unimplemented => {
-                    return Err(StreamFailure::Unimplemented);
-                }
-                Err(s) => return Err(transport(&s)),
-            };
-            self.stream = Some(AppendStream { requests, replies });
-        } else if let Some(stream) = &self.stream {
-            stream
-                .requests
-                .send(payload)
-                .await
-                .map_err(|_| StreamFailure::Transport("append stream closed".into()))?;
-        }
-        let stream = self.stream.as_mut().expect("opened above");
+        let stream = match &mut self.stream {
+            Some(stream) => {
+                stream
+                    .requests
+                    .send(payload)
+                    .await
+                    .map_err(|_| StreamFailure::Transport("append stream closed".into()))?;
+                stream
+            }
+            None => {
+                let (requests, rx) = tokio::sync::mpsc::channel(1);
+                // Queued before the call so that it goes out with the stream's headers.
+                requests.send(payload).await.map_err(|e| transport(&e))?;
+                let mut client = self
+                    .pool
+                    .raft_client(&self.addr)
+                    .map_err(|e| transport(&e))?;
+                let replies = match client
+                    .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                {
+                    Ok(r) => r.into_inner(),
+                    Err(s) if s.code() == tonic::Code::Unimplemented => {
+                        return Err(StreamFailure::Unimplemented);
+                    }
+                    Err(s) => return Err(transport(&s)),
+                };
+                self.stream.insert(AppendStream { requests, replies })
+            }
+        };
         match stream.replies.message().await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => Err(StreamFailure::Transport(

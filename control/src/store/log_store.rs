@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -80,13 +79,6 @@ struct Shared {
     pending: Mutex<BTreeMap<u64, Entry>>,
     /// Highest index known durable; entries above it are never evicted from `pending`.
     flushed_upto: std::sync::atomic::AtomicU64,
-    /// Jobs sent to the writer thread and not finished yet.
-    queued: AtomicUsize,
-    /// Held while writing to the database: by the writer thread for a batch, by `append` for an
-    /// inline write.
-    writing: Mutex<()>,
-    /// Whether `append` may write on the caller's thread (see [`LogStore::set_inline_appends`]).
-    inline_appends: AtomicBool,
 }
 
 /// The raft log. Cheap to clone: clones share the database, the pending entries and the writer.
@@ -108,9 +100,6 @@ impl LogStore {
             db,
             pending: Mutex::new(BTreeMap::new()),
             flushed_upto: std::sync::atomic::AtomicU64::new(0),
-            queued: AtomicUsize::new(0),
-            writing: Mutex::new(()),
-            inline_appends: AtomicBool::new(false),
         });
         let (jobs, rx) = std::sync::mpsc::channel();
         let writer = shared.clone();
@@ -119,26 +108,6 @@ impl LogStore {
             .spawn(move || writer_loop(&writer, rx))
             .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
         Ok(Self { shared, jobs })
-    }
-
-    /// Lets `append` write and fsync on the caller's thread when nothing is queued before it.
-    ///
-    /// For a follower: openraft waits for the flush before it answers the leader anyway, and the
-    /// hand-off to the writer thread and back costs two thread wake-ups on every replicated
-    /// write. A leader must keep it off: it replicates while its own append is in flight, which
-    /// only works if `append` returns at once. Either setting is correct at any time; a stale
-    /// one costs only latency.
-    pub fn set_inline_appends(&self, on: bool) {
-        self.shared.inline_appends.store(on, Ordering::Relaxed);
-    }
-
-    /// Queues a job for the writer thread.
-    fn send(&self, job: Job) -> Result<(), StorageError> {
-        self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        self.jobs.send(job).map_err(|_| {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            io_write(std::io::Error::other("raft log writer stopped"))
-        })
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -150,7 +119,9 @@ impl LogStore {
 
     async fn submit(&self, make: impl FnOnce(Done) -> Job) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        self.send(make(tx))?;
+        self.jobs
+            .send(make(tx))
+            .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))?;
         rx.await
             .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))?
     }
@@ -213,7 +184,6 @@ impl LogStore {
 /// Applies queued jobs in order, folding runs of appends into one durable transaction.
 fn writer_loop(shared: &Shared, rx: std::sync::mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
-        let _writing = shared.writing.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -221,7 +191,6 @@ fn writer_loop(shared: &Shared, rx: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let taken = batch.len();
         let mut appends: Vec<(Vec<LogId>, LogFlushed<TypeConfig>)> = Vec::new();
         for job in batch {
             match job {
@@ -233,7 +202,6 @@ fn writer_loop(shared: &Shared, rx: std::sync::mpsc::Receiver<Job>) {
             }
         }
         flush_appends(shared, appends);
-        shared.queued.fetch_sub(taken, Ordering::SeqCst);
     }
 }
 
@@ -269,6 +237,7 @@ fn flush_appends(shared: &Shared, appends: Vec<(Vec<LogId>, LogFlushed<TypeConfi
     })();
     match result {
         Ok(written) => {
+            use std::sync::atomic::Ordering;
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
             let top = written
                 .iter()
@@ -463,20 +432,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 pending.insert(e.log_id.index, e);
             }
         }
-        // Only openraft's core submits jobs, one at a time, so with nothing queued nothing can
-        // be ordered before this append: write it here, under the writer's lock.
-        if self.shared.inline_appends.load(Ordering::Relaxed)
-            && self.shared.queued.load(Ordering::SeqCst) == 0
-        {
-            let _writing = self
-                .shared
-                .writing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            flush_appends(&self.shared, vec![(ids, callback)]);
-            return Ok(());
-        }
-        self.send(Job::Append { ids, callback })
+        self.jobs
+            .send(Job::Append { ids, callback })
+            .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

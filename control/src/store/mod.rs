@@ -21,16 +21,12 @@ mod conformance {
 
     use super::*;
 
-    /// `inline`: appends written on the caller's thread, as on a follower.
-    struct Builder {
-        inline: bool,
-    }
+    struct Builder;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("tempdir");
             let log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open log");
-            log.set_inline_appends(self.inline);
             let sm = StateMachine::open(dir.path(), 1000).expect("open state machine");
             Ok((dir, log, sm))
         }
@@ -39,13 +35,7 @@ mod conformance {
     /// openraft's own storage conformance suite.
     #[test]
     fn openraft_storage_suite() -> Result<(), StorageError> {
-        Suite::test_all(Builder { inline: false })
-    }
-
-    /// The same suite with appends written inline (a follower's log).
-    #[test]
-    fn openraft_storage_suite_inline_appends() -> Result<(), StorageError> {
-        Suite::test_all(Builder { inline: true })
+        Suite::test_all(Builder)
     }
 }
 
