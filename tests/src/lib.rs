@@ -111,6 +111,14 @@ impl Member {
         }
     }
 
+    /// The first panic this member's log records (with the two lines after it), if any.
+    pub fn panic_message(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let i = all.iter().position(|l| l.contains("panicked at"))?;
+        Some(all[i..(i + 3).min(all.len())].join("\n"))
+    }
+
     /// The last lines of this member's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

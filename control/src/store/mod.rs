@@ -151,6 +151,46 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(1));
         assert!(sm.get_current_snapshot().await.expect("snapshot").is_some());
     }
+
+    /// A crash during a snapshot install, after the snapshot file was written and before the
+    /// tables were replaced, is finished when the member opens its state machine again: the
+    /// snapshot is never ahead of the applied state (openraft refuses to start then).
+    #[tokio::test]
+    async fn an_interrupted_snapshot_install_is_finished_on_open() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let mut leader = StateMachine::open(leader_dir.path(), 100).expect("open");
+        let writes: Vec<_> = (1..=5)
+            .map(|i| entry(i, put(&format!("/cm/k{i}"), "v", Precondition::None)))
+            .collect();
+        leader.apply(writes).await.expect("apply");
+        let mut b = leader.get_snapshot_builder().await;
+        let snap = openraft::RaftSnapshotBuilder::build_snapshot(&mut b)
+            .await
+            .expect("snapshot");
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(5));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut sm = StateMachine::open(dir.path(), 100).expect("open");
+            sm.apply(vec![entry(1, put("/cm/old", "v", Precondition::None))])
+                .await
+                .expect("apply");
+            // The install's first step only: the snapshot file.
+            sm.save_snapshot_file(&snap.meta, snap.snapshot.get_ref())
+                .expect("snapshot file");
+        }
+        let mut sm = StateMachine::open(dir.path(), 100).expect("reopen");
+        let (applied, _) = sm.applied_state().await.expect("applied");
+        assert_eq!(applied.map(|l| l.index), Some(5));
+        assert_eq!(sm.revision(), 5);
+        assert_eq!(sm.range("/cm/").expect("range").kvs.len(), 5);
+        assert!(sm.get("/cm/old").expect("get").0.is_none());
+        // History before the snapshot is gone.
+        assert!(matches!(
+            sm.events_after(0, 10),
+            Err(ReadError::Compacted { .. })
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -176,7 +176,7 @@ impl StateMachine {
             read_u64(&meta, KEY_REVISION)?
         };
         let (revision_tx, _) = watch::channel(revision);
-        Ok(Self {
+        let sm = Self {
             inner: Arc::new(Inner {
                 db,
                 dir: dir.to_path_buf(),
@@ -189,7 +189,10 @@ impl StateMachine {
                     ..Recent::default()
                 }),
             }),
-        })
+        };
+        sm.recover_install()
+            .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+        Ok(sm)
     }
 
     /// The latest applied revision.
@@ -358,6 +361,13 @@ impl StateMachine {
 
     fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let tx = self.inner.db.begin_read().map_err(sm_read)?;
+        Self::applied_in(&tx)
+    }
+
+    /// The applied log id and membership as `tx` sees them.
+    fn applied_in(
+        tx: &redb::ReadTransaction,
+    ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let meta = tx.open_table(META).map_err(sm_read)?;
         let last_applied = match meta.get(KEY_LAST_APPLIED).map_err(sm_read)? {
             Some(v) => Some(serde_json::from_slice(v.value()).map_err(sm_read)?),
@@ -371,15 +381,19 @@ impl StateMachine {
     }
 
     fn build(&self) -> Result<Snapshot, StorageError> {
-        // Make every applied entry durable first: the log may be purged up to this snapshot.
-        let mut tx = self.inner.db.begin_write().map_err(sm_write)?;
-        tx.set_durability(Durability::Immediate).map_err(sm_write)?;
-        tx.commit().map_err(sm_write)?;
+        // Fix the view first, then make it durable: the log may be purged up to this snapshot,
+        // and after a crash the state machine must not be behind it (openraft refuses to start
+        // with a snapshot beyond what is applied). Applies go on meanwhile; a durable commit
+        // makes every earlier commit durable, so it covers this view whatever came after it.
+        let tx = self.inner.db.begin_read().map_err(sm_read)?;
+        let mut sync = self.inner.db.begin_write().map_err(sm_write)?;
+        sync.set_durability(Durability::Immediate)
+            .map_err(sm_write)?;
+        sync.commit().map_err(sm_write)?;
         self.inner
             .unsynced
             .store(0, std::sync::atomic::Ordering::Relaxed);
 
-        let tx = self.inner.db.begin_read().map_err(sm_read)?;
         let kv = tx.open_table(KV).map_err(sm_read)?;
         let meta = tx.open_table(META).map_err(sm_read)?;
         let revision = read_u64(&meta, KEY_REVISION).map_err(sm_read)?;
@@ -390,8 +404,9 @@ impl StateMachine {
                 kvs.push(rec);
             }
         }
-        drop((kv, meta, tx));
-        let (last_applied, membership) = self.read_applied()?;
+        drop((kv, meta));
+        let (last_applied, membership) = Self::applied_in(&tx)?;
+        drop(tx);
         let data = serde_json::to_vec(&SnapshotData { revision, kvs }).map_err(sm_write)?;
         let snapshot_id = match &last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, revision),
@@ -409,7 +424,11 @@ impl StateMachine {
         })
     }
 
-    fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    pub(super) fn save_snapshot_file(
+        &self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
         let sig = Some(meta.signature());
         let werr = |e: std::io::Error| -> StorageError {
             StorageIOError::write_snapshot(sig.clone(), AnyError::new(&e)).into()
@@ -433,30 +452,64 @@ impl StateMachine {
         Ok(())
     }
 
-    fn load_snapshot_file(&self) -> Result<Option<Snapshot>, StorageError> {
+    fn read_snapshot_file(&self) -> Result<Option<SnapshotFile>, StorageError> {
         let path = self.snapshot_path();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageIOError::read_snapshot(None, AnyError::new(&e)).into()),
         };
-        let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
-        })?;
-        Ok(Some(Snapshot {
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))
+    }
+
+    fn load_snapshot_file(&self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.read_snapshot_file()?.map(|file| Snapshot {
             meta: file.meta,
             snapshot: Box::new(Cursor::new(file.data)),
         }))
     }
 
-    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
-        let sig = Some(meta.signature());
-        let snap: SnapshotData = serde_json::from_slice(&data).map_err(|e| {
+    /// Finishes an install that a crash interrupted between writing the snapshot file and
+    /// replacing the tables (see `install`): the file is then ahead of the applied state.
+    fn recover_install(&self) -> Result<(), StorageError> {
+        let Some(file) = self.read_snapshot_file()? else {
+            return Ok(());
+        };
+        let (applied, _) = self.read_applied()?;
+        if file.meta.last_log_id > applied {
+            tracing::warn!(
+                snapshot = %file.meta.snapshot_id,
+                "finishing a snapshot install that was interrupted"
+            );
+            let snap = Self::parse_snapshot(&file.meta, &file.data)?;
+            self.replace_state(&file.meta, &snap)?;
+        }
+        Ok(())
+    }
+
+    fn parse_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<SnapshotData, StorageError> {
+        serde_json::from_slice(data).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
-                sig.clone(),
+                Some(meta.signature()),
                 AnyError::new(&e),
             ))
-        })?;
+        })
+    }
+
+    /// Installs a snapshot received from the leader. The snapshot file is the install's commit
+    /// point: it is written (durably) first, so that a crash before the tables are replaced is
+    /// finished by `open` and never leaves a snapshot file older than the applied state, whose
+    /// log openraft may already have purged.
+    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+        let snap = Self::parse_snapshot(meta, &data)?;
+        self.save_snapshot_file(meta, &data)?;
+        self.replace_state(meta, &snap)
+    }
+
+    /// Replaces the key space, history and applied state with `snap`, durably.
+    fn replace_state(&self, meta: &SnapshotMeta, snap: &SnapshotData) -> Result<(), StorageError> {
         let mut tx = self.inner.db.begin_write().map_err(sm_write)?;
         tx.set_durability(Durability::Immediate).map_err(sm_write)?;
         tx.delete_table(KV).map_err(sm_write)?;
@@ -486,7 +539,6 @@ impl StateMachine {
         tx.commit().map_err(sm_write)?;
         // The history before the snapshot is gone: so are the events in memory.
         self.recent().clear();
-        self.save_snapshot_file(meta, &data)?;
         self.inner.revision_tx.send_replace(snap.revision);
         Ok(())
     }
