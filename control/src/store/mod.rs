@@ -152,6 +152,85 @@ mod tests {
         assert!(sm.get_current_snapshot().await.expect("snapshot").is_some());
     }
 
+    /// Reads see every applied change at once: a range over committed and newer keys (new
+    /// keys, deletes and updates, in key order), preconditions against the newest record, and
+    /// the same state later and after a reopen.
+    #[tokio::test]
+    async fn reads_see_applied_changes_before_and_after_they_are_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachine::open(dir.path(), 100).expect("open");
+        let writes: Vec<_> = ["a", "c", "e", "g"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                entry(
+                    i as u64 + 1,
+                    put(&format!("/x/{k}"), "old", Precondition::None),
+                )
+            })
+            .collect();
+        sm.apply(writes).await.expect("apply");
+        // Make those durable the way a snapshot does.
+        let mut b = sm.get_snapshot_builder().await;
+        openraft::RaftSnapshotBuilder::build_snapshot(&mut b)
+            .await
+            .expect("snapshot");
+        sm.apply(vec![
+            entry(5, put("/x/b", "new", Precondition::Absent)),
+            entry(
+                6,
+                Command::Delete {
+                    key: "/x/c".into(),
+                    precondition: Precondition::None,
+                },
+            ),
+            entry(7, put("/x/e", "new", Precondition::ModRevision(3))),
+            entry(8, put("/x/h", "new", Precondition::None)),
+            entry(9, put("/y/z", "other prefix", Precondition::None)),
+        ])
+        .await
+        .expect("apply");
+        let expect = vec![
+            ("/x/a".to_string(), "old".to_string(), 1),
+            ("/x/b".to_string(), "new".to_string(), 5),
+            ("/x/e".to_string(), "new".to_string(), 7),
+            ("/x/g".to_string(), "old".to_string(), 4),
+            ("/x/h".to_string(), "new".to_string(), 8),
+        ];
+        let seen = |sm: &StateMachine| {
+            let r = sm.range("/x/").expect("range");
+            assert_eq!(r.revision, 9);
+            r.kvs
+                .into_iter()
+                .map(|kv| (kv.key, kv.value, kv.mod_revision))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seen(&sm), expect, "before the commit");
+        assert!(sm.get("/x/c").expect("get").0.is_none());
+        let (e, rev) = sm.get("/x/e").expect("get");
+        assert_eq!((e.map(|kv| kv.create_revision), rev), (Some(3), 9));
+        // A stale precondition fails against the overlay's record.
+        let r = sm
+            .apply(vec![entry(
+                10,
+                put("/x/e", "stale", Precondition::ModRevision(3)),
+            )])
+            .await
+            .expect("apply");
+        assert!(matches!(r[0], CommandResult::PreconditionFailed { .. }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(seen(&sm), expect, "later");
+        drop(b);
+        drop(sm);
+        let sm = StateMachine::open(dir.path(), 100).expect("reopen");
+        assert_eq!(seen(&sm), expect, "after a reopen");
+        let (events, _) = sm.events_after(4, 100).expect("history");
+        assert_eq!(
+            events.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![5, 6, 7, 8, 9]
+        );
+    }
+
     /// A crash during a snapshot install, after the snapshot file was written and before the
     /// tables were replaced, is finished when the member opens its state machine again: the
     /// snapshot is never ahead of the applied state (openraft refuses to start then).
