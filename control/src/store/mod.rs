@@ -156,7 +156,7 @@ mod tests {
     /// keys, deletes and updates, in key order), preconditions against the newest record, and
     /// the same state later and after a reopen.
     #[tokio::test]
-    async fn reads_see_applied_changes_before_and_after_they_are_committed() {
+    async fn reads_see_every_applied_change_now_later_and_after_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sm = StateMachine::open(dir.path(), 100).expect("open");
         let writes: Vec<_> = ["a", "c", "e", "g"]
@@ -205,7 +205,7 @@ mod tests {
                 .map(|kv| (kv.key, kv.value, kv.mod_revision))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(seen(&sm), expect, "before the commit");
+        assert_eq!(seen(&sm), expect, "at once");
         assert!(sm.get("/x/c").expect("get").0.is_none());
         let (e, rev) = sm.get("/x/e").expect("get");
         assert_eq!((e.map(|kv| kv.create_revision), rev), (Some(3), 9));
