@@ -115,8 +115,7 @@ impl Member {
     pub fn panic_message(&self) -> Option<String> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        let i = all.iter().position(|l| l.contains("panicked at"))?;
-        Some(all[i..(i + 3).min(all.len())].join("\n"))
+        panics(&all).next().map(|p| p.join("\n"))
     }
 
     /// The last lines of this member's log, for failure messages.
@@ -127,15 +126,22 @@ impl Member {
         // A panic's message is followed by its backtrace, which can push it out of the tail:
         // show every panic message (with the two lines after it) first.
         let mut out: Vec<&str> = Vec::new();
-        for (i, line) in all[..start].iter().enumerate() {
-            if line.contains("panicked at") {
-                out.extend(all[i..(i + 3).min(start)].iter().copied());
-                out.push("[...]");
-            }
+        for p in panics(&all[..start]) {
+            out.extend(p);
+            out.push("[...]");
         }
         out.extend(&all[start..]);
         out.join("\n")
     }
+}
+
+/// Each panic message in `lines`, with the two lines after it.
+fn panics<'a>(lines: &'a [&'a str]) -> impl Iterator<Item = &'a [&'a str]> {
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("panicked at"))
+        .map(|(i, _)| &lines[i..(i + 3).min(lines.len())])
 }
 
 /// Clusters in one test binary run one at a time: the machines are small (2 cores) and the

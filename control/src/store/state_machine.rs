@@ -72,6 +72,12 @@ struct SnapshotFile {
     data: Vec<u8>,
 }
 
+/// A snapshot file's metadata alone: its data is skipped, not decoded.
+#[derive(Deserialize)]
+struct SnapshotFileMeta {
+    meta: SnapshotMeta,
+}
+
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
     revision: u64,
@@ -452,7 +458,10 @@ impl StateMachine {
         Ok(())
     }
 
-    fn read_snapshot_file(&self) -> Result<Option<SnapshotFile>, StorageError> {
+    /// The snapshot file decoded as `T` (the whole file, or only its metadata).
+    fn read_snapshot_file<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Option<T>, StorageError> {
         let path = self.snapshot_path();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -465,28 +474,34 @@ impl StateMachine {
     }
 
     fn load_snapshot_file(&self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.read_snapshot_file()?.map(|file| Snapshot {
-            meta: file.meta,
-            snapshot: Box::new(Cursor::new(file.data)),
-        }))
+        Ok(self
+            .read_snapshot_file::<SnapshotFile>()?
+            .map(|file| Snapshot {
+                meta: file.meta,
+                snapshot: Box::new(Cursor::new(file.data)),
+            }))
     }
 
     /// Finishes an install that a crash interrupted between writing the snapshot file and
     /// replacing the tables (see `install`): the file is then ahead of the applied state.
+    /// Every start reads only the file's metadata; the data is decoded only to finish an install.
     fn recover_install(&self) -> Result<(), StorageError> {
-        let Some(file) = self.read_snapshot_file()? else {
+        let Some(SnapshotFileMeta { meta }) = self.read_snapshot_file()? else {
             return Ok(());
         };
         let (applied, _) = self.read_applied()?;
-        if file.meta.last_log_id > applied {
-            tracing::warn!(
-                snapshot = %file.meta.snapshot_id,
-                "finishing a snapshot install that was interrupted"
-            );
-            let snap = Self::parse_snapshot(&file.meta, &file.data)?;
-            self.replace_state(&file.meta, &snap)?;
+        if meta.last_log_id <= applied {
+            return Ok(());
         }
-        Ok(())
+        tracing::warn!(
+            snapshot = %meta.snapshot_id,
+            "finishing a snapshot install that was interrupted"
+        );
+        let Some(file) = self.read_snapshot_file::<SnapshotFile>()? else {
+            return Ok(());
+        };
+        let snap = Self::parse_snapshot(&file.meta, &file.data)?;
+        self.replace_state(&file.meta, &snap)
     }
 
     fn parse_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<SnapshotData, StorageError> {
