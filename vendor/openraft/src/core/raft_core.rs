@@ -1666,23 +1666,10 @@ where
                 // entries, only once `Notify::LocalLogFlushed` reports them durable.
                 let own = self.engine.leader_handler().is_ok_and(|lh| lh.leader.vote == vote);
                 if own {
-                    let (tx, rx) = C::AsyncRuntime::oneshot();
                     let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
-                    let callback = LogFlushed::new(log_io_id, tx);
+                    let callback =
+                        LogFlushed::new_notify(log_io_id, self.tx_notify.clone(), vote, last_log_id);
                     self.log_store.append(entries, callback).await?;
-                    let tx_notify = self.tx_notify.clone();
-                    let _ = C::AsyncRuntime::spawn(async move {
-                        let result = match rx.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        let _ = tx_notify.send(Notify::LocalLogFlushed {
-                            vote,
-                            log_id: last_log_id,
-                            result,
-                        });
-                    });
                 } else {
                     self.append_to_log(entries, vote, last_log_id.clone()).await?;
                     self.note_local_flushed(&last_log_id);

@@ -16,7 +16,21 @@ pub struct LogFlushed<C>
 where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
-    tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    reply: FlushReply<C>,
+}
+
+/// FERRY: where a flush is reported: a oneshot the caller awaits, or (for a leader's own
+/// append) straight to the core as `Notify::LocalLogFlushed`, from the thread that flushed,
+/// without a task in between.
+enum FlushReply<C>
+where C: RaftTypeConfig
+{
+    Oneshot(OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>),
+    Notify {
+        tx: tokio::sync::mpsc::UnboundedSender<crate::core::notify::Notify<C>>,
+        vote: crate::Vote<C::NodeId>,
+        log_id: LogId<C::NodeId>,
+    },
 }
 
 impl<C> LogFlushed<C>
@@ -26,22 +40,55 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            reply: FlushReply::Oneshot(tx),
+        }
+    }
+
+    /// FERRY: a callback that reports the flush as `Notify::LocalLogFlushed` on `tx`.
+    pub(crate) fn new_notify(
+        log_io_id: LogIOId<C::NodeId>,
+        tx: tokio::sync::mpsc::UnboundedSender<crate::core::notify::Notify<C>>,
+        vote: crate::Vote<C::NodeId>,
+        log_id: LogId<C::NodeId>,
+    ) -> Self {
+        Self {
+            log_io_id,
+            reply: FlushReply::Notify { tx, vote, log_id },
+        }
+    }
+
+    /// FERRY: whether the caller waits for this flush before it does anything else (a
+    /// follower's append, which it acknowledges only once durable). A leader's own append is
+    /// not waited for: the leader replicates while it is written. A log store may write an
+    /// awaited append on the caller's thread rather than hand it to another and wait.
+    pub fn caller_waits(&self) -> bool {
+        matches!(self.reply, FlushReply::Oneshot(_))
     }
 
     /// Report log io completion event.
     ///
     /// It will be called when the log is successfully appended to the storage or an error occurs.
     pub fn log_io_completed(self, result: Result<(), io::Error>) {
-        let res = if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
-            self.tx.send(Err(e))
-        } else {
-            self.tx.send(Ok(self.log_io_id))
+        }
+        let sent = match self.reply {
+            FlushReply::Oneshot(tx) => match result {
+                Err(e) => tx.send(Err(e)).is_ok(),
+                Ok(()) => tx.send(Ok(self.log_io_id)).is_ok(),
+            },
+            FlushReply::Notify { tx, vote, log_id } => tx
+                .send(crate::core::notify::Notify::LocalLogFlushed {
+                    vote,
+                    log_id,
+                    result: result.map_err(|e| e.to_string()),
+                })
+                .is_ok(),
         };
-
-        if let Err(e) = res {
-            tracing::error!("failed to send log io completion event: {:?}", e);
+        if !sent {
+            tracing::error!("failed to send log io completion event: receiver dropped");
         }
     }
 }
