@@ -98,7 +98,7 @@ enum ForwardReply {
     Done,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum ForwardFailure {
     NotLeader,
     Failed(String),
@@ -121,6 +121,8 @@ type Pending = (
 /// One control-plane member.
 pub struct Node {
     batch_tx: tokio::sync::mpsc::UnboundedSender<Pending>,
+    /// One permit per raft write in flight (see [`MAX_INFLIGHT`]), shared with the batcher.
+    write_slots: Arc<tokio::sync::Semaphore>,
     pub id: NodeId,
     pub addr: String,
     pub raft: Raft,
@@ -170,9 +172,11 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         let (batch_tx, batch_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(batcher(raft.clone(), batch_rx));
+        let write_slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
+        tokio::spawn(batcher(raft.clone(), write_slots.clone(), batch_rx));
         Ok(Arc::new(Node {
             batch_tx,
+            write_slots,
             id: cfg.id,
             addr: cfg.advertise_addr,
             raft,
@@ -398,6 +402,15 @@ impl Node {
     async fn handle_locally(&self, req: &Forward) -> Result<ForwardReply, ForwardFailure> {
         match req {
             Forward::Write(cmd) => {
+                // With no write in flight there is nothing to batch with: propose directly,
+                // saving the hand-offs to the batcher and back.
+                if self.write_slots.available_permits() == MAX_INFLIGHT
+                    && let Ok(slot) = self.write_slots.clone().try_acquire_owned()
+                {
+                    let result = self.raft.client_write(cmd.clone()).await.map(|r| r.data);
+                    drop(slot);
+                    return write_outcome(result).map(ForwardReply::Written);
+                }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 self.batch_tx
                     .send((cmd.clone(), tx))
@@ -595,10 +608,16 @@ impl RaftInternal for RaftService {
 /// own and waits for that before taking the next, so concurrent writes are folded here into one
 /// raft entry ([`Command::Batch`]). At most [`MAX_INFLIGHT`] batches are in raft at once; while
 /// they are, new writes queue up and form the next batch. A lone write is proposed as itself.
-async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
-    const MAX_INFLIGHT: usize = 2;
+/// Raft writes (batches) in flight at once.
+const MAX_INFLIGHT: usize = 2;
+
+/// Folds queued writes into batches while the raft log is busy.
+async fn batcher(
+    raft: Raft,
+    slots: Arc<tokio::sync::Semaphore>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+) {
     const MAX_BATCH: usize = 1024;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -610,42 +629,45 @@ async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pendin
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-            let single = cmds.len() == 1;
-            let cmd = if single {
-                cmds.into_iter().next().expect("one command")
-            } else {
-                Command::Batch(cmds)
-            };
-            let result = raft.client_write(cmd).await;
-            drop(slot);
-            match result {
-                Ok(resp) => match resp.data {
-                    CommandResult::Batch(results) if !single => {
-                        for (reply, r) in replies.into_iter().zip(results) {
-                            let _ = reply.send(Ok(r));
-                        }
-                    }
-                    r => {
-                        for reply in replies {
-                            let _ = reply.send(Ok(r.clone()));
-                        }
-                    }
-                },
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(ForwardFailure::NotLeader));
-                    }
-                }
-                Err(e) => {
-                    let m = e.to_string();
-                    for reply in replies {
-                        let _ = reply.send(Err(ForwardFailure::Failed(m.clone())));
-                    }
-                }
+        tokio::spawn(write_batch(raft.clone(), batch, slot));
+    }
+}
+
+/// Proposes `batch` as one raft entry (a single command as itself) and answers each write.
+async fn write_batch(raft: Raft, batch: Vec<Pending>, slot: tokio::sync::OwnedSemaphorePermit) {
+    let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    let single = cmds.len() == 1;
+    let cmd = if single {
+        cmds.into_iter().next().expect("one command")
+    } else {
+        Command::Batch(cmds)
+    };
+    let result = raft.client_write(cmd).await;
+    drop(slot);
+    match result.map(|r| r.data) {
+        Ok(CommandResult::Batch(results)) if !single => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(r));
             }
-        });
+        }
+        other => {
+            let r = write_outcome(other);
+            for reply in replies {
+                let _ = reply.send(r.clone());
+            }
+        }
+    }
+}
+
+/// What a proposer tells its writer about a raft write's result.
+fn write_outcome(
+    result: Result<CommandResult, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+) -> Result<CommandResult, ForwardFailure> {
+    match result {
+        Ok(r) => Ok(r),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(ForwardFailure::NotLeader)
+        }
+        Err(e) => Err(ForwardFailure::Failed(e.to_string())),
     }
 }
