@@ -5,8 +5,10 @@
 //!
 //! Appends return as soon as the entries are in memory (`pending`) and readable; one writer
 //! thread drains every queued append into a single redb transaction and fsync, then fires the
-//! flush callbacks in order. Under concurrent load that turns N fsyncs into one. Invariants
-//! openraft relies on:
+//! flush callbacks in order. Under concurrent load that turns N fsyncs into one. An append whose
+//! caller waits for the flush anyway (a follower's: it acknowledges only durable entries) is
+//! written on the caller's thread when the writer has nothing queued, saving the hand-off to the
+//! writer and the wake-up back on every replicated write. Invariants openraft relies on:
 //! - appended entries are readable when `append` returns (readers overlay `pending` on disk);
 //! - the flush callback fires only after the entries are durable;
 //! - the vote is durable before `save_vote` returns;
@@ -79,6 +81,10 @@ struct Shared {
     pending: Mutex<BTreeMap<u64, Entry>>,
     /// Highest index known durable; entries above it are never evicted from `pending`.
     flushed_upto: std::sync::atomic::AtomicU64,
+    /// Jobs sent to the writer and not yet done. Only raft's core submits work (appends,
+    /// truncates, purges, votes), one call at a time, so at zero the writer is idle and stays
+    /// idle while the core writes inline.
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 /// The raft log. Cheap to clone: clones share the database, the pending entries and the writer.
@@ -100,6 +106,7 @@ impl LogStore {
             db,
             pending: Mutex::new(BTreeMap::new()),
             flushed_upto: std::sync::atomic::AtomicU64::new(0),
+            queued: std::sync::atomic::AtomicUsize::new(0),
         });
         let (jobs, rx) = std::sync::mpsc::channel();
         let writer = shared.clone();
@@ -117,11 +124,19 @@ impl LogStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues `job` for the writer thread.
+    fn send(&self, job: Job) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        self.jobs.send(job).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            io_write(std::io::Error::other("raft log writer stopped"))
+        })
+    }
+
     async fn submit(&self, make: impl FnOnce(Done) -> Job) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(make(tx))
-            .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))?;
+        self.send(make(tx))?;
         rx.await
             .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))?
     }
@@ -196,16 +211,24 @@ fn writer_loop(shared: &Shared, rx: std::sync::mpsc::Receiver<Job>) {
             match job {
                 Job::Append { ids, callback } => appends.push((ids, callback)),
                 other => {
-                    flush_appends(shared, std::mem::take(&mut appends));
+                    let n = appends.len();
+                    flush_appends(shared, std::mem::take(&mut appends), n);
                     run_job(shared, other);
                 }
             }
         }
-        flush_appends(shared, appends);
+        let n = appends.len();
+        flush_appends(shared, appends, n);
     }
 }
 
-fn flush_appends(shared: &Shared, appends: Vec<(Vec<LogId>, LogFlushed<TypeConfig>)>) {
+/// Writes `appends` in one durable transaction and fires their callbacks; `queued` of them were
+/// writer jobs, done once written.
+fn flush_appends(
+    shared: &Shared,
+    appends: Vec<(Vec<LogId>, LogFlushed<TypeConfig>)>,
+    queued: usize,
+) {
     if appends.is_empty() {
         return;
     }
@@ -235,9 +258,11 @@ fn flush_appends(shared: &Shared, appends: Vec<(Vec<LogId>, LogFlushed<TypeConfi
             .flat_map(|(ids, _)| ids.iter().copied())
             .collect())
     })();
+    use std::sync::atomic::Ordering;
+    // Written (or failed) before any callback fires: a caller woken by one sees the writer idle.
+    shared.queued.fetch_sub(queued, Ordering::SeqCst);
     match result {
         Ok(written) => {
-            use std::sync::atomic::Ordering;
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
             let top = written
                 .iter()
@@ -327,6 +352,9 @@ fn run_job(shared: &Shared, job: Job) {
             (r, done)
         }
     };
+    shared
+        .queued
+        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     let _ = done.send(result);
 }
 
@@ -432,9 +460,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 pending.insert(e.log_id.index, e);
             }
         }
-        self.jobs
-            .send(Job::Append { ids, callback })
-            .map_err(|_| io_write(std::io::Error::other("raft log writer stopped")))
+        if callback.caller_waits()
+            && self.shared.queued.load(std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            // Nothing queued before it, and the caller blocks on this flush either way.
+            flush_appends(&self.shared, vec![(ids, callback)], 0);
+            return Ok(());
+        }
+        self.send(Job::Append { ids, callback })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
