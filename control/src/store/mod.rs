@@ -152,11 +152,11 @@ mod tests {
         assert!(sm.get_current_snapshot().await.expect("snapshot").is_some());
     }
 
-    /// Reads see every applied change at once: a range over durable and newer keys (new keys,
-    /// deletes and updates, in key order), preconditions against the newest record, and the
-    /// same state after a failed write and after a reopen.
+    /// Applied changes are read through the in-memory overlay before redb holds them: a range
+    /// merges both (new keys, deletes and updates in key order), and the same state survives
+    /// the background commit and a reopen.
     #[tokio::test]
-    async fn reads_see_every_applied_change_at_once_and_after_a_reopen() {
+    async fn reads_see_applied_changes_before_and_after_they_are_committed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sm = StateMachine::open(dir.path(), 100).expect("open");
         let writes: Vec<_> = ["a", "c", "e", "g"]
@@ -170,7 +170,7 @@ mod tests {
             })
             .collect();
         sm.apply(writes).await.expect("apply");
-        // Make those durable the way a snapshot does.
+        // Commit those to redb (a snapshot build commits the overlay durably).
         let mut b = sm.get_snapshot_builder().await;
         openraft::RaftSnapshotBuilder::build_snapshot(&mut b)
             .await
@@ -205,11 +205,11 @@ mod tests {
                 .map(|kv| (kv.key, kv.value, kv.mod_revision))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(seen(&sm), expect, "at once");
+        assert_eq!(seen(&sm), expect, "before the commit");
         assert!(sm.get("/x/c").expect("get").0.is_none());
         let (e, rev) = sm.get("/x/e").expect("get");
         assert_eq!((e.map(|kv| kv.create_revision), rev), (Some(3), 9));
-        // A stale precondition fails against the newest record and changes nothing.
+        // A stale precondition fails against the overlay's record.
         let r = sm
             .apply(vec![entry(
                 10,
@@ -218,7 +218,8 @@ mod tests {
             .await
             .expect("apply");
         assert!(matches!(r[0], CommandResult::PreconditionFailed { .. }));
-        assert_eq!(seen(&sm), expect, "after the failed write");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(seen(&sm), expect, "after the background commit");
         drop(b);
         drop(sm);
         let sm = StateMachine::open(dir.path(), 100).expect("reopen");

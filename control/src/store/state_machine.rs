@@ -4,12 +4,19 @@
 //! raft state (`meta`), all in `state.redb`, plus the current snapshot file. Every apply is
 //! deterministic: the same log gives every member the same revisions and the same history.
 //!
-//! Durability: applies commit without fsync (the raft log already holds every entry durably and
+//! Applies do not commit to redb on the write's path: they go into an in-memory overlay of
+//! changed keys and new history events that every read consults first, and a background thread
+//! commits the overlay to redb [`COMMIT_DELAY`] after it starts to hold anything, folding whatever
+//! was applied meanwhile and while the previous commit ran into one commit (as etcd commits its
+//! backend transaction in batches). A write's apply is then a few microseconds of memory work instead of a redb commit,
+//! and the commit runs beside the next write's replication rather than in its path.
+//!
+//! Durability: those commits do not fsync (the raft log already holds every entry durably and
 //! openraft re-applies from `last_applied` after a crash); a durable commit is forced every
 //! [`DURABLE_EVERY`] applies, on membership changes and before a snapshot is built, so that the log
 //! is only ever purged below a durably applied index.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,6 +39,12 @@ const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_REVISION: &str = "revision";
 const KEY_COMPACTED: &str = "compacted";
+
+/// How long the commit thread waits after the first apply it is woken for, so that one redb
+/// commit takes every apply of that window (etcd's backend batches its commits every 100 ms).
+/// Applies and reads never wait for it: they work on the overlay. Measured on the store benchmark
+/// (2 cores): no wait gave 3100 writes/s at 16 clients, 20 ms 3600-4100, 100 ms no better.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Force an fsync of the state machine after this many non-durable applies.
 const DURABLE_EVERY: u64 = 2048;
@@ -91,10 +104,197 @@ struct Inner {
     revision_tx: watch::Sender<u64>,
     /// How many revisions of history to keep for watches.
     history_retention: u64,
-    /// Non-durable applies since the last fsync (guarded by openraft's exclusive access).
+    /// Non-durable applies since the last fsync (guarded by `flush_lock`).
     unsynced: std::sync::atomic::AtomicU64,
     /// The newest history events, so that watches that keep up never read the history table.
     recent: Mutex<Recent>,
+    /// Applied changes not yet committed to redb.
+    overlay: Mutex<Overlay>,
+    /// Serializes commits of the overlay with each other and with snapshot builds and installs.
+    flush_lock: Mutex<()>,
+    /// Wakes the background committer.
+    flush_wake: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = flush(self, true) {
+            tracing::error!("committing the state machine on close: {e}");
+        }
+    }
+}
+
+/// Applied changes that redb does not hold yet.
+#[derive(Default)]
+struct Changes {
+    /// The newest record of each changed key; `None` when it was deleted.
+    kv: BTreeMap<String, Option<KeyValue>>,
+    /// Encoded history events, by revision.
+    history: Vec<(u64, Vec<u8>)>,
+    /// The revision after the last change here.
+    revision: u64,
+    last_applied: Option<LogId>,
+    membership: Option<StoredMembership>,
+    /// Applied entries, for [`DURABLE_EVERY`].
+    applies: u64,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.last_applied.is_none() && self.membership.is_none() && self.history.is_empty()
+    }
+
+    /// Adds `newer` on top of these changes.
+    fn absorb(&mut self, newer: Changes) {
+        self.kv.extend(newer.kv);
+        self.history.extend(newer.history);
+        if newer.last_applied.is_some() {
+            self.last_applied = newer.last_applied;
+            self.revision = newer.revision;
+        }
+        if newer.membership.is_some() {
+            self.membership = newer.membership;
+        }
+        self.applies += newer.applies;
+    }
+}
+
+/// What reads see on top of redb: `pending` (newest), then `flushing` (being committed).
+#[derive(Default)]
+struct Overlay {
+    pending: Changes,
+    flushing: Option<Arc<Changes>>,
+    /// The applied revision, of overlay and redb together.
+    revision: u64,
+}
+
+impl Overlay {
+    fn lookup(&self, key: &str) -> Option<&Option<KeyValue>> {
+        self.pending
+            .kv
+            .get(key)
+            .or_else(|| self.flushing.as_ref().and_then(|f| f.kv.get(key)))
+    }
+
+    /// The overlay's records of keys starting with `prefix`, newest first per key.
+    fn with_prefix(&self, prefix: &str) -> BTreeMap<String, Option<KeyValue>> {
+        let mut out = BTreeMap::new();
+        let mut take = |kv: &BTreeMap<String, Option<KeyValue>>| {
+            for (k, v) in kv.range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            )) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                out.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        };
+        take(&self.pending.kv);
+        if let Some(f) = &self.flushing {
+            take(&f.kv);
+        }
+        out
+    }
+}
+
+/// Commits the overlay's pending changes to redb (durably if `durable` or when
+/// [`DURABLE_EVERY`] applies went by without an fsync).
+fn flush(inner: &Inner, durable: bool) -> Result<(), StorageError> {
+    let _serial = inner.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+    flush_serialized(inner, durable)
+}
+
+/// [`flush`] for a caller that holds `flush_lock`.
+fn flush_serialized(inner: &Inner, durable: bool) -> Result<(), StorageError> {
+    let batch = {
+        let mut o = inner.overlay.lock().unwrap_or_else(|p| p.into_inner());
+        if o.pending.is_empty() && !durable {
+            return Ok(());
+        }
+        let batch = Arc::new(std::mem::take(&mut o.pending));
+        o.flushing = Some(batch.clone());
+        batch
+    };
+    let result = commit_changes(inner, &batch, durable);
+    let mut o = inner.overlay.lock().unwrap_or_else(|p| p.into_inner());
+    o.flushing = None;
+    if result.is_err() {
+        // Keep the changes for the next attempt, under anything applied since.
+        let newer = std::mem::take(&mut o.pending);
+        let mut restored = Arc::try_unwrap(batch).unwrap_or_else(|b| Changes {
+            kv: b.kv.clone(),
+            history: b.history.clone(),
+            revision: b.revision,
+            last_applied: b.last_applied,
+            membership: b.membership.clone(),
+            applies: b.applies,
+        });
+        restored.absorb(newer);
+        o.pending = restored;
+    }
+    result
+}
+
+fn commit_changes(inner: &Inner, batch: &Changes, durable: bool) -> Result<(), StorageError> {
+    let mut tx = inner.db.begin_write().map_err(sm_write)?;
+    {
+        let mut kv = tx.open_table(KV).map_err(sm_write)?;
+        for (key, record) in &batch.kv {
+            match record {
+                Some(r) => {
+                    kv.insert(
+                        key.as_str(),
+                        encode_record(r.create_revision, r.mod_revision, &r.value).as_slice(),
+                    )
+                    .map_err(sm_write)?;
+                }
+                None => {
+                    kv.remove(key.as_str()).map_err(sm_write)?;
+                }
+            }
+        }
+        let mut history = tx.open_table(HISTORY).map_err(sm_write)?;
+        for (revision, bytes) in &batch.history {
+            history
+                .insert(*revision, bytes.as_slice())
+                .map_err(sm_write)?;
+        }
+        let mut meta = tx.open_table(META).map_err(sm_write)?;
+        if let Some(m) = &batch.membership {
+            let bytes = serde_json::to_vec(m).map_err(sm_write)?;
+            meta.insert(KEY_MEMBERSHIP, bytes.as_slice())
+                .map_err(sm_write)?;
+        }
+        if let Some(id) = batch.last_applied {
+            let bytes = serde_json::to_vec(&id).map_err(sm_write)?;
+            meta.insert(KEY_LAST_APPLIED, bytes.as_slice())
+                .map_err(sm_write)?;
+            meta.insert(KEY_REVISION, batch.revision.to_le_bytes().as_slice())
+                .map_err(sm_write)?;
+            let compacted = read_u64(&meta, KEY_COMPACTED).map_err(sm_write)?;
+            if batch.revision.saturating_sub(compacted)
+                > inner.history_retention + inner.history_retention / 4
+            {
+                // Compact in steps of a quarter of the retention so deletes are batched.
+                let new_compacted = batch.revision - inner.history_retention;
+                history
+                    .retain_in(..=new_compacted, |_, _| false)
+                    .map_err(sm_write)?;
+                meta.insert(KEY_COMPACTED, new_compacted.to_le_bytes().as_slice())
+                    .map_err(sm_write)?;
+            }
+        }
+    }
+    use std::sync::atomic::Ordering;
+    let n = inner.unsynced.fetch_add(batch.applies, Ordering::Relaxed) + batch.applies;
+    if durable || batch.membership.is_some() || n >= DURABLE_EVERY {
+        tx.set_durability(Durability::Immediate).map_err(sm_write)?;
+        inner.unsynced.store(0, Ordering::Relaxed);
+    } else {
+        tx.set_durability(Durability::None).map_err(sm_write)?;
+    }
+    tx.commit().map_err(sm_write)
 }
 
 /// A window of the newest history events: consecutive revisions ending at the applied revision
@@ -182,6 +382,7 @@ impl StateMachine {
             read_u64(&meta, KEY_REVISION)?
         };
         let (revision_tx, _) = watch::channel(revision);
+        let (flush_wake, wake) = std::sync::mpsc::sync_channel(1);
         let sm = Self {
             inner: Arc::new(Inner {
                 db,
@@ -194,8 +395,27 @@ impl StateMachine {
                         .min(usize::try_from(history_retention).unwrap_or(usize::MAX)),
                     ..Recent::default()
                 }),
+                overlay: Mutex::new(Overlay {
+                    revision,
+                    ..Overlay::default()
+                }),
+                flush_lock: Mutex::new(()),
+                flush_wake,
             }),
         };
+        let weak = Arc::downgrade(&sm.inner);
+        std::thread::Builder::new()
+            .name("sm-commit".into())
+            .spawn(move || {
+                while wake.recv().is_ok() {
+                    std::thread::sleep(COMMIT_DELAY);
+                    let Some(inner) = weak.upgrade() else { break };
+                    if let Err(e) = flush(&inner, false) {
+                        tracing::error!("committing applied changes to the state machine: {e}");
+                    }
+                }
+            })
+            .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
         sm.recover_install()
             .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
         Ok(sm)
@@ -213,10 +433,16 @@ impl StateMachine {
 
     /// Reads one key.
     pub fn get(&self, key: &str) -> Result<(Option<KeyValue>, u64), ReadError> {
-        let tx = self.inner.db.begin_read().map_err(rd)?;
+        // The redb read starts under the overlay's lock: a commit that empties `flushing` has
+        // then either happened before it (and the read sees it) or not yet.
+        let (tx, rev) = {
+            let o = self.overlay();
+            if let Some(v) = o.lookup(key) {
+                return Ok((v.clone(), o.revision));
+            }
+            (self.inner.db.begin_read().map_err(rd)?, o.revision)
+        };
         let kv = tx.open_table(KV).map_err(rd)?;
-        let meta = tx.open_table(META).map_err(rd)?;
-        let rev = read_u64(&meta, KEY_REVISION).map_err(rd)?;
         let value = match kv.get(key).map_err(rd)? {
             Some(v) => decode_record(key, v.value()),
             None => None,
@@ -226,21 +452,41 @@ impl StateMachine {
 
     /// Reads every key that starts with `prefix`, at one revision.
     pub fn range(&self, prefix: &str) -> Result<RangeResult, ReadError> {
-        let tx = self.inner.db.begin_read().map_err(rd)?;
+        let (tx, newer, revision) = {
+            let o = self.overlay();
+            (
+                self.inner.db.begin_read().map_err(rd)?,
+                o.with_prefix(prefix),
+                o.revision,
+            )
+        };
         let kv = tx.open_table(KV).map_err(rd)?;
-        let meta = tx.open_table(META).map_err(rd)?;
-        let revision = read_u64(&meta, KEY_REVISION).map_err(rd)?;
         let mut kvs = Vec::new();
+        let mut newer = newer.into_iter().peekable();
         for item in kv.range::<&str>(prefix..).map_err(rd)? {
             let (k, v) = item.map_err(rd)?;
             let key = k.value();
             if !key.starts_with(prefix) {
                 break;
             }
+            // Overlay records of keys up to this one come first; one for this key replaces it.
+            let mut replaced = false;
+            while let Some((nk, _)) = newer.peek() {
+                if nk.as_str() > key {
+                    break;
+                }
+                let (nk, rec) = newer.next().expect("peeked");
+                replaced |= nk == key;
+                kvs.extend(rec);
+            }
+            if replaced {
+                continue;
+            }
             if let Some(rec) = decode_record(key, v.value()) {
                 kvs.push(rec);
             }
         }
+        kvs.extend(newer.filter_map(|(_, rec)| rec));
         Ok(RangeResult { kvs, revision })
     }
 
@@ -254,6 +500,9 @@ impl StateMachine {
         if let Some(r) = self.recent().after(after, limit) {
             return Ok(r);
         }
+        // Further back than the window (a watch that fell behind, or a member that just
+        // started): commit the overlay first, so that the table holds every event.
+        flush(&self.inner, false).map_err(rd)?;
         let tx = self.inner.db.begin_read().map_err(rd)?;
         let meta = tx.open_table(META).map_err(rd)?;
         let compacted = read_u64(&meta, KEY_COMPACTED).map_err(rd)?;
@@ -283,6 +532,10 @@ impl StateMachine {
         read_u64(&meta, KEY_COMPACTED).map_err(rd)
     }
 
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.inner.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.inner.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -294,68 +547,41 @@ impl StateMachine {
     fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
         let inner = &self.inner;
         let mut results = Vec::with_capacity(entries.len());
-        let mut tx = inner.db.begin_write().map_err(sm_write)?;
-        let mut durable = false;
         let mut fresh = Vec::new();
+        let mut membership = false;
         let new_revision;
         {
-            let mut kv = tx.open_table(KV).map_err(sm_write)?;
-            let mut history = tx.open_table(HISTORY).map_err(sm_write)?;
-            let mut meta = tx.open_table(META).map_err(sm_write)?;
-            let mut revision = read_u64(&meta, KEY_REVISION).map_err(sm_write)?;
-            let mut last_applied = None;
+            let mut o = self.overlay();
+            // Values the overlay does not have come from redb, read from a view taken under
+            // the overlay's lock (see `get`).
+            let tx = inner.db.begin_read().map_err(sm_read)?;
+            let kv = tx.open_table(KV).map_err(sm_read)?;
+            let mut revision = o.revision;
             for entry in entries {
-                last_applied = Some(entry.log_id);
+                o.pending.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => results.push(CommandResult::Nothing),
                     EntryPayload::Membership(m) => {
-                        let stored = StoredMembership::new(Some(entry.log_id), m);
-                        let bytes = serde_json::to_vec(&stored).map_err(sm_write)?;
-                        meta.insert(KEY_MEMBERSHIP, bytes.as_slice())
-                            .map_err(sm_write)?;
-                        durable = true;
+                        o.pending.membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                        membership = true;
                         results.push(CommandResult::Nothing);
                     }
                     EntryPayload::Normal(cmd) => {
-                        let r =
-                            apply_command(&mut kv, &mut history, &mut revision, cmd, &mut fresh)?;
+                        let r = apply_command(&mut o, &kv, &mut revision, cmd, &mut fresh)?;
                         results.push(r);
                     }
                 }
             }
-            if let Some(id) = last_applied {
-                let bytes = serde_json::to_vec(&id).map_err(sm_write)?;
-                meta.insert(KEY_LAST_APPLIED, bytes.as_slice())
-                    .map_err(sm_write)?;
-            }
-            meta.insert(KEY_REVISION, revision.to_le_bytes().as_slice())
-                .map_err(sm_write)?;
-            let compacted = read_u64(&meta, KEY_COMPACTED).map_err(sm_write)?;
-            if revision.saturating_sub(compacted)
-                > inner.history_retention + inner.history_retention / 4
-            {
-                // Compact in steps of a quarter of the retention so deletes are batched.
-                let new_compacted = revision - inner.history_retention;
-                history
-                    .retain_in(..=new_compacted, |_, _| false)
-                    .map_err(sm_write)?;
-                meta.insert(KEY_COMPACTED, new_compacted.to_le_bytes().as_slice())
-                    .map_err(sm_write)?;
-            }
+            o.pending.applies += results.len() as u64;
+            o.pending.revision = revision;
+            o.revision = revision;
             new_revision = revision;
         }
-        let n = inner
-            .unsynced
-            .fetch_add(results.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if durable || n + results.len() as u64 >= DURABLE_EVERY {
-            inner
-                .unsynced
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            tx.set_durability(Durability::Immediate).map_err(sm_write)?;
+        if membership {
+            flush(inner, true)?;
         } else {
-            tx.set_durability(Durability::None).map_err(sm_write)?;
+            let _ = inner.flush_wake.try_send(());
         }
-        tx.commit().map_err(sm_write)?;
         self.recent().extend(fresh);
         inner.revision_tx.send_if_modified(|r| {
             let changed = *r != new_revision;
@@ -366,6 +592,7 @@ impl StateMachine {
     }
 
     fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        flush(&self.inner, false)?;
         let tx = self.inner.db.begin_read().map_err(sm_read)?;
         Self::applied_in(&tx)
     }
@@ -387,18 +614,20 @@ impl StateMachine {
     }
 
     fn build(&self) -> Result<Snapshot, StorageError> {
-        // Fix the view first, then make it durable: the log may be purged up to this snapshot,
-        // and after a crash the state machine must not be behind it (openraft refuses to start
-        // with a snapshot beyond what is applied). Applies go on meanwhile; a durable commit
-        // makes every earlier commit durable, so it covers this view whatever came after it.
-        let tx = self.inner.db.begin_read().map_err(sm_read)?;
-        let mut sync = self.inner.db.begin_write().map_err(sm_write)?;
-        sync.set_durability(Durability::Immediate)
-            .map_err(sm_write)?;
-        sync.commit().map_err(sm_write)?;
-        self.inner
-            .unsynced
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        // Commit everything applied so far durably, and read from a view taken before any later
+        // commit: the log may be purged up to this snapshot, and after a crash the state
+        // machine must not be behind it (openraft refuses to start with a snapshot beyond what
+        // is applied). Applies go on meanwhile, into the overlay.
+        let tx = {
+            let _serial = self
+                .inner
+                .flush_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            flush_serialized(&self.inner, true)?;
+            // Taken before any later commit: this view is durable.
+            self.inner.db.begin_read().map_err(sm_read)?
+        };
 
         let kv = tx.open_table(KV).map_err(sm_read)?;
         let meta = tx.open_table(META).map_err(sm_read)?;
@@ -525,6 +754,14 @@ impl StateMachine {
 
     /// Replaces the key space, history and applied state with `snap`, durably.
     fn replace_state(&self, meta: &SnapshotMeta, snap: &SnapshotData) -> Result<(), StorageError> {
+        // No commit of older applied changes may follow, and readers wait for the new state
+        // rather than see the overlay on top of it.
+        let _serial = self
+            .inner
+            .flush_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut overlay = self.overlay();
         let mut tx = self.inner.db.begin_write().map_err(sm_write)?;
         tx.set_durability(Durability::Immediate).map_err(sm_write)?;
         tx.delete_table(KV).map_err(sm_write)?;
@@ -552,6 +789,11 @@ impl StateMachine {
                 .map_err(sm_write)?;
         }
         tx.commit().map_err(sm_write)?;
+        *overlay = Overlay {
+            revision: snap.revision,
+            ..Overlay::default()
+        };
+        drop(overlay);
         // The history before the snapshot is gone: so are the events in memory.
         self.recent().clear();
         self.inner.revision_tx.send_replace(snap.revision);
@@ -577,8 +819,8 @@ fn read_u64(
 }
 
 fn apply_command(
-    kv: &mut redb::Table<&'static str, &'static [u8]>,
-    history: &mut redb::Table<u64, &'static [u8]>,
+    overlay: &mut Overlay,
+    kv: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
     revision: &mut u64,
     cmd: Command,
     fresh: &mut Vec<Arc<Event>>,
@@ -597,15 +839,18 @@ fn apply_command(
                 results.push(match c {
                     // Batches are never nested; a nested one is ignored rather than recursed into.
                     Command::Batch(_) => CommandResult::Nothing,
-                    c => apply_command(kv, history, revision, c, fresh)?,
+                    c => apply_command(overlay, kv, revision, c, fresh)?,
                 });
             }
             return Ok(CommandResult::Batch(results));
         }
     };
-    let current = match kv.get(key.as_str()).map_err(sm_read)? {
-        Some(v) => decode_record(&key, v.value()),
-        None => None,
+    let current = match overlay.lookup(&key) {
+        Some(v) => v.clone(),
+        None => match kv.get(key.as_str()).map_err(sm_read)? {
+            Some(v) => decode_record(&key, v.value()),
+            None => None,
+        },
     };
     let ok = match precondition {
         Precondition::None => true,
@@ -616,38 +861,33 @@ fn apply_command(
     if !ok {
         return Ok(CommandResult::PreconditionFailed { current });
     }
-    match cmd {
-        Command::Batch(_) => Ok(CommandResult::Nothing),
+    let (event, result) = match cmd {
+        Command::Batch(_) => return Ok(CommandResult::Nothing),
         Command::Put { key, value, .. } => {
             *revision += 1;
             let create_revision = current.as_ref().map_or(*revision, |c| c.create_revision);
-            kv.insert(
-                key.as_str(),
-                encode_record(create_revision, *revision, &value).as_slice(),
-            )
-            .map_err(sm_write)?;
             let new = KeyValue {
                 key,
                 value,
                 create_revision,
                 mod_revision: *revision,
             };
+            overlay
+                .pending
+                .kv
+                .insert(new.key.clone(), Some(new.clone()));
             let event = Event {
                 revision: *revision,
                 kind: EventKind::Put,
                 kv: new.clone(),
                 prev: current.clone(),
             };
-            let bytes = postcard::to_stdvec(&event).map_err(sm_write)?;
-            history
-                .insert(*revision, bytes.as_slice())
-                .map_err(sm_write)?;
-            fresh.push(Arc::new(event));
-            Ok(CommandResult::Applied {
+            let result = CommandResult::Applied {
                 revision: *revision,
                 kv: new,
                 prev: current,
-            })
+            };
+            (event, result)
         }
         Command::Delete { key, .. } => {
             let Some(prev) = current else {
@@ -655,7 +895,7 @@ fn apply_command(
                 return Ok(CommandResult::PreconditionFailed { current: None });
             };
             *revision += 1;
-            kv.remove(key.as_str()).map_err(sm_write)?;
+            overlay.pending.kv.insert(key, None);
             let gone = KeyValue {
                 mod_revision: *revision,
                 ..prev.clone()
@@ -666,18 +906,18 @@ fn apply_command(
                 kv: gone.clone(),
                 prev: Some(prev.clone()),
             };
-            let bytes = postcard::to_stdvec(&event).map_err(sm_write)?;
-            history
-                .insert(*revision, bytes.as_slice())
-                .map_err(sm_write)?;
-            fresh.push(Arc::new(event));
-            Ok(CommandResult::Applied {
+            let result = CommandResult::Applied {
                 revision: *revision,
                 kv: gone,
                 prev: Some(prev),
-            })
+            };
+            (event, result)
         }
-    }
+    };
+    let bytes = postcard::to_stdvec(&event).map_err(sm_write)?;
+    overlay.pending.history.push((*revision, bytes));
+    fresh.push(Arc::new(event));
+    Ok(result)
 }
 
 /// Batches of up to this many commands (a raft entry may fold many concurrent writes) are
