@@ -604,14 +604,14 @@ impl RaftInternal for RaftService {
     }
 }
 
-/// Group commit above openraft. openraft 0.9 appends (and fsyncs) each `client_write` on its
-/// own and waits for that before taking the next, so concurrent writes are folded here into one
-/// raft entry ([`Command::Batch`]). At most [`MAX_INFLIGHT`] batches are in raft at once; while
-/// they are, new writes queue up and form the next batch. A lone write is proposed as itself.
 /// Raft writes (batches) in flight at once.
 const MAX_INFLIGHT: usize = 2;
 
-/// Folds queued writes into batches while the raft log is busy.
+/// Group commit above openraft. openraft 0.9 appends (and fsyncs) each `client_write` on its
+/// own and waits for that before taking the next, so concurrent writes are folded here into one
+/// raft entry ([`Command::Batch`]). At most [`MAX_INFLIGHT`] batches are in raft at once; while
+/// they are, new writes queue up and form the next batch. A lone write is proposed as itself
+/// (and one that finds nothing in flight skips the batcher: `Node::handle_locally`).
 async fn batcher(
     raft: Raft,
     slots: Arc<tokio::sync::Semaphore>,

@@ -211,23 +211,21 @@ fn writer_loop(shared: &Shared, rx: std::sync::mpsc::Receiver<Job>) {
             match job {
                 Job::Append { ids, callback } => appends.push((ids, callback)),
                 other => {
-                    let n = appends.len();
-                    flush_appends(shared, std::mem::take(&mut appends), n);
+                    flush_appends(shared, std::mem::take(&mut appends), true);
                     run_job(shared, other);
                 }
             }
         }
-        let n = appends.len();
-        flush_appends(shared, appends, n);
+        flush_appends(shared, appends, true);
     }
 }
 
-/// Writes `appends` in one durable transaction and fires their callbacks; `queued` of them were
-/// writer jobs, done once written.
+/// Writes `appends` in one durable transaction and fires their callbacks; `queued`: they were
+/// writer jobs (done once written), not an append written on its caller's thread.
 fn flush_appends(
     shared: &Shared,
     appends: Vec<(Vec<LogId>, LogFlushed<TypeConfig>)>,
-    queued: usize,
+    queued: bool,
 ) {
     if appends.is_empty() {
         return;
@@ -260,7 +258,9 @@ fn flush_appends(
     })();
     use std::sync::atomic::Ordering;
     // Written (or failed) before any callback fires: a caller woken by one sees the writer idle.
-    shared.queued.fetch_sub(queued, Ordering::SeqCst);
+    if queued {
+        shared.queued.fetch_sub(appends.len(), Ordering::SeqCst);
+    }
     match result {
         Ok(written) => {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -464,7 +464,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             && self.shared.queued.load(std::sync::atomic::Ordering::SeqCst) == 0
         {
             // Nothing queued before it, and the caller blocks on this flush either way.
-            flush_appends(&self.shared, vec![(ids, callback)], 0);
+            flush_appends(&self.shared, vec![(ids, callback)], false);
             return Ok(());
         }
         self.send(Job::Append { ids, callback })

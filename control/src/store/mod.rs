@@ -154,7 +154,7 @@ mod tests {
 
     /// Applied changes are read through the in-memory overlay before redb holds them: a range
     /// merges both (new keys, deletes and updates in key order), and the same state survives
-    /// the background commit and a reopen.
+    /// the commit to redb and a reopen.
     #[tokio::test]
     async fn reads_see_applied_changes_before_and_after_they_are_committed() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -218,8 +218,8 @@ mod tests {
             .await
             .expect("apply");
         assert!(matches!(r[0], CommandResult::PreconditionFailed { .. }));
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert_eq!(seen(&sm), expect, "after the background commit");
+        sm.commit_applied().expect("commit");
+        assert_eq!(seen(&sm), expect, "after the commit");
         drop(b);
         drop(sm);
         let sm = StateMachine::open(dir.path(), 100).expect("reopen");

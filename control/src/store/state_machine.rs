@@ -8,8 +8,8 @@
 //! changed keys and new history events that every read consults first, and a background thread
 //! commits the overlay to redb [`COMMIT_DELAY`] after it starts to hold anything, folding whatever
 //! was applied meanwhile and while the previous commit ran into one commit (as etcd commits its
-//! backend transaction in batches). A write's apply is then a few microseconds of memory work instead of a redb commit,
-//! and the commit runs beside the next write's replication rather than in its path.
+//! backend transaction in batches). A write's apply is then a few microseconds of memory work
+//! instead of a redb commit, and the commit runs beside the next writes rather than in their path.
 //!
 //! Durability: those commits do not fsync (the raft log already holds every entry durably and
 //! openraft re-applies from `last_applied` after a crash); a durable commit is forced every
@@ -125,7 +125,7 @@ impl Drop for Inner {
 }
 
 /// Applied changes that redb does not hold yet.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Changes {
     /// The newest record of each changed key; `None` when it was deleted.
     kv: BTreeMap<String, Option<KeyValue>>,
@@ -222,14 +222,7 @@ fn flush_serialized(inner: &Inner, durable: bool) -> Result<(), StorageError> {
     if result.is_err() {
         // Keep the changes for the next attempt, under anything applied since.
         let newer = std::mem::take(&mut o.pending);
-        let mut restored = Arc::try_unwrap(batch).unwrap_or_else(|b| Changes {
-            kv: b.kv.clone(),
-            history: b.history.clone(),
-            revision: b.revision,
-            last_applied: b.last_applied,
-            membership: b.membership.clone(),
-            applies: b.applies,
-        });
+        let mut restored = Arc::unwrap_or_clone(batch);
         restored.absorb(newer);
         o.pending = restored;
     }
@@ -530,6 +523,12 @@ impl StateMachine {
         let tx = self.inner.db.begin_read().map_err(rd)?;
         let meta = tx.open_table(META).map_err(rd)?;
         read_u64(&meta, KEY_COMPACTED).map_err(rd)
+    }
+
+    /// Commits the applied changes to redb now instead of after [`COMMIT_DELAY`].
+    #[cfg(test)]
+    pub(super) fn commit_applied(&self) -> Result<(), StorageError> {
+        flush(&self.inner, false)
     }
 
     fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
