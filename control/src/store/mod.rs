@@ -7,6 +7,7 @@
 // would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod journal;
 pub mod log_store;
 pub mod state_machine;
 pub mod types;
