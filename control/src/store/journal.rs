@@ -4,8 +4,8 @@
 //! branches, the freed-page records, the system tree, the header twice: about 30 KiB in eight
 //! writes) before its `fdatasync`. With three members on one disk those flushes queue behind
 //! each other on every write. So the log store commits to redb without an fsync and makes each
-//! operation durable by appending it to this journal: one record, 4 KiB aligned, written into a
-//! pre-zeroed file (no block allocation, no size change) and `fdatasync`ed, the way etcd
+//! operation durable by appending it to this journal: one record, 4 KiB aligned, written
+//! synchronously into a pre-zeroed file (no block allocation, no size change), the way etcd
 //! appends to its preallocated WAL segments. Every so often the store commits redb durably (a
 //! checkpoint) and the journal starts a new epoch; on open, the current epoch's records are
 //! replayed into redb. redb stays the log's home: readers read it, and the journal only ever
@@ -292,11 +292,17 @@ mod tests {
         let path = dir.path().join("j");
         let (mut j, _) = Journal::open(&path).unwrap();
         j.new_epoch().unwrap(); // epoch 1, slot 1
+        j.new_epoch().unwrap(); // epoch 2, slot 0
+        j.new_epoch().unwrap(); // epoch 3, slot 1
         j.append(b"a").unwrap();
         drop(j);
-        // A crash while writing epoch 2's superblock (slot 0): replay epoch 1 again.
+        // A crash while writing epoch 4's superblock over epoch 2's (slot 0): magic and epoch
+        // landed, the checksum did not. Epoch 3 is still the current one: replay it again.
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&[0xff; 20], 0).unwrap();
+        let mut torn = [0u8; 20];
+        torn[..8].copy_from_slice(&SUPER_MAGIC.to_le_bytes());
+        torn[8..16].copy_from_slice(&4u64.to_le_bytes());
+        f.write_all_at(&torn, 0).unwrap();
         drop(f);
         let (mut j, replay) = Journal::open(&path).unwrap();
         assert_eq!(replay, vec![b"a".to_vec()]);
