@@ -540,10 +540,15 @@ mod tests {
         (ids, vote)
     }
 
+    /// A data dir at `image` holding only a copy of the redb file `redb`.
+    fn redb_image(redb: &Path, image: &Path) {
+        std::fs::create_dir_all(image).expect("mkdir");
+        std::fs::copy(redb, image.join("raft-log.redb")).expect("copy redb");
+    }
+
     /// What a crash leaves: redb as of its last durable commit, the journal as written.
     fn crash_image(redb_at_checkpoint: &Path, live: &Path, image: &Path) {
-        std::fs::create_dir_all(image).expect("mkdir");
-        std::fs::copy(redb_at_checkpoint, image.join("raft-log.redb")).expect("copy redb");
+        redb_image(redb_at_checkpoint, image);
         std::fs::copy(
             live.join("raft-log.journal"),
             image.join("raft-log.journal"),
@@ -613,12 +618,7 @@ mod tests {
         // its own) made the first CHECKPOINT_RECORDS appends durable; the 10 after it are only
         // in the journal.
         let at_checkpoint = dir.path().join("at-checkpoint");
-        std::fs::create_dir_all(&at_checkpoint).expect("mkdir");
-        std::fs::copy(
-            dir.path().join("raft-log.redb"),
-            at_checkpoint.join("raft-log.redb"),
-        )
-        .expect("copy");
+        redb_image(&dir.path().join("raft-log.redb"), &at_checkpoint);
         assert_eq!(
             reopened(&at_checkpoint).await.0.len() as u64,
             CHECKPOINT_RECORDS
@@ -641,12 +641,7 @@ mod tests {
         let image = dir.path().join("image");
         // redb alone, without the journal, holds it all: the big append found the journal too
         // small, so it checkpointed the 10 journaled appends and was committed durably itself.
-        std::fs::create_dir_all(&image).expect("mkdir");
-        std::fs::copy(
-            dir.path().join("raft-log.redb"),
-            image.join("raft-log.redb"),
-        )
-        .expect("copy");
+        redb_image(&dir.path().join("raft-log.redb"), &image);
         let ids = reopened(&image).await.0;
         assert_eq!(ids.len() as u64, CHECKPOINT_RECORDS + 19);
     }
